@@ -1,0 +1,72 @@
+"""The ``Learner`` interface every continual-learning method implements.
+
+A learner owns a frozen pre-trained backbone plus compact state (prototypes,
+heads, prompts, adapters). The protocol calls ``fit_task`` once per task with
+a loader of ``(x, y)`` batches whose labels are global class indices (task
+``t`` brings new, contiguous labels), then ``predict``/``logits`` over all
+classes seen so far. ``state``/``load_state`` round-trip the learned state as
+numpy arrays; ``embedding_module`` and ``export_head`` tell the exporter what
+goes into ``backbone.onnx`` and the runtime head.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+
+
+class Learner(abc.ABC):
+    name: ClassVar[str]
+    head_kind: ClassVar[str]  # a head kind the runtime knows (runtime.heads.HEADS)
+
+    def __init__(self, backbone: Backbone, device: str = "cpu", **hparams: Any):
+        self.backbone = backbone.to(device)
+        self.device = device
+        self.hparams = hparams
+        self.num_classes = 0
+
+    # ------------------------------------------------------------ training
+    @abc.abstractmethod
+    def fit_task(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], progress: Callable | None = None) -> None:
+        """Learn the classes present in ``loader`` (new classes of one task)."""
+
+    # ----------------------------------------------------------- inference
+    @abc.abstractmethod
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, num_classes)`` for preprocessed images ``x``."""
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x.to(self.device)).argmax(dim=1).cpu()
+
+    @torch.no_grad()
+    def embed(self, loader, progress: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone embeddings and labels of every batch of ``loader``."""
+        feats, labels = [], []
+        for x, y in progress(loader) if progress else loader:
+            feats.append(self.embedding_module()(x.to(self.device)).float().cpu())
+            labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
+
+    # ------------------------------------------------------- state, export
+    @abc.abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything learned, as numpy arrays (the backbone is saved separately)."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore ``state()`` output."""
+
+    def embedding_module(self) -> nn.Module:
+        """The module exported as ``backbone.onnx``: images -> embeddings."""
+        return self.backbone
+
+    def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
+        """``(head kind, arrays)`` for the runtime head."""
+        return self.head_kind, self.state()

@@ -1,0 +1,74 @@
+"""A training run on disk: ``run.json`` + ``backbone.safetensors`` + ``learner_state.npz``.
+
+The run directory is self-contained: export needs nothing else (the backbone's
+weights are copied in, whatever file they came from). ``run.json`` is written
+last, so a directory without it is an incomplete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backbones import BackboneSpec, backbone_from_state
+from .learners import create_learner
+
+RUN_JSON = "run.json"
+BACKBONE_FILE = "backbone.safetensors"
+STATE_FILE = "learner_state.npz"
+
+
+class RunDirError(ValueError):
+    """A run directory that is missing, incomplete or inconsistent."""
+
+
+def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str], metrics: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / RUN_JSON).exists():
+        (path / RUN_JSON).unlink()  # the directory is incomplete until run.json is rewritten
+    state = {k: v.detach().contiguous().cpu() for k, v in learner.backbone.model.state_dict().items()}
+    save_file(state, str(path / BACKBONE_FILE))
+    np.savez(path / STATE_FILE, **learner.state())
+    run = {
+        "edgecl_version": __version__,
+        "config": config,
+        "backbone": learner.backbone.spec.to_dict(),
+        "learner": {"name": learner.name, "hparams": learner.hparams},
+        "class_names": class_names,
+        "metrics": metrics,
+        "files": {"backbone": BACKBONE_FILE, "learner_state": STATE_FILE},
+    }
+    tmp = path / f".{RUN_JSON}.tmp"
+    tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path / RUN_JSON)
+    return path
+
+
+def load_run(path: Path, device: str = "cpu"):
+    """``(run dict, learner)`` of a saved run."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"run directory not found: {path}")
+    if not (path / RUN_JSON).is_file():
+        raise RunDirError(f"{path} is not a complete edgecl run ({RUN_JSON} missing)")
+    run = json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
+    for name in run["files"].values():
+        if not (path / name).is_file():
+            raise RunDirError(f"run file missing: {path / name}")
+    spec = BackboneSpec.from_dict(run["backbone"])
+    backbone = backbone_from_state(spec, load_file(str(path / run["files"]["backbone"])))
+    learner = create_learner(run["learner"]["name"], backbone, device=device, **run["learner"]["hparams"])
+    with np.load(path / run["files"]["learner_state"], allow_pickle=False) as z:
+        learner.load_state({k: z[k] for k in z.files})
+    if learner.num_classes != len(run["class_names"]):
+        raise RunDirError(f"{path}: learner has {learner.num_classes} classes, run.json names {len(run['class_names'])}")
+    return run, learner
