@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgecl.backbones import create_backbone
+from edgecl.learners import create_learner
+from export import ExportError, export_learner
+from export.onnx_graph import export_onnx, parity
+from runtime.manifest import sha256_file
+from runtime.preprocess import preprocess
+
+
+def test_bundle_layout_manifest_and_checksums(exported, trained):
+    report, path = exported
+    result, _ = trained
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["format"] == "edgecl-bundle" and m["format_version"] == 1
+    assert m["backbone"]["opset"] >= 17 and m["backbone"]["embedding_dim"] == 512
+    assert m["preprocess"]["input_size"] == [3, 32, 32] and len(m["preprocess"]["mean"]) == 3
+    assert m["classes"] == result.class_names
+    for name, entry in m["files"].items():
+        assert sha256_file(path / name) == entry["sha256"]
+    assert set(m["files"]) == {"backbone.onnx", "head-000000.npz"}
+    assert report.parity_max_abs_diff <= 1e-4
+
+
+def test_onnx_parity_random_and_real_inputs(trained, tmp_path):
+    result, _ = trained
+    spec = result.learner.backbone.spec
+    module = result.learner.embedding_module()
+    export_onnx(module, spec.input_size, tmp_path / "b.onnx")
+    rng = np.random.default_rng(1)
+    random_in = rng.standard_normal((5, *spec.input_size)).astype(np.float32)
+    real_in = preprocess(result.test.images[:17], spec.input_size, spec.mean, spec.std)  # odd batch: dynamic axis
+    assert parity(module, tmp_path / "b.onnx", [random_in]) <= 1e-4
+    assert parity(module, tmp_path / "b.onnx", [real_in]) <= 1e-4
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_vit_exports_with_both_exporters(tmp_path, exporter):
+    bb = create_backbone("vit_tiny_patch16_224", weights="random", img_size=32)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    export_onnx(bb, bb.spec.input_size, tmp_path / "v.onnx", exporter=exporter)
+    assert parity(bb, tmp_path / "v.onnx", [x]) <= 1e-4
+
+
+def test_export_refuses_non_empty_dir_and_bad_opset(trained, tmp_path):
+    result, _ = trained
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        export_learner(result.learner, result.class_names, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="opset"):
+        export_learner(result.learner, result.class_names, tmp_path / "o2", opset=13)
+    assert not (tmp_path / "o2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dirs cleaned
+
+
+def test_parity_failure_is_reported(trained, tmp_path, monkeypatch):
+    import export.bundle as eb
+
+    result, _ = trained
+    monkeypatch.setattr(eb, "parity", lambda *a, **k: 0.5)
+    with pytest.raises(ExportError, match="parity failed"):
+        export_learner(result.learner, result.class_names, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_class_names_must_match(trained, tmp_path):
+    result, _ = trained
+    with pytest.raises(ExportError, match="distinct class names"):
+        export_learner(result.learner, result.class_names[:-1], tmp_path / "o")
