@@ -121,9 +121,11 @@ def predict(bundle, images, top_k, as_json, device):
         pred = b.predict(arrays, top_k=top_k)
     except EdgeclRuntimeError as exc:
         _fail(exc)
-    names = [str(p) for p in images for _ in range(1)] if len(arrays) == len(images) else [
-        f"image {i}" for i in range(len(arrays))
-    ]
+    # one name per image: the file, or FILE[i] for the images of a batched .npy
+    names = []
+    for p in images:
+        n = len(read_images([p])) if str(p).lower().endswith(".npy") else 1
+        names += [str(p)] if n == 1 else [f"{p}[{i}]" for i in range(n)]
     for name, top in zip(names, pred.top_k):
         if as_json:
             click.echo(json.dumps({"image": name, "top_k": [{"class": c, "score": s} for c, s in top]}))
