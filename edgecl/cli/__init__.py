@@ -1,0 +1,12 @@
+"""``edgecl`` command line, one module per group of commands.
+
+* ``train``: train, export, learners, demo (torch)
+* ``device``: predict, add-class, eval, info, bench (runtime only: numpy + onnxruntime)
+
+A new command module defines commands on ``common.main`` and is imported here.
+"""
+
+from . import device, train  # noqa: F401  (registers the commands)
+from .common import main
+
+__all__ = ["main"]

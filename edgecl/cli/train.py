@@ -1,0 +1,123 @@
+"""Training-side commands (torch): train, export, learners, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .common import progress_bar, fail, main
+
+
+@main.command()
+@click.option("--dataset", default="shapes", show_default=True,
+              help="'shapes' / 'shapes:N' (embedded), an image folder (one sub-folder per class) or a .npz file.")
+@click.option("--backbone", default=None, help="timm model name; default: the embedded edgecl-resnet10t.")
+@click.option("--weights", default=None, help="Local timm checkpoint / .safetensors for --backbone, or 'random'.")
+@click.option("--img-size", type=int, default=None, help="Input resolution override for timm backbones.")
+@click.option("--learner", default="simplecil", show_default=True, help="Continual learner (see `edgecl learners`).")
+@click.option("--init-cls", type=int, default=10, show_default=True, help="Classes in the first task (0: = increment).")
+@click.option("--increment", type=int, default=10, show_default=True, help="New classes per later task.")
+@click.option("--seed", type=int, default=1993, show_default=True, help="Seed of the class order.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the data (generation / split).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device for training (cpu, cuda).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, out_dir):
+    """Run the class-incremental protocol and save the run to --out."""
+    from ..backbones import DEFAULT_BACKBONE, BackboneError
+    from ..data import DataError
+    from ..experiment import RunConfig, run_experiment
+
+    cfg = RunConfig(
+        dataset=dataset, backbone=backbone or DEFAULT_BACKBONE, weights=weights, img_size=img_size, learner=learner,
+        init_cls=init_cls, increment=increment, order_seed=seed, data_seed=data_seed, batch_size=batch_size,
+        device=device,
+    )
+    try:
+        run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)
+    except (BackboneError, DataError, ValueError) as exc:
+        fail(exc)
+
+
+@main.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+def export_cmd(run_dir, out_dir, opset, exporter, force):
+    """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
+    from export import ExportError, export_run
+
+    from ..rundir import RunDirError
+
+    try:
+        rep = export_run(run_dir, out_dir, opset=opset, exporter=exporter, overwrite=force)
+    except (ExportError, RunDirError) as exc:
+        fail(exc)
+    click.echo(
+        f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
+        f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}"
+    )
+
+
+@main.command()
+def learners():
+    """List the registered continual learners."""
+    from ..learners import LEARNERS
+
+    for name, cls in sorted(LEARNERS.items()):
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        click.echo(f"{name:12} {doc[0] if doc else ''}")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default="edgecl-demo", show_default=True)
+@click.option("--holdout", type=int, default=5, show_default=True, help="Classes kept back to add on the device.")
+def demo(workdir, holdout):
+    """The whole pipeline on the embedded default: train -> export -> predict -> add a class."""
+    import shutil
+
+    import numpy as np
+
+    from export import export_run
+    from runtime import Bundle
+
+    from ..data import make_shapes
+    from ..experiment import RunConfig, run_experiment
+
+    work = Path(workdir)
+    if work.exists():
+        shutil.rmtree(work)
+    n_train = 100 - holdout
+    click.secho(f"1/4 train: SimpleCIL on {n_train} embedded shapes classes, 10 per task", bold=True)
+    run_experiment(RunConfig(dataset=f"shapes:{n_train}"), out_dir=work / "run", log=click.echo, progress=progress_bar)
+    click.secho("2/4 export: ONNX bundle", bold=True)
+    rep = export_run(work / "run", work / "bundle")
+    click.echo(f"bundle {rep.path}: {rep.bytes / 1e6:.1f} MB, ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}")
+    click.secho("3/4 runtime predict (onnxruntime, no torch in the loop)", bold=True)
+    bundle = Bundle.load(work / "bundle")
+    _, test = make_shapes(100, 1, 20, seed=7)
+    names = np.array(test.class_names)[test.labels]
+    seen = np.isin(names, bundle.classes)
+    pred = bundle.predict(test.images[seen])
+    acc = np.mean(np.array(pred.labels) == names[seen])
+    click.echo(f"device: {bundle.device}; top-1 on {seen.sum()} fresh images of {len(bundle.classes)} classes: {100 * acc:.2f}%")
+    click.secho(f"4/4 add-class on the device: {holdout} unseen classes from 5 examples each", bold=True)
+    train_new, _ = make_shapes(100, 5, 1, seed=11)
+    for c in range(n_train, 100):
+        name = train_new.class_names[c]
+        res = bundle.add_class(name, train_new.images[train_new.labels == c])
+        click.echo(f"  added {name!r} in {res.seconds * 1e3:.1f} ms")
+    reloaded = Bundle.load(work / "bundle")
+    new = ~seen
+    pred_new = reloaded.predict(test.images[new])
+    acc_new = np.mean(np.array(pred_new.labels) == names[new])
+    pred_all = reloaded.predict(test.images)
+    acc_all = np.mean(np.array(pred_all.labels) == names)
+    click.echo(
+        f"after reload: new classes recognised {100 * acc_new:.2f}% ({new.sum()} images), "
+        f"all {len(reloaded.classes)} classes {100 * acc_all:.2f}%"
+    )
