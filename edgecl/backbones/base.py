@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,22 +91,98 @@ def _create(timm, timm_name: str, kwargs: dict[str, Any], **extra) -> nn.Module:
 
 
 def build_timm(timm_name: str, model_kwargs: dict[str, Any], weights_file: Path | None) -> nn.Module:
-    """``timm.create_model`` with ``num_classes=0``; weights through timm's pretrained-file loader."""
+    """``timm.create_model`` with ``num_classes=0``, then a strict load of ``weights_file`` (see ``load_weights``)."""
     timm = import_timm()
     if not timm.is_model(timm_name):
         close = timm.list_models(f"*{timm_name.split('_')[0]}*")[:8]
         raise BackboneError(f"unknown timm model {timm_name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    kwargs = dict(model_kwargs, num_classes=0)
-    if weights_file is None:
-        return _create(timm, timm_name, kwargs, pretrained=False)
-    if not weights_file.is_file():
-        raise BackboneError(f"weights file not found: {weights_file}")
+    model = _create(timm, timm_name, dict(model_kwargs, num_classes=0), pretrained=False)
+    if weights_file is not None:
+        load_weights(model, timm_name, weights_file)
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: ``.safetensors``, or a torch ``.pth``/``.bin`` (a plain state dict or a
+    training checkpoint holding one under ``state_dict``/``model``/EMA keys; ``module.`` prefixes removed)."""
+    timm = import_timm()
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
     try:
-        # source="" keeps timm from preferring the hub over the local file.
-        overlay = {"file": str(weights_file), "source": ""}
-        return _create(timm, timm_name, kwargs, pretrained=True, pretrained_cfg_overlay=overlay)
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        raise BackboneError(f"cannot load {weights_file} into {timm_name}: {exc}") from exc
+        sd = timm.models.load_state_dict(str(path), use_ema=True)
+    except Exception as exc:  # torch.load / safetensors raise many types for a bad file
+        raise BackboneError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise BackboneError(f"{path} holds no state dict of tensors")
+    return sd
+
+
+def _timm_filter_fn(timm_name: str):
+    """The checkpoint filter timm itself applies for this architecture (e.g. ViT position-embedding
+    resampling for another ``img_size``): the model module's ``checkpoint_filter_fn``, if any."""
+    timm = import_timm()
+    module = sys.modules.get(timm.models.model_entrypoint(timm_name).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def _examples(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def load_weights(model: nn.Module, timm_name: str, path: Path) -> str | None:
+    """Load ``path`` into ``model`` (built with ``num_classes=0``), refusing any file that does not fill
+    every backbone tensor.
+
+    The file's classifier head is dropped. A checkpoint in a known foreign key
+    naming (``keymaps.KEYMAPS``, e.g. torchvision's MobileNetV2) is renamed first
+    when the remap is exact for ``timm_name``. timm's own non-strict loader
+    would only warn about unmatched keys and leave the model random; here any
+    missing, unexpected or mis-shaped tensor is a ``BackboneError`` with counts
+    and examples, and the model is left as it was. Returns the name of the
+    remap applied, if any.
+    """
+    from .keymaps import KEYMAPS, KeyMapError, find_keymap
+
+    sd = read_state_dict(path)
+    keymap, hint = find_keymap(sd), ""
+    if keymap is not None and not keymap.fits(timm_name):
+        hint = f"; it is in the key naming of {keymap.description}, which edgecl remaps onto {', '.join(keymap.targets)}"
+        keymap = None
+    if keymap is not None:
+        try:
+            sd = keymap.apply(sd, model)
+        except KeyMapError as exc:
+            raise BackboneError(f"{path} ({keymap.description}) does not line up with {timm_name}: {exc}") from exc
+    filter_fn = _timm_filter_fn(timm_name)
+    if filter_fn is not None:
+        try:
+            sd = filter_fn(sd, model)
+        except Exception as exc:
+            raise BackboneError(f"cannot adapt {path} to {timm_name}: {type(exc).__name__}: {exc}") from exc
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(c + ".") for c in classifiers)}
+    target = model.state_dict()
+    # A buffer that only counts BatchNorm updates is no weight: old checkpoints lack it.
+    wanted = [k for k in target if not k.endswith("num_batches_tracked")]
+    missing = [k for k in wanted if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{len(missing)} of {len(wanted)} model tensors missing from the file" + (f" (e.g. {_examples(missing)})" if missing else "")]
+        parts.append(f"{len(unexpected)} unexpected" + (f" (e.g. {_examples(unexpected)})" if unexpected else ""))
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} with another shape (e.g. {k}: file {tuple(sd[k].shape)}, model {tuple(target[k].shape)})")
+        known = "; ".join(f"{km.description} -> {', '.join(km.targets)}" for km in KEYMAPS.values())
+        raise BackboneError(
+            f"weights file {path} does not fit timm model {timm_name!r} (classifier head aside): "
+            + ", ".join(parts)
+            + (hint or f". A checkpoint of another architecture or in another library's key naming? Known remaps: {known}")
+        )
+    model.load_state_dict(sd, strict=False)  # strict up to the ignored counters, checked above
+    return keymap.name if keymap else None
 
 
 def data_config(model: nn.Module, timm_name: str) -> tuple[tuple[int, int, int], tuple, tuple]:

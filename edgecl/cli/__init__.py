@@ -6,7 +6,7 @@
 A new command module defines commands on ``common.main`` and is imported here.
 """
 
-from . import device, train  # noqa: F401  (registers the commands)
+from . import backbones, device, train  # noqa: F401  (registers the commands)
 from .common import main
 
 __all__ = ["main"]
