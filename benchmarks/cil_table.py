@@ -1,0 +1,418 @@
+"""Class-incremental results table: learners x backbones x datasets x protocols x seeds.
+
+Runs ``edgecl.experiment.run_experiment`` over the grid and writes, under
+``--out`` (default ``benchmarks/results``):
+
+* ``<name>.json``: per run the config, accuracy after each task (on all seen
+  classes) and the accuracy matrix, average incremental and last accuracy,
+  forgetting, wall time; plus the exact command line and the machine (CPU model,
+  cores, threads, torch/timm/onnxruntime versions). Rewritten after every run, so
+  an interrupted grid keeps what it finished and ``--resume`` skips those runs.
+* ``<name>.md``: mean ± std over seeds per (dataset, protocol, learner, backbone).
+* ``<name>.png``: accuracy vs. number of classes seen, one line per learner/backbone,
+  one panel per dataset and protocol (mean over seeds, band = ± std).
+
+Protocols: ``B0-Inc10`` (every task 10 classes), ``B50%-Inc10`` (half of the
+classes first, then 10 per task), ``B20-Inc5`` (absolute base). Seeds are
+class-order seeds (``RunConfig.order_seed``); the data (``--data-seed``) stays fixed.
+
+Backbones are edgecl names (``edgecl backbones``) or timm names, with an
+optional input size: ``mobilenetv2-imagenet@64``; ``--img-size`` sets it for every
+backbone that can change it (not the embedded ones). A timm model needs
+``--weights NAME=FILE``.
+
+Embedding cache: for learners that only ever run images through the frozen
+backbone (``FROZEN_BACKBONE_LEARNERS``, e.g. SimpleCIL), the backbone is wrapped
+so that an image's embedding is computed once per process and reused by every
+seed and protocol (key: hash of the preprocessed input, so it is exact). Learners
+that train or hook into the backbone are never cached. ``--no-cache`` turns it off.
+
+Example (the SimpleCIL table of issue 5)::
+
+    python benchmarks/cil_table.py --name simplecil-glyphs200 --learners simplecil \\
+        --backbones edgecl-resnet10t,edgecl-vit-tiny,mobilenetv2-imagenet@64,efficientnet-lite0-imagenet@64 \\
+        --datasets glyphs:200:within,glyphs:200:cross --protocols B0-Inc10,B50%-Inc10 --seeds 1993,1994,1995
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Learners whose training and inference only call the frozen backbone's forward:
+# their embeddings can be cached across runs. Add a learner here only if that holds.
+FROZEN_BACKBONE_LEARNERS = {"simplecil"}
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------- grid parsing
+@dataclass(frozen=True)
+class Protocol:
+    """``B<base>[%]-Inc<increment>``; base 0 means the first task is an increment like the others."""
+
+    label: str
+    base: int
+    base_is_percent: bool
+    increment: int
+
+    @classmethod
+    def parse(cls, text: str) -> Protocol:
+        m = re.fullmatch(r"[Bb](\d+)(%?)-[Ii]nc(\d+)", text.strip())
+        if not m or int(m.group(3)) < 1:
+            raise ValueError(f"bad protocol {text!r}: use e.g. B0-Inc10, B50%-Inc10 or B20-Inc5")
+        return cls(text.strip(), int(m.group(1)), m.group(2) == "%", int(m.group(3)))
+
+    def init_cls(self, num_classes: int) -> int:
+        base = round(num_classes * self.base / 100) if self.base_is_percent else self.base
+        if not 0 <= base < num_classes:
+            raise ValueError(f"protocol {self.label}: base {base} does not fit {num_classes} classes")
+        return base
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    name: str
+    img_size: int | None
+    weights: str | None
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"@{self.img_size}" if self.img_size else "")
+
+
+def parse_backbones(text: str, img_size: int | None, weights: dict[str, str]) -> list[BackboneChoice]:
+    from edgecl.backbones import EMBEDDED
+
+    out = []
+    for item in _split(text):
+        name, _, size = item.partition("@")
+        size_v = int(size) if size else (None if name in EMBEDDED else img_size)
+        out.append(BackboneChoice(name, size_v, weights.get(name)))
+    return out
+
+
+def _split(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"empty list: {text!r}")
+    return items
+
+
+# ------------------------------------------------------------- embedding cache
+class EmbeddingCache:
+    """Embeddings of preprocessed images, keyed by (backbone weights, input bytes): exact reuse."""
+
+    def __init__(self):
+        self.store: dict[tuple[str, bytes], Any] = {}
+        self.hits = self.misses = 0
+
+    def wrap(self, backbone):
+        """A ``Backbone`` computing through this cache (same spec and model, so runs save as usual)."""
+        import torch
+
+        from edgecl.backbones import Backbone
+
+        cache = self
+        key_prefix = f"{backbone.spec.weights_sha256 or backbone.spec.weights}:{backbone.spec.input_size}"
+
+        class CachedBackbone(Backbone):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                arr = np.ascontiguousarray(x.detach().cpu().numpy())
+                keys = [(key_prefix, hashlib.blake2b(row.tobytes(), digest_size=16).digest()) for row in arr]
+                todo = [i for i, k in enumerate(keys) if k not in cache.store]
+                if todo:
+                    with torch.no_grad():
+                        new = self.model(x[todo]).detach().cpu()
+                    for i, e in zip(todo, new):
+                        cache.store[keys[i]] = e.clone()
+                cache.misses += len(todo)
+                cache.hits += len(keys) - len(todo)
+                return torch.stack([cache.store[k] for k in keys]).to(x.device)
+
+        return CachedBackbone(backbone.model, backbone.spec)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Make ``run_experiment`` build cached backbones (it creates the backbone itself)."""
+        from edgecl import experiment
+
+        original = experiment.create_backbone
+        experiment.create_backbone = lambda *a, **k: self.wrap(original(*a, **k))
+        try:
+            yield self
+        finally:
+            experiment.create_backbone = original
+
+
+# ----------------------------------------------------------------- machine info
+def machine_info(threads: int) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("timm", "onnxruntime", "onnx"):
+        try:
+            versions[mod] = __import__(mod).__version__ if mod != "timm" else _timm_version()
+        except ImportError:
+            versions[mod] = None
+    from edgecl import __version__
+
+    versions["edgecl"] = __version__
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _timm_version() -> str:
+    from edgecl._compat import import_timm
+
+    return import_timm().__version__
+
+
+# ------------------------------------------------------------------- the grid
+def _num_classes(dataset: str, data_seed: int, train_per_class: int, test_per_class: int) -> int:
+    from edgecl.data import load_dataset
+
+    train, _ = load_dataset(dataset, seed=data_seed, train_per_class=train_per_class, test_per_class=test_per_class)
+    return train.num_classes
+
+
+def run_key(run: dict[str, Any]) -> str:
+    c = run["config"]
+    return json.dumps([c["learner"], c["learner_args"], run["backbone"], c["dataset"], run["protocol"], c["order_seed"],
+                       c["data_seed"], c["train_per_class"], c["test_per_class"]], sort_keys=True)
+
+
+def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    import torch
+
+    from edgecl.experiment import RunConfig, run_experiment
+
+    torch.set_num_threads(args.threads)
+    learners, datasets = _split(args.learners), _split(args.datasets)
+    protocols = [Protocol.parse(p) for p in _split(args.protocols)]
+    seeds = [int(s) for s in _split(args.seeds)]
+    weights = dict(w.split("=", 1) for w in args.weights)
+    backbones = parse_backbones(args.backbones, args.img_size, weights)
+    learner_args = json.loads(args.learner_args) if args.learner_args else {}
+
+    out_json = Path(args.out) / f"{args.name}.json"
+    previous = []
+    if args.resume and out_json.is_file():
+        previous = json.loads(out_json.read_text())["runs"]
+    done = {run_key(r): r for r in previous}
+    report = {
+        "name": args.name,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(args.threads),
+        "grid": {"learners": learners, "backbones": [b.label for b in backbones], "datasets": datasets,
+                 "protocols": [p.label for p in protocols], "seeds": seeds},
+        "runs": [],
+    }
+    cache = EmbeddingCache()
+    n_classes = {d: _num_classes(d, args.data_seed, args.train_per_class, args.test_per_class) for d in datasets}
+    total = len(learners) * len(backbones) * len(datasets) * len(protocols) * len(seeds)
+    i = 0
+    # Backbone-major order: one backbone's embeddings are reused by every run that follows.
+    for bb in backbones:
+        for dataset in datasets:
+            cache.store.clear()  # keep memory to one (backbone, dataset) at a time
+            for learner in learners:
+                for proto in protocols:
+                    for seed in seeds:
+                        i += 1
+                        cfg = RunConfig(
+                            dataset=dataset, backbone=bb.name, weights=bb.weights, img_size=bb.img_size,
+                            learner=learner, learner_args=learner_args, init_cls=proto.init_cls(n_classes[dataset]),
+                            increment=proto.increment, order_seed=seed, data_seed=args.data_seed,
+                            batch_size=args.batch_size, train_per_class=args.train_per_class,
+                            test_per_class=args.test_per_class,
+                        )
+                        stub = {"config": asdict(cfg), "backbone": bb.label, "protocol": proto.label}
+                        if run_key(stub) in done:
+                            report["runs"].append(done[run_key(stub)])
+                            log(f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: done before")
+                            continue
+                        use_cache = args.cache and learner in FROZEN_BACKBONE_LEARNERS
+                        t0 = time.perf_counter()
+                        with cache.installed() if use_cache else contextlib.nullcontext():
+                            result = run_experiment(cfg, log=lambda s: None)
+                        wall = time.perf_counter() - t0
+                        m = result.metrics
+                        seen = np.cumsum([len(t) for t in result.scenario.tasks]).tolist()
+                        spec = result.learner.backbone.spec
+                        report["runs"].append({
+                            **stub,
+                            "num_classes": n_classes[dataset],
+                            "classes_seen": seen,
+                            "accuracy_per_task": m.overall,
+                            "accuracy_matrix": m.matrix,
+                            "average_incremental": m.average_incremental,
+                            "last": m.last,
+                            "forgetting": m.forgetting,
+                            "wall_time_s": round(wall, 2),
+                            "embedding_cache": use_cache,
+                            "backbone_spec": {"name": spec.name, "timm_name": spec.timm_name,
+                                              "input_size": list(spec.input_size), "weights_sha256": spec.weights_sha256},
+                        })
+                        log(
+                            f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: "
+                            f"avg-inc {m.average_incremental:.2f} last {m.last:.2f} forgetting {m.forgetting:.2f} "
+                            f"({wall:.1f} s{', cached embeddings' if use_cache else ''})"
+                        )
+                        write_json(report, out_json)
+    write_json(report, out_json)
+    return report
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------ table and plot
+def _groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict]]:
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
+    for r in report["runs"]:
+        key = (r["config"]["dataset"], r["protocol"], r["config"]["learner"], r["backbone"])
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _pm(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# {report['name']}",
+        "",
+        (
+            "Class-incremental top-1 (%) on all classes seen so far; mean ± std over class-order seeds "
+            f"{', '.join(map(str, report['grid']['seeds']))}. Avg-inc: mean over tasks of the accuracy after each "
+            "task; Last: after the final task; Forgetting: mean drop of each old task from its best accuracy."
+        ),
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s); "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        "",
+        "| dataset | protocol | learner | backbone | input | Avg-inc | Last | Forgetting | seeds | time/run (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, proto, learner, backbone), runs in _groups(report).items():
+        size = "x".join(map(str, runs[0]["backbone_spec"]["input_size"][1:]))
+        lines.append(
+            f"| {dataset} | {proto} | {learner} | {backbone} | {size} | "
+            f"{_pm([r['average_incremental'] for r in runs])} | {_pm([r['last'] for r in runs])} | "
+            f"{_pm([r['forgetting'] for r in runs])} | {len(runs)} | {np.mean([r['wall_time_s'] for r in runs]):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for (dataset, proto, learner, backbone), runs in _groups(report).items():
+        panels.setdefault((dataset, proto), {})[f"{learner} / {backbone}"] = runs
+    n = len(panels)
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    for ax, ((dataset, proto), lines) in zip(axes.flat, panels.items()):
+        for label, runs in lines.items():
+            x = runs[0]["classes_seen"]
+            acc = np.array([r["accuracy_per_task"] for r in runs])
+            mean, std = acc.mean(0), acc.std(0)
+            ax.plot(x, mean, marker="o", ms=3, label=label)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.set_title(f"{dataset}, {proto}")
+        ax.set_xlabel("classes seen")
+        ax.set_ylabel("top-1 on seen classes (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    md, png = out / f"{report['name']}.md", out / f"{report['name']}.png"
+    md.write_text(markdown(report), encoding="utf-8")
+    plot(report, png)
+    return [out / f"{report['name']}.json", md, png]
+
+
+# ----------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="results file stem: <out>/<name>.{json,md,png}")
+    p.add_argument("--learners", default="simplecil", help="comma-separated (see `edgecl learners`)")
+    p.add_argument("--learner-args", default=None, help="JSON hyper-parameters for every learner, e.g. '{\"M\": 5000}'")
+    p.add_argument("--backbones", default="edgecl-resnet10t", help="comma-separated NAME[@IMG_SIZE]")
+    p.add_argument("--img-size", type=int, default=None, help="input size for backbones that can change it")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=FILE", help="weights of a timm backbone")
+    p.add_argument("--datasets", default="shapes", help="comma-separated dataset specs (shapes:N, glyphs:N:cross, ...)")
+    p.add_argument("--protocols", default="B0-Inc10,B50%-Inc10", help="comma-separated B<base>[%%]-Inc<n>")
+    p.add_argument("--seeds", default="1993,1994,1995", help="comma-separated class-order seeds")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--train-per-class", type=int, default=30)
+    p.add_argument("--test-per-class", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 when other work shares the CPU)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="never reuse embeddings across runs")
+    p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
+    p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.table_only:
+        report = json.loads((out / f"{args.name}.json").read_text())
+    else:
+        report = run_grid(args, log=lambda s: print(s, flush=True))
+    for path in write_outputs(report, out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
