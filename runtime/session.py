@@ -1,0 +1,229 @@
+"""onnxruntime sessions for a bundle: providers, session options, optimised-model cache.
+
+What is chosen for the device, and why:
+
+* **providers** (``select_providers``): CUDA first when onnxruntime offers it
+  (``device="auto"`` or ``"cuda"``), else CPU. Pure function of the device
+  string and the available providers, so the CUDA path is testable on CPU.
+* **session options** (``session_options``): full graph optimisation
+  (constant folding, fusions, NCHWc layouts on CPU), ``intra_op_num_threads``
+  (``threads=None`` lets onnxruntime use one thread per physical core),
+  sequential execution (the backbone is a chain: parallel execution only adds
+  scheduling overhead).
+* **optimised-model cache** (``create_session``): optimising a graph costs
+  time at every load. The optimised graph is saved once under
+  ``BUNDLE/.ort-cache/`` and later loads open it with optimisation disabled.
+  The cache key is the onnxruntime version, the providers, the optimisation
+  level, the CPU architecture and the sha256 of the source model, so an
+  upgraded onnxruntime, another device or a new backbone never reuse it. The
+  cache file is written to a temporary name and renamed (atomic), and its own
+  sha256 is recorded next to it: a stale, truncated or corrupt cache is
+  deleted and rebuilt, never trusted and never an error. The cache is not part
+  of the bundle: ``manifest.json`` does not list it, checksums ignore it, and
+  deleting the directory is always safe. A read-only bundle simply runs
+  without a cache.
+* **IO binding** (``use_io_binding``): on CUDA, outputs are bound so that
+  onnxruntime does not allocate and copy through intermediate buffers per
+  call. On CPU it buys nothing, so it is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import CorruptBundleError, DeviceUnavailableError, InvalidInputError
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+CACHE_DIR = ".ort-cache"
+GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def select_providers(device: str, available: Sequence[str] | None = None) -> list[str]:
+    """Execution providers for ``device`` (``auto`` | ``cpu`` | ``cuda``), best first."""
+    if device not in DEVICES:
+        raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    available = list(ort.get_available_providers() if available is None else available)
+    if device == "cpu":
+        return [CPU_EP]
+    if CUDA_EP in available:
+        return [CUDA_EP, CPU_EP]
+    if device == "cuda":
+        raise DeviceUnavailableError(
+            f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu "
+            "(pip install 'edgecl[gpu]') with a matching CUDA, or use device='cpu'"
+        )
+    return [CPU_EP]
+
+
+def use_io_binding(providers: Sequence[str]) -> bool:
+    """IO binding pays off when the first provider keeps tensors off the host (CUDA)."""
+    return bool(providers) and providers[0] == CUDA_EP
+
+
+def session_options(threads: int | None = None, level: str = "all") -> ort.SessionOptions:
+    """Session options for a backbone: graph optimisation ``level`` and ``threads`` intra-op threads."""
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1):
+        raise InvalidInputError(f"threads must be a positive integer or None, got {threads!r}")
+    if level not in GRAPH_LEVELS:
+        raise InvalidInputError(f"graph optimisation level must be one of {', '.join(GRAPH_LEVELS)}, got {level!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = GRAPH_LEVELS[level]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: the NCHWc "optimized model may not run elsewhere" warning is expected
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return so
+
+
+def cache_key(model_sha256: str, providers: Sequence[str], level: str) -> str:
+    """What an optimised graph depends on; a change of any part makes a new cache file."""
+    parts = [ort.__version__, ",".join(providers), level, platform.machine(), model_sha256]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_model(cache_dir: Path, key: str) -> Path | None:
+    """The cached optimised model for ``key`` if it exists and its recorded sha256 matches, else None."""
+    model, meta = cache_dir / f"{key}.onnx", cache_dir / f"{key}.json"
+    if not (model.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        if info.get("bytes") == model.stat().st_size and info.get("sha256") == _sha256(model):
+            return model
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _drop(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _write_cache(model_path: Path, providers: list[str], threads: int | None, level: str, cache_dir: Path, key: str):
+    """Optimise ``model_path`` into the cache (temp name + rename); returns the session it built."""
+    cache_dir.mkdir(exist_ok=True)
+    tmp = cache_dir / f".{key}.{os.getpid()}.onnx.tmp"
+    so = session_options(threads, level)
+    so.optimized_model_filepath = str(tmp)
+    session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+    try:
+        meta = {
+            "source": model_path.name,
+            "onnxruntime": ort.__version__,
+            "providers": providers,
+            "level": level,
+            "machine": platform.machine(),
+            "bytes": tmp.stat().st_size,
+            "sha256": _sha256(tmp),
+        }
+        meta_tmp = cache_dir / f".{key}.{os.getpid()}.json.tmp"
+        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        # model first, then its meta: a reader that sees the meta sees the complete model
+        os.replace(tmp, cache_dir / f"{key}.onnx")
+        os.replace(meta_tmp, cache_dir / f"{key}.json")
+    finally:
+        _drop(tmp, cache_dir / f".{key}.{os.getpid()}.json.tmp")
+    return session
+
+
+def create_session(
+    model_path: str | Path,
+    model_sha256: str,
+    providers: list[str],
+    threads: int | None = None,
+    level: str = "all",
+    cache: bool = True,
+) -> tuple[ort.InferenceSession, str]:
+    """An ``InferenceSession`` for ``model_path`` and how it was made: ``cached`` | ``built`` | ``direct``.
+
+    With ``cache``, the optimised graph is read from (or written to) the
+    ``.ort-cache`` directory next to the model, see the module doc.
+    ``model_sha256`` identifies the source model (the manifest's checksum).
+    """
+    model_path = Path(model_path)
+    try:
+        if cache and level != "disable":
+            cache_dir = model_path.parent / CACHE_DIR
+            key = cache_key(model_sha256, providers, level)
+            cached = _cached_model(cache_dir, key)
+            if cached is not None:
+                try:
+                    so = session_options(threads, "disable")
+                    return ort.InferenceSession(str(cached), sess_options=so, providers=providers), "cached"
+                except Exception:  # noqa: BLE001 - any failure of a cache file means: rebuild it
+                    pass
+            _drop(cache_dir / f"{key}.onnx", cache_dir / f"{key}.json")
+            try:
+                return _write_cache(model_path, providers, threads, level, cache_dir, key), "built"
+            except OSError:
+                pass  # read-only bundle or full disk: run without a cache
+        so = session_options(threads, level)
+        return ort.InferenceSession(str(model_path), sess_options=so, providers=providers), "direct"
+    except (InvalidInputError, DeviceUnavailableError):
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise CorruptBundleError(f"cannot load {model_path}: {exc}") from exc
+
+
+def clear_cache(bundle_dir: str | Path) -> int:
+    """Delete a bundle's optimised-model cache; returns the number of files removed."""
+    cache_dir = Path(bundle_dir) / CACHE_DIR
+    n = 0
+    if cache_dir.is_dir():
+        for p in cache_dir.iterdir():
+            _drop(p)
+            n += 1
+        with contextlib.suppress(OSError):
+            cache_dir.rmdir()
+    return n
+
+
+class Runner:
+    """Runs a session on a batch: plain ``run`` on CPU, IO binding when ``io_binding``."""
+
+    def __init__(self, session: ort.InferenceSession, io_binding: bool = False):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.io_binding = io_binding
+        self.input_type = session.get_inputs()[0].type  # 'tensor(float)' or 'tensor(float16)'
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.input_type == "tensor(float16)":
+            x = x.astype(np.float16)
+        if not self.io_binding:
+            out = self.session.run([self.output_name], {self.input_name: x})[0]
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, x)
+            binding.bind_output(self.output_name)  # onnxruntime allocates on the provider's device
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        return np.asarray(out, dtype=np.float32)
