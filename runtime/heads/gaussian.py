@@ -1,0 +1,220 @@
+"""Gaussian class-statistics head: Mahalanobis distance to each class (FeCAM).
+
+Each class is a Gaussian over Tukey-transformed embeddings
+``z = sign(e) |e|^beta`` (``beta = 1``: no transform; FeCAM uses 0.5 on
+non-negative CNN features, the sign keeps it defined for ViT features). The
+head stores, per class, the count ``n``, the mean ``mu`` (float64) and the
+centred scatter ``S = sum (z - mu)(z - mu)^T`` (float32: ``C * D^2`` values, the
+dominant size of the head). Statistics are merged and un-merged exactly with
+the parallel Welford (Chan et al.) formulas, so ``with_examples`` equals a
+from-scratch computation on all examples, ``without_examples`` is its inverse,
+and ``without_class`` simply drops the class.
+
+Scoring follows FeCAM (Goswami et al., NeurIPS 2023) and is applied at
+predict time, never stored: covariance ``S / (n - 1)``, shrinkage
+``cov + a1 * mean(diag) * I + a2 * mean(offdiag) * (1 - I)``, optional
+normalisation to a correlation matrix, and
+``score = -(x - m)^T cov^-1 (x - m)`` with ``x``, ``m`` the L2-normalised ``z``
+and ``mu``. A class with a single example has no covariance and uses the
+identity (a Euclidean distance between normalised vectors).
+
+The ``C`` precision matrices are computed lazily on the first ``scores`` call
+and cached in the head object; an update copies the cached precision of every
+class it did not touch, so a predict never inverts a covariance twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CorruptBundleError, InvalidInputError
+from .base import Head, check_examples, l2_normalize, register_head
+from .validate import float_array, int_array, scalar
+
+SCORE_CHUNK = 256  # queries per batched (C, chunk, D) @ (C, D, D) product
+
+
+def tukey(x: np.ndarray, beta: float) -> np.ndarray:
+    """Signed Tukey power transform ``sign(x) |x|^beta`` (identity for ``beta = 1``)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x if beta == 1.0 else np.sign(x) * np.abs(x) ** beta
+
+
+def shrunk_covariance(scatter: np.ndarray, n: int, a1: float, a2: float, normalize: bool) -> np.ndarray:
+    """FeCAM's covariance of one class from its scatter: shrinkage, then optional normalisation."""
+    d = scatter.shape[0]
+    if n < 2:
+        return np.eye(d)
+    cov = scatter.astype(np.float64) / (n - 1)
+    diag_mean = float(np.trace(cov)) / d
+    if not diag_mean > 0:
+        return np.eye(d)
+    off_mean = (float(cov.sum()) - float(np.trace(cov))) / max(d * (d - 1), 1)
+    cov = cov + a2 * off_mean * (1.0 - np.eye(d))
+    cov[np.diag_indices(d)] += a1 * diag_mean
+    if normalize:
+        sd = np.sqrt(np.maximum(np.diag(cov), diag_mean * 1e-12))
+        cov = cov / np.outer(sd, sd)
+    return cov
+
+
+def _precision(cov: np.ndarray) -> np.ndarray:
+    try:
+        P = np.linalg.inv(cov)
+    except np.linalg.LinAlgError:
+        P = np.linalg.pinv(cov, hermitian=True)
+    return ((P + P.T) * 0.5).astype(np.float32)
+
+
+def _batch_stats(z: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    mu = z.mean(axis=0)
+    c = z - mu
+    return z.shape[0], mu, c.T @ c
+
+
+@register_head
+class GaussianHead(Head):
+    """Per-class Gaussian statistics scored by (shrunk) Mahalanobis distance; see the module doc."""
+
+    kind = "gaussian"
+
+    def __init__(
+        self,
+        means: np.ndarray,
+        scatter: np.ndarray,
+        counts: np.ndarray,
+        beta: float = 0.5,
+        shrink: tuple[float, float] = (1.0, 1.0),
+        normalize_cov: bool = True,
+        _precisions: list | None = None,
+    ):
+        self.means = np.asarray(means, dtype=np.float64)
+        self.scatter = np.asarray(scatter, dtype=np.float32)
+        self._counts = np.asarray(counts, dtype=np.int64)
+        self.beta = float(beta)
+        self.shrink = (float(shrink[0]), float(shrink[1]))
+        self.normalize_cov = bool(normalize_cov)
+        self._prec = list(_precisions) if _precisions is not None else [None] * self.num_classes
+
+    @classmethod
+    def empty(cls, dim: int, beta: float = 0.5, shrink=(1.0, 1.0), normalize_cov: bool = True) -> "GaussianHead":
+        """A head with no classes yet (learners add classes with ``with_examples(None, ...)``)."""
+        if not beta > 0 or min(shrink) < 0:
+            raise ValueError(f"need beta > 0 and shrinkage >= 0, got beta={beta}, shrink={shrink}")
+        return cls(np.zeros((0, dim)), np.zeros((0, dim, dim), np.float32), np.zeros(0, np.int64), beta, shrink,
+                   normalize_cov)
+
+    # ------------------------------------------------------------------ file
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int, dim: int) -> "GaussianHead":
+        k = cls.kind
+        means = float_array(arrays, "means", k, (n_classes, dim))
+        scatter = float_array(arrays, "scatter", k, (n_classes, dim, dim), np.float32)
+        counts = int_array(arrays, "counts", k, (n_classes,), minimum=1)
+        beta = scalar(arrays, "tukey_beta", k, positive=True)
+        shrink = float_array(arrays, "shrink", k, (2,))
+        if shrink.min() < 0:
+            raise CorruptBundleError("gaussian head array 'shrink' holds negative values")
+        normalize = scalar(arrays, "normalize_cov", k)
+        if normalize not in (0.0, 1.0):
+            raise CorruptBundleError("gaussian head array 'normalize_cov' must be 0 or 1")
+        if not np.allclose(scatter, np.swapaxes(scatter, 1, 2), rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(scatter).max(initial=0)))):
+            raise CorruptBundleError("gaussian head array 'scatter' is not symmetric")
+        return cls(means, scatter, counts, beta, tuple(shrink), bool(normalize))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "means": self.means,
+            "scatter": self.scatter,
+            "counts": self._counts,
+            "tukey_beta": np.float64(self.beta),
+            "shrink": np.array(self.shrink, np.float64),
+            "normalize_cov": np.float64(self.normalize_cov),
+        }
+
+    # ------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._counts
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def covariance(self, index: int) -> np.ndarray:
+        """The shrunk (and normalised) covariance class ``index`` is scored with."""
+        return shrunk_covariance(self.scatter[index], int(self._counts[index]), *self.shrink, self.normalize_cov)
+
+    def precisions(self) -> np.ndarray:
+        """``(C, D, D)`` float32 inverses of the scoring covariances (computed once, cached)."""
+        for c, p in enumerate(self._prec):
+            if p is None:
+                self._prec[c] = _precision(self.covariance(c))
+        return np.stack(self._prec) if self._prec else np.zeros((0, self.dim, self.dim), np.float32)
+
+    # ------------------------------------------------------------- inference
+    def scores(self, embeddings: np.ndarray) -> np.ndarray:
+        x = l2_normalize(tukey(embeddings, self.beta)).astype(np.float32)
+        mu = l2_normalize(self.means).astype(np.float32)
+        P = self.precisions()
+        out = np.empty((x.shape[0], self.num_classes), np.float32)
+        for i in range(0, x.shape[0], SCORE_CHUNK):
+            diff = x[None, i : i + SCORE_CHUNK] - mu[:, None]  # (C, n, D)
+            out[i : i + SCORE_CHUNK] = -np.einsum("cnd,cnd->nc", diff @ P, diff)
+        return out
+
+    # --------------------------------------------------------------- updates
+    def _replace(self, means, scatter, counts, precisions) -> "GaussianHead":
+        return GaussianHead(means, scatter, counts, self.beta, self.shrink, self.normalize_cov, precisions)
+
+    def _check_index(self, index: int) -> int:
+        if not 0 <= int(index) < self.num_classes:
+            raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
+        return int(index)
+
+    def with_examples(self, index: int | None, embeddings: np.ndarray) -> "GaussianHead":
+        nb, mub, Sb = _batch_stats(tukey(check_examples(embeddings, self.dim), self.beta))
+        if index is None:
+            return self._replace(
+                np.vstack([self.means, mub[None]]),
+                np.concatenate([self.scatter, Sb[None].astype(np.float32)]),
+                np.append(self._counts, nb),
+                self._prec + [None],
+            )
+        c = self._check_index(index)
+        na, mua = int(self._counts[c]), self.means[c]
+        n = na + nb
+        delta = mub - mua
+        means, scatter, counts = self.means.copy(), self.scatter.copy(), self._counts.copy()
+        means[c] = mua + delta * (nb / n)
+        scatter[c] = self.scatter[c] + Sb + np.outer(delta, delta) * (na * nb / n)
+        counts[c] = n
+        prec = list(self._prec)
+        prec[c] = None
+        return self._replace(means, scatter, counts, prec)
+
+    def without_examples(self, index: int, embeddings: np.ndarray) -> "GaussianHead":
+        nb, mub, Sb = _batch_stats(tukey(check_examples(embeddings, self.dim), self.beta))
+        c = self._check_index(index)
+        n = int(self._counts[c])
+        na = n - nb
+        if na < 1:
+            raise InvalidInputError(f"cannot remove {nb} examples from a class that has {n}")
+        mua = (self.means[c] * n - mub * nb) / na
+        delta = mub - mua
+        means, scatter, counts = self.means.copy(), self.scatter.copy(), self._counts.copy()
+        means[c] = mua
+        scatter[c] = self.scatter[c] - Sb - np.outer(delta, delta) * (na * nb / n)
+        counts[c] = na
+        prec = list(self._prec)
+        prec[c] = None
+        return self._replace(means, scatter, counts, prec)
+
+    def without_class(self, index: int) -> "GaussianHead":
+        c = self._check_index(index)
+        keep = np.arange(self.num_classes) != c
+        return self._replace(self.means[keep], self.scatter[keep], self._counts[keep], self._prec[:c] + self._prec[c + 1 :])

@@ -1,0 +1,241 @@
+"""Runtime heads of the closed-form learners (ridge: RanPAC/SLCA, gaussian: FeCAM) on random features.
+
+Every update is checked against a from-scratch computation on all examples.
+"""
+
+import numpy as np
+import pytest
+
+from runtime import CorruptBundleError, InvalidInputError
+from runtime.heads import HEADS
+from runtime.heads.gaussian import GaussianHead, tukey
+from runtime.heads.ridge import RidgeHead
+
+D, M, LAM = 24, 96, 3.0
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+def examples(rng, k, shift=0.0):
+    return (rng.standard_normal((k, D)) + shift).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- ridge
+@pytest.fixture
+def W_rand():
+    return np.random.default_rng(1).standard_normal((D, M)).astype(np.float32)
+
+
+def ridge_from_scratch(E, y, C, W_rand, lam=LAM, zero_target=()):
+    """W = (G + lam I)^-1 Q solved directly on every example; ``zero_target`` labels vote for no class."""
+    H = E.astype(np.float32) if W_rand is None else np.maximum(E.astype(np.float32) @ W_rand, 0)
+    H = H.astype(np.float64)
+    Y = np.zeros((len(y), C))
+    for i, c in enumerate(y):
+        if c not in zero_target:
+            Y[i, c] = 1.0
+    return np.linalg.solve(H.T @ H + lam * np.eye(H.shape[1]), H.T @ Y)
+
+
+def empty_ridge(W_rand):
+    m = D if W_rand is None else W_rand.shape[1]
+    return RidgeHead(np.zeros((m, m)), np.zeros((m, 0)), LAM, np.zeros(0, np.int64), W_rand)
+
+
+@pytest.mark.parametrize("projected", [True, False])
+def test_ridge_updates_equal_from_scratch_solve_after_many_updates(W_rand, projected, monkeypatch):
+    import runtime.heads.ridge as ridge
+
+    fresh = []
+    real = ridge.ridge_inverse
+    monkeypatch.setattr(ridge, "ridge_inverse", lambda G, lam: fresh.append(1) or real(G, lam))
+    W_rand = W_rand if projected else None
+    rng = np.random.default_rng(0)
+    head, E, y = empty_ridge(W_rand), np.zeros((0, D), np.float32), []
+    for step in range(300):  # many Woodbury updates: rank 1..3, new classes now and then, one big batch
+        k = 70 if step == 150 else 1 + step % 3
+        c = None if step % 40 == 0 else int(rng.integers(head.num_classes))
+        e = examples(rng, k, shift=0.3 * (c or head.num_classes))
+        head = head.with_examples(c, e)
+        E, y = np.vstack([E, e]), y + [head.num_classes - 1 if c is None else c] * k
+    # Woodbury did the work: a fresh O(M^3) inverse only for the empty head and the 70-example batch
+    assert len(fresh) == 2
+    ref = ridge_from_scratch(E, y, head.num_classes, W_rand)
+    assert rel(head.A_inv @ head.Q, ref) <= 1e-5
+    assert rel(head.weights, ref) <= 1e-5
+    np.testing.assert_array_equal(head.counts, np.bincount(y))
+    np.testing.assert_allclose(head.scores(E[:5]), head.features(E[:5]) @ ref.astype(np.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_remove_examples_is_the_exact_inverse(W_rand):
+    rng = np.random.default_rng(2)
+    head = empty_ridge(W_rand)
+    for c in range(4):
+        head = head.with_examples(None, examples(rng, 10, c))
+    G0, Q0, W0, P0 = head.G.copy(), head.Q.copy(), head.weights.copy(), head.A_inv.copy()
+    extra = examples(rng, 5, 1.0)
+    grown = head.with_examples(1, extra)
+    assert rel(grown.weights, W0) > 1e-3  # the update did something
+    back = grown.without_examples(1, extra)
+    assert rel(back.weights, W0) <= 1e-6 and rel(back.A_inv, P0) <= 1e-6
+    assert rel(back.G, G0) <= 1e-12 and rel(back.Q, Q0) <= 1e-12
+    np.testing.assert_array_equal(back.counts, head.counts)
+    # immutability: the original head never changed
+    np.testing.assert_array_equal(head.G, G0)
+    np.testing.assert_array_equal(head.weights, W0)
+    with pytest.raises(InvalidInputError, match="cannot remove"):
+        head.without_examples(0, examples(rng, 10))
+
+
+def test_ridge_without_class_keeps_examples_as_zero_target_background(W_rand):
+    rng = np.random.default_rng(3)
+    head, E, y = empty_ridge(W_rand), [], []
+    for c in range(4):
+        e = examples(rng, 8, c)
+        head, E, y = head.with_examples(None, e), E + [e], y + [c] * 8
+    dropped = head.without_class(1)
+    assert dropped.num_classes == 3 and list(dropped.counts) == [8, 8, 8]
+    ref = ridge_from_scratch(np.vstack(E), y, 4, W_rand, zero_target=(1,))
+    assert rel(dropped.weights, np.delete(ref, 1, axis=1)) <= 1e-5
+    np.testing.assert_array_equal(dropped.G, head.G)  # documented: its examples stay in G
+
+
+def test_ridge_refactorises_a_drifted_inverse(W_rand):
+    rng = np.random.default_rng(4)
+    head = empty_ridge(W_rand).with_examples(None, examples(rng, 20))
+    bad = head.A_inv * (1 + 1e-4)  # as if many updates had drifted
+    fixed = RidgeHead(head.G, head.Q, head.lam, head.counts, head.W_rand, bad)
+    assert rel(fixed.A_inv, head.A_inv) <= 1e-8
+
+
+def test_ridge_arrays_round_trip_and_validation(W_rand):
+    rng = np.random.default_rng(5)
+    head = empty_ridge(W_rand).with_examples(None, examples(rng, 6)).with_examples(None, examples(rng, 6, 1))
+    arrays = head.arrays()
+    back = HEADS["ridge"].from_arrays(arrays, 2, D)
+    for k, v in back.arrays().items():
+        np.testing.assert_array_equal(v, arrays[k])
+    q = examples(rng, 4)
+    np.testing.assert_array_equal(back.scores(q), head.scores(q))
+    bad_cases = {
+        "G": (lambda a: a.pop("G"), "lacks array 'G'"),
+        "Q shape": (lambda a: a.update(Q=a["Q"][:, :1]), "'Q' has shape"),
+        "G dtype": (lambda a: a.update(G=a["G"].astype(np.int64)), "'G' has dtype"),
+        "nan": (lambda a: a["A_inv"].__setitem__((0, 0), np.nan), "'A_inv' holds non-finite"),
+        "lam": (lambda a: a.update(lam=np.float64(-1)), "'lam' must be > 0"),
+        "counts": (lambda a: a.update(counts=np.array([3, 0])), "'counts' holds values"),
+        "W_rand": (lambda a: a.update(W_rand=a["W_rand"][:-1]), "'W_rand' has shape"),
+        "asym": (lambda a: a["G"].__setitem__((0, 1), a["G"][0, 1] + 1), "not symmetric"),
+    }
+    for name, (mutate, msg) in bad_cases.items():
+        a = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        mutate(a)
+        with pytest.raises(CorruptBundleError, match=msg):
+            HEADS["ridge"].from_arrays(a, 2, D)
+    with pytest.raises(InvalidInputError, match="dimension"):
+        head.with_examples(0, np.zeros((2, D + 1), np.float32))
+
+
+# ------------------------------------------------------------------------ gaussian
+def gaussian_stats(E, beta=0.5):
+    z = tukey(E, beta)
+    mu = z.mean(0)
+    return z.shape[0], mu, (z - mu).T @ (z - mu)
+
+
+def fecam_scores(E_class, queries, beta=0.5, a1=1.0, a2=1.0):
+    """FeCAM's distance written out directly (np.cov, shrink, correlation, inverse)."""
+    out = []
+    for E in E_class:
+        z = tukey(E, beta)
+        cov = np.cov(z.T)
+        dm = np.mean(np.diag(cov))
+        off = (cov.sum() - np.trace(cov)) / (D * (D - 1))
+        cov = cov + a1 * dm * np.eye(D) + a2 * off * (1 - np.eye(D))
+        sd = np.sqrt(np.diag(cov))
+        P = np.linalg.inv(cov / np.outer(sd, sd))
+        x = tukey(queries, beta)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        m = z.mean(0) / np.linalg.norm(z.mean(0))
+        out.append(-np.einsum("nd,de,ne->n", x - m, P, x - m))
+    return np.stack(out, 1)
+
+
+def nonneg(rng, k, shift=0.0):
+    return np.abs(examples(rng, k, shift))  # CNN-like (post-ReLU) features
+
+
+def test_gaussian_updates_equal_from_scratch_stats_and_fecam_scores():
+    rng = np.random.default_rng(6)
+    head = GaussianHead.empty(D)
+    data = [nonneg(rng, 12, c) for c in range(3)]
+    for e in data:
+        head = head.with_examples(None, e)
+    more = nonneg(rng, 7, 0)
+    head = head.with_examples(0, more[:3]).with_examples(0, more[3:])
+    data[0] = np.vstack([data[0], more])
+    for c, E in enumerate(data):
+        n, mu, S = gaussian_stats(E)
+        assert head.counts[c] == n
+        assert rel(head.means[c], mu) <= 1e-10 and rel(head.scatter[c], S) <= 1e-5
+    q = nonneg(rng, 9, 1)
+    np.testing.assert_allclose(head.scores(q), fecam_scores(data, q), rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_remove_examples_inverse_and_without_class():
+    rng = np.random.default_rng(7)
+    head = GaussianHead.empty(D)
+    for c in range(3):
+        head = head.with_examples(None, nonneg(rng, 10, c))
+    extra = nonneg(rng, 4, 2)
+    back = head.with_examples(2, extra).without_examples(2, extra)
+    assert rel(back.means, head.means) <= 1e-10 and rel(back.scatter, head.scatter) <= 1e-5
+    np.testing.assert_array_equal(back.counts, head.counts)
+    q = nonneg(rng, 5, 1)
+    np.testing.assert_allclose(back.scores(q), head.scores(q), rtol=1e-4, atol=1e-4)
+    dropped = head.without_class(1)
+    np.testing.assert_allclose(dropped.scores(q), head.scores(q)[:, [0, 2]], rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="cannot remove"):
+        head.without_examples(0, nonneg(rng, 10))
+
+
+def test_gaussian_caches_precisions_and_updates_only_the_touched_class(monkeypatch):
+    rng = np.random.default_rng(8)
+    head = GaussianHead.empty(D)
+    for c in range(4):
+        head = head.with_examples(None, nonneg(rng, 10, c))
+    calls = []
+    real_inv = np.linalg.inv
+    monkeypatch.setattr(np.linalg, "inv", lambda a: calls.append(1) or real_inv(a))
+    q = nonneg(rng, 3)
+    head.scores(q)
+    assert len(calls) == 4
+    head.scores(q)
+    head.scores(q)
+    assert len(calls) == 4  # cached: no inversion per predict
+    grown = head.with_examples(2, nonneg(rng, 3, 2))
+    grown.scores(q)
+    assert len(calls) == 5  # only the touched class is re-inverted
+
+
+def test_gaussian_single_example_class_and_round_trip():
+    rng = np.random.default_rng(9)
+    head = GaussianHead.empty(D).with_examples(None, nonneg(rng, 10)).with_examples(None, nonneg(rng, 1, 3))
+    s = head.scores(nonneg(rng, 4))
+    assert s.shape == (4, 2) and np.all(np.isfinite(s))
+    arrays = head.arrays()
+    back = HEADS["gaussian"].from_arrays(arrays, 2, D)
+    for k, v in back.arrays().items():
+        np.testing.assert_array_equal(v, arrays[k])
+    for name, mutate, msg in [
+        ("scatter", lambda a: a.update(scatter=a["scatter"][:, :-1]), "'scatter' has shape"),
+        ("means", lambda a: a["means"].__setitem__((0, 0), np.inf), "'means' holds non-finite"),
+        ("counts", lambda a: a.update(counts=a["counts"].astype(np.float32)), "'counts' has dtype"),
+        ("beta", lambda a: a.pop("tukey_beta"), "lacks array 'tukey_beta'"),
+    ]:
+        a = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        mutate(a)
+        with pytest.raises(CorruptBundleError, match=msg):
+            HEADS["gaussian"].from_arrays(a, 2, D)
