@@ -1,8 +1,30 @@
-"""Image data sets for class-incremental learning."""
+"""Image data sets for class-incremental learning.
 
-from .dataset import ArrayDataset, BatchLoader
-from .sources import DataError, load_dataset
-from .synthetic import class_names as shapes_class_names
-from .synthetic import make_shapes
+Names are imported on first use (PEP 562), so that ``edgecl.data.glyphs`` worker processes
+import numpy and Pillow but not torch.
+"""
 
-__all__ = ["ArrayDataset", "BatchLoader", "DataError", "load_dataset", "make_shapes", "shapes_class_names"]
+import importlib
+
+_EXPORTS = {
+    "ArrayDataset": ".dataset",
+    "BatchLoader": ".dataset",
+    "DataError": ".sources",
+    "load_dataset": ".sources",
+    "make_shapes": ".synthetic",
+    "shapes_class_names": ".synthetic",
+    "make_glyphs": ".glyphs",
+    "pretrain_corpus": ".glyphs",
+    "pretrain_batches": ".glyphs",
+}
+_RENAMED = {"shapes_class_names": "class_names"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value

@@ -3,25 +3,33 @@
 ``load_dataset(spec)`` returns ``(train, test)`` ``ArrayDataset``s sharing class names:
 
 * ``shapes`` / ``shapes:N`` - the embedded procedural set (N <= 100 classes).
+* ``glyphs:N[:within|cross][:SIZE]`` - N characters rendered from matplotlib's fonts
+  (``glyphs.py``): ``within`` (default) tests on the training fonts, ``cross`` trains on
+  upright fonts and tests on held-out italic ones; SIZE px images (default 64), e.g.
+  ``glyphs:200``, ``glyphs:500:cross``, ``glyphs:1000:cross:96``. Generated once, cached.
 * ``DIR`` - one sub-folder per class of image files; or ``DIR/train/<class>``
   and ``DIR/test/<class>`` for a fixed split.
 * ``FILE.npz`` - arrays ``x`` (N, H, W[, C]) uint8 and ``y`` (N,) int, optional
   ``class_names``; or ``x_train``/``y_train``/``x_test``/``y_test``.
 
 Without a fixed split, a seeded stratified ``test_fraction`` of each class is held out.
+The generated sets (shapes, glyphs) take ``train_per_class``, ``test_per_class`` and ``seed``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.io import IMAGE_SUFFIXES, read_image
 from runtime.preprocess import resize
 
-from .dataset import ArrayDataset
 from .synthetic import make_shapes
+
+if TYPE_CHECKING:  # imported where used: glyph generation workers must not import torch
+    from .dataset import ArrayDataset
 
 
 class DataError(ValueError):
@@ -44,6 +52,8 @@ def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
 
 
 def split_stratified(ds: ArrayDataset, test_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    from .dataset import ArrayDataset
+
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
@@ -61,6 +71,8 @@ def split_stratified(ds: ArrayDataset, test_fraction: float, seed: int) -> tuple
 
 
 def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> ArrayDataset:
+    from .dataset import ArrayDataset
+
     images, labels = [], []
     for label, name in enumerate(names):
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -111,6 +123,8 @@ def load_npz(path: Path, test_fraction: float, seed: int):
     names = [str(s) for s in z["class_names"]] if "class_names" in z else [f"class_{i}" for i in range(n_classes)]
     if len(names) < n_classes or len(set(names)) != len(names):
         raise DataError(f"{path}: class_names must be {n_classes} distinct names")
+    from .dataset import ArrayDataset
+
     sets = [ArrayDataset(x, y, names) for x, y in parts]
     return (sets[0], sets[1]) if len(sets) == 2 else split_stratified(sets[0], test_fraction, seed)
 
@@ -123,7 +137,17 @@ def load_dataset(
     train_per_class: int = 30,
     test_per_class: int = 10,
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """Resolve a data source spec (see module doc) to ``(train, test)``."""
+    """Resolve a data source spec to ``(train, test)``.
+
+    Specs: ``shapes[:N]``; ``glyphs:N[:within|cross][:SIZE]`` (e.g. ``glyphs:200``,
+    ``glyphs:200:cross``, ``glyphs:500:cross:96``); an image folder; a ``.npz`` file (see the
+    module doc). ``image_size`` applies to folders; generated sets keep their own size (the
+    batch loader resizes to the backbone's input).
+    """
+    if spec == "glyphs" or spec.startswith("glyphs:"):
+        from .glyphs import make_glyphs, parse_spec
+
+        return make_glyphs(parse_spec(spec, train_per_class, test_per_class, seed))
     if spec == "shapes" or spec.startswith("shapes:"):
         try:
             n = int(spec.split(":", 1)[1]) if ":" in spec else 100
@@ -135,9 +159,9 @@ def load_dataset(
             raise DataError(str(exc)) from exc
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"data source not found: {spec} (use 'shapes', an image folder or a .npz file)")
+        raise DataError(f"data source not found: {spec} (use 'shapes', 'glyphs:N', an image folder or a .npz file)")
     if path.is_dir():
         return load_image_folder(path, image_size, test_fraction, seed)
     if path.suffix == ".npz":
         return load_npz(path, test_fraction, seed)
-    raise DataError(f"{spec}: unsupported data source (use 'shapes', an image folder or a .npz file)")
+    raise DataError(f"{spec}: unsupported data source (use 'shapes', 'glyphs:N', an image folder or a .npz file)")

@@ -1,0 +1,69 @@
+"""``edgecl data``: look at data sets (numpy + Pillow; no torch for generated sets)."""
+
+from __future__ import annotations
+
+import click
+
+from .common import fail, main
+
+
+@main.group()
+def data():
+    """Inspect data sources."""
+
+
+def _grid(images, cols: int, scale: int):
+    import numpy as np
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = im
+    out = Image.fromarray(canvas)
+    return out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST) if scale > 1 else out
+
+
+@data.command()
+@click.argument("spec")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--count", type=int, default=64, show_default=True, help="Images in the grid.")
+@click.option("--cols", type=int, default=8, show_default=True)
+@click.option("--scale", type=int, default=0, help="Pixel zoom (default: to ~64 px tiles).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Data seed, and which images are shown.")
+def preview(spec, out, split, count, cols, scale, seed):
+    """Write a grid of sample images of SPEC to --out.
+
+    SPEC is any --dataset of `edgecl train` (shapes, glyphs:200:cross, a folder, a .npz), or
+    `pretrain[:N]` for fresh batches of the pre-training corpus (N classes, default 1000).
+    """
+    import numpy as np
+
+    from ..data import DataError
+
+    if count < 1 or cols < 1:
+        raise click.BadParameter("--count and --cols must be >= 1")
+    try:
+        if spec == "pretrain" or spec.startswith("pretrain:"):
+            from ..data.glyphs import pretrain_batches
+
+            n = int(spec.split(":")[1]) if ":" in spec and spec.split(":")[1].isdigit() else 1000
+            if spec not in ("pretrain", f"pretrain:{n}"):
+                raise DataError(f"bad spec {spec!r}: use pretrain or pretrain:N")
+            images, labels = next(pretrain_batches(n, count, seed=seed))
+            names = [str(y) for y in labels]
+        else:
+            from ..data import load_dataset
+
+            ds = load_dataset(spec, seed=seed)[split == "test"]
+            pick = np.sort(np.random.default_rng(seed).choice(len(ds), min(count, len(ds)), replace=False))
+            images, names = ds.images[pick], [ds.class_names[y] for y in ds.labels[pick]]
+    except DataError as exc:
+        fail(exc)
+    scale = scale or max(1, round(64 / images.shape[1]))
+    _grid(np.asarray(images), cols, scale).save(out)
+    click.echo(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) of {spec} -> {out}")
+    click.echo("classes, row by row: " + " ".join(names[: cols * 4]) + (" ..." if len(names) > cols * 4 else ""))
