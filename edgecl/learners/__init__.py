@@ -1,6 +1,7 @@
 """Continual learners. Importing this package registers every learner module."""
 
 from . import simplecil  # noqa: F401  (registers)
+from . import aper, ease, vpt  # noqa: F401  (registers)
 from .base import Learner
 from .registry import LEARNERS, create_learner, register_learner
 

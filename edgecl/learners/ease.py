@@ -1,0 +1,146 @@
+"""EASE (Zhou et al., "Expandable Subspace Ensemble for Pre-Trained Model-Based Class-Incremental Learning", 2024).
+
+Each task trains one new light adapter (a subspace; earlier adapters stay
+frozen) with a temporary cosine head over that task's classes. An image's
+feature is the concatenation of its embeddings through every task adapter
+(optionally preceded by the pre-trained embedding, hparam ``use_init_ptm``),
+and every class is a prototype in that concatenated space, scored by cosine.
+
+Old classes have no data when a new subspace appears, so their prototypes in
+it are *complemented* by semantic similarity, as in the paper: for classes
+``O`` of task ``i`` and a later subspace ``s``, with ``R`` the classes of
+tasks ``>= s`` (which have real prototypes in both subspaces ``i`` and ``s``),
+
+    P[O, s] = softmax_rows(cos(P[O, i], P[R, i])) @ P[R, s]
+
+recomputed for every pair ``i < s`` after each task (the reference code's
+``recalc_sim``). Classes are scored by cosine over the whole concatenation
+(the reference code's variant without subspace re-weighting), which is the
+runtime's ``prototype_cosine`` head: a class added on the device gets real
+prototypes in every subspace from its examples' exported embeddings.
+
+The exported graph carries all adapters as parallel branches over one shared
+patch embedding (``edgecl.peft.ParallelEmbedding``). Needs a ViT.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..peft import ParallelEmbedding, PeftModel
+from .aper import TRAIN_DEFAULTS
+from .prototypes import PrototypeLearner
+from .registry import register_learner
+from .training import HEAD_TYPES, fit_classifier, task_labels
+
+_ADAPTER_KEY = re.compile(r"^adapter(\d+)\.(.+)$")
+
+
+def complement(means: torch.Tensor, task_of_class: torch.Tensor, dim: int, offset: int = 0) -> torch.Tensor:
+    """Old classes' prototypes in later subspaces by semantic similarity (see module doc); a new tensor.
+
+    ``means`` is ``(C, (offset + T) * dim)``: subspace ``j`` occupies columns
+    ``(offset + j) * dim`` to ``(offset + j + 1) * dim``.
+    """
+    out = means.clone()
+    tasks = int(task_of_class.max()) + 1 if len(task_of_class) else 0
+
+    def block(j: int) -> slice:
+        return slice((offset + j) * dim, (offset + j + 1) * dim)
+
+    for i in range(tasks):
+        old = task_of_class == i
+        for s in range(i + 1, tasks):
+            ref = task_of_class >= s
+            sim = F.normalize(means[old][:, block(i)], dim=1) @ F.normalize(means[ref][:, block(i)], dim=1).T
+            out[torch.nonzero(old).flatten(), block(s)] = sim.softmax(dim=1) @ means[ref][:, block(s)]
+    return out
+
+
+@register_learner
+class EASE(PrototypeLearner):
+    name = "ease"
+    defaults = {"bottleneck": 16, "scale": 0.1, "use_init_ptm": False, **TRAIN_DEFAULTS}
+    choices = {"head": HEAD_TYPES}
+    positive = ("epochs", "lr", "bottleneck")
+
+    def __init__(self, backbone, device: str = "cpu", **hparams: Any):
+        super().__init__(backbone, device, **hparams)
+        self.adapters: list[PeftModel] = []
+        self.task_of_class = torch.zeros(0, dtype=torch.int64)
+        self._embedding: nn.Module | None = None
+
+    @property
+    def offset(self) -> int:
+        return int(self.hparams["use_init_ptm"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.backbone.embedding_dim * (self.offset + len(self.adapters))
+
+    def embedding_module(self) -> nn.Module:
+        if self._embedding is None:
+            raise RuntimeError("ease has no embedding before its first task")
+        return self._embedding
+
+    def _new_adapter(self) -> PeftModel:
+        hp = self.hparams
+        seed = hp["seed"] + len(self.adapters)
+        return PeftModel(self.backbone.model, "adapter", bottleneck=hp["bottleneck"], scale=hp["scale"], seed=seed).to(self.device)
+
+    def _set_adapters(self, adapters: list[PeftModel]) -> None:
+        self.adapters = adapters
+        self._embedding = ParallelEmbedding(self.backbone.model, adapters, include_base=bool(self.offset))
+
+    def fit_task(self, loader, progress: Callable | None = None) -> None:
+        classes = task_labels(loader)
+        if int(classes.min()) < self.num_classes:
+            raise ValueError(f"ease: a task must bring new classes (>= {self.num_classes}), got {int(classes.min())}")
+        hp, dim = self.hparams, self.backbone.embedding_dim
+        adapter = self._new_adapter()
+        self.train_stats = fit_classifier(
+            adapter, adapter.peft_parameters(), loader, classes, dim,
+            epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], head=hp["head"],
+            device=self.device, seed=hp["seed"] + len(self.adapters), progress=progress,
+        )  # fmt: skip
+        adapter.freeze()
+        self._set_adapters([*self.adapters, adapter])
+        if self.num_classes:  # the new subspace's block, complemented below
+            self.means = torch.cat([self.means, torch.zeros(self.num_classes, dim, dtype=torch.float64)], dim=1)
+        feats, labels = self.embed(loader)
+        new = self.add_examples(feats, labels)
+        task = len(self.adapters) - 1
+        self.task_of_class = torch.cat([self.task_of_class, torch.full((len(new),), task, dtype=torch.int64)])
+        self.means = complement(self.means, self.task_of_class, dim, self.offset)
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        out = {"task_of_class": self.task_of_class.numpy().copy()}
+        for k, adapter in enumerate(self.adapters):
+            out.update({f"adapter{k}.{n}": v.numpy() for n, v in adapter.peft_state().items()})
+        return out
+
+    def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        per: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in state.items():
+            m = _ADAPTER_KEY.match(key)
+            if m:
+                per.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        if sorted(per) != list(range(len(per))):
+            raise ValueError(f"ease state has adapters {sorted(per)}, expected 0..{len(per) - 1}")
+        task_of_class = torch.as_tensor(np.asarray(state["task_of_class"]), dtype=torch.int64)
+        if task_of_class.shape != np.shape(state["prototypes"])[:1] or (len(per) == 0 and len(task_of_class)):
+            raise ValueError(f"ease state: task_of_class {tuple(task_of_class.shape)} does not fit the prototypes")
+        adapters = []
+        for k in range(len(per)):
+            self.adapters = adapters  # seeds follow the adapter index
+            adapter = self._new_adapter()
+            adapter.load_peft_state(per[k])
+            adapters.append(adapter.freeze())
+        self._set_adapters(adapters)
+        self.task_of_class = task_of_class
