@@ -1,131 +1,96 @@
-"""The embedded default backbone: a small timm model whose weights edgecl makes itself.
+"""The embedded backbones: small timm models whose weights edgecl makes itself.
 
-``edgecl-resnet10t`` is timm's ``resnet10t`` (4.9 M parameters, 512-d
-embedding) run on 32x32 inputs. No pretrained weights can be downloaded
-offline, so the project makes them:
-seeded initialisation, then a short supervised warm-up on images from the
-embedded shapes generator labelled only by their *factors* (which of 10 shapes,
-which of 10 colours; a separate random stream from any evaluation data). It has
-never been trained on the 100 (colour, shape) classes that the class-
-incremental runs learn: it plays the role of a generic pre-trained model
-whose concepts the continual learner composes into new classes. It is a
-stand-in for a real pre-trained model, not a replacement for one.
+Nothing can be downloaded, so edgecl pre-trains its own stand-ins for real
+pre-trained models, each defined by a :class:`~edgecl.pretrain.Recipe` and made by
+the one mechanism of ``edgecl.pretrain`` (``edgecl pretrain`` on the command line).
 
-The result is cached as safetensors under the user cache dir (``$EDGECL_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/edgecl``, else ``~/.cache/edgecl``); it is deterministic
-for a given seed up to floating-point reduction order on the machine.
+* ``edgecl-resnet10t`` (the default): timm's ``resnet10t`` (4.9 M parameters,
+  512-d embedding) on 32x32 inputs, made on first use: seeded initialisation,
+  then a ~10 s supervised warm-up on images of the embedded shapes generator
+  labelled only by their *factors* (which of 10 shapes, which of 10 colours; a
+  separate random stream from any evaluation data). It never sees the 100
+  (colour, shape) classes the class-incremental runs learn: it plays a generic
+  pre-trained model whose concepts the learner composes into new classes.
+  Cached under the cache dir keyed by its recipe's config hash.
+* ``edgecl-vit-tiny``: a timm ``VisionTransformer`` of the ViT-tiny family
+  (embed dim 192, 3 heads, 4x4 patches on 32x32 inputs, [CLS] token pooling,
+  192-d embedding) for the prompt and adapter learners that need a ViT. A ViT
+  trained from scratch on the shapes barely learns, so it is pre-trained for
+  ~40 min on a CPU core to classify CJK ideographs (``glyphs`` task: Noto CJK
+  faces, disjoint from every benchmark class). Too long for first use: its
+  weights are **committed** (``weights/``, fp16) and their sha256 is checked on
+  load; ``edgecl pretrain --arch vit`` reproduces the file bit-for-bit on the
+  same torch build and CPU type (command in ``SHIPPED_COMMAND``).
+
+These are stand-ins so that everything runs offline, not substitutes for real
+large-scale pre-trained models.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-import torch
-from torch import nn
+from ..pretrain import Recipe, cache_path, ensure_pretrained
+from ..pretrain.checkpoint import checkpoint_name
+from .base import BackboneError, sha256_of
 
-
-@dataclass(frozen=True)
-class EmbeddedRecipe:
-    timm_name: str
-    model_kwargs: dict[str, Any]
-    input_size: tuple[int, int, int] = (3, 32, 32)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    seed: int = 0
-    steps: int = 120
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    data_seed: int = 1_000_003  # disjoint from the evaluation data seeds (small ints)
-    version: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# A CPU-sized ViT trained from scratch barely learns the shapes in minutes
-# (measured: shape loss 2.2 of ln 10 = 2.3 after 80 steps, vs 0.4 for this CNN
-# in 7 s), so the embedded default is a CNN; timm ViTs are used with --weights.
-EMBEDDED: dict[str, EmbeddedRecipe] = {
-    "edgecl-resnet10t": EmbeddedRecipe(timm_name="resnet10t", model_kwargs={}),
+# A CPU-sized ViT trained from scratch on the shapes barely learns in minutes
+# (measured: shape loss 2.2 of ln 10 = 2.3 after 80 steps, vs 0.4 for the CNN
+# in 7 s), hence the CNN default and the CJK pre-training for the ViT.
+EMBEDDED: dict[str, Recipe] = {
+    "edgecl-resnet10t": Recipe(timm_name="resnet10t"),
+    "edgecl-vit-tiny": Recipe(
+        timm_name="vit_tiny_patch16_224",
+        model_kwargs={"img_size": 32, "patch_size": 4, "depth": 6, "num_heads": 3, "global_pool": "token"},
+        task="glyphs",
+        task_kwargs={"num_classes": 2000},
+        steps=1200,
+        batch_size=128,
+        lr=1e-3,
+        weight_decay=0.05,
+        warmup_frac=0.05,
+        label_smoothing=0.1,
+        clip_grad=1.0,
+    ),
 }
 DEFAULT_BACKBONE = "edgecl-resnet10t"
 
-
-def cache_dir() -> Path:
-    if os.environ.get("EDGECL_CACHE_DIR"):
-        return Path(os.environ["EDGECL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgecl"
+# Committed checkpoints: name -> sha256 of ``WEIGHTS_DIR/<name>-<config hash>.safetensors``.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED: dict[str, str] = {}
+SHIPPED_COMMAND = "edgecl pretrain --arch {name} --threads 1 --dtype fp16 --out {path}"
 
 
 def weights_path(name: str) -> Path:
-    return cache_dir() / "backbones" / f"{name}-v{EMBEDDED[name].version}.safetensors"
+    """Where the weights of embedded backbone ``name`` live: the committed file or the cache."""
+    recipe = _recipe(name)
+    if name in SHIPPED:
+        return WEIGHTS_DIR / checkpoint_name(name, recipe)
+    return cache_path(name, recipe)
 
 
-def _warm_up(model: nn.Module, recipe: EmbeddedRecipe, progress: Callable | None) -> dict[str, float]:
-    from ..data.synthetic import COLOURS, SHAPES, make_factor_images
-    from runtime.preprocess import preprocess
-
-    n = recipe.steps * recipe.batch_size
-    images, shapes, colours = make_factor_images(n, recipe.data_seed, size=recipe.input_size[1])
-    size = recipe.input_size
-    dim = model.num_features
-    heads = nn.ModuleDict({"shape": nn.Linear(dim, len(SHAPES)), "colour": nn.Linear(dim, len(COLOURS))})
-    params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    warm = max(1, recipe.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (recipe.steps - warm)))
-    )
-    model.train()
-    steps = range(recipe.steps)
-    last = {}
-    for step in progress(steps) if progress else steps:
-        sl = slice(step * recipe.batch_size, (step + 1) * recipe.batch_size)
-        x = torch.from_numpy(preprocess(images[sl], size, recipe.mean, recipe.std))
-        feats = model(x)
-        ys, yc = torch.from_numpy(shapes[sl]), torch.from_numpy(colours[sl])
-        ls = nn.functional.cross_entropy(heads["shape"](feats), ys)
-        lc = nn.functional.cross_entropy(heads["colour"](feats), yc)
-        opt.zero_grad(set_to_none=True)
-        (ls + lc).backward()
-        opt.step()
-        sched.step()
-        last = {"loss_shape": ls.item(), "loss_colour": lc.item()}
-    model.eval()
-    return last
+def _recipe(name: str) -> Recipe:
+    if name not in EMBEDDED:
+        raise BackboneError(f"unknown embedded backbone {name!r}; known: {', '.join(EMBEDDED)}")
+    return EMBEDDED[name]
 
 
 def ensure_embedded_weights(name: str, progress: Callable | None = None) -> Path:
-    """Path of the cached weights of embedded backbone ``name``, making them if absent."""
-    from safetensors.torch import save_file
-
-    from .._compat import import_timm
-
-    recipe = EMBEDDED[name]
+    """Path of the weights of embedded backbone ``name``: verified if committed, else made on first use."""
+    recipe = _recipe(name)
+    if name not in SHIPPED:
+        return ensure_pretrained(name, recipe, progress)
     path = weights_path(name)
-    if path.is_file():
-        return path
-    timm = import_timm()
-    torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed)
-    model = timm.create_model(recipe.timm_name, pretrained=False, num_classes=0, **recipe.model_kwargs)
-    final = _warm_up(model, recipe, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    # Atomic: concurrent makers or a crash never leave a half-written cache file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"edgecl_recipe": json.dumps(asdict(recipe)), **{k: str(v) for k, v in final.items()}})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if not path.is_file():
+        raise BackboneError(
+            f"the committed weights of {name} are missing: {path}; reproduce them with "
+            f"`{SHIPPED_COMMAND.format(name=name, path=path)}`"
+        )
+    digest = sha256_of(path)
+    if digest != SHIPPED[name]:
+        raise BackboneError(
+            f"{path} has sha256 {digest}, expected {SHIPPED[name]}: the committed weights of {name} were modified; "
+            f"restore them (git checkout) or reproduce them with `{SHIPPED_COMMAND.format(name=name, path=path)}`"
+        )
     return path

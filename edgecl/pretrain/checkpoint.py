@@ -1,0 +1,99 @@
+"""Pre-trained checkpoints: safetensors files with their recipe, cached by config hash.
+
+A checkpoint holds the backbone's ``num_classes=0`` state dict (so timm's
+pretrained-file loader and ``build_timm`` take it as is) and, as metadata, the
+recipe JSON, its config hash and the run's final metrics. Files are written
+atomically (temp file in the same directory, fsync, rename): concurrent makers
+or a crash never leave a half-written file under the final name.
+
+Cache: ``<cache_dir>/backbones/<name>-<config hash>.safetensors``, with
+``cache_dir()`` = ``$EDGECL_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgecl``, else
+``~/.cache/edgecl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .recipe import Recipe, config_hash
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("EDGECL_CACHE_DIR"):
+        return Path(os.environ["EDGECL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgecl"
+
+
+def checkpoint_name(name: str, recipe: Recipe) -> str:
+    return f"{name}-{config_hash(recipe)}.safetensors"
+
+
+def cache_path(name: str, recipe: Recipe) -> Path:
+    """Where the cache keeps ``name`` pre-trained with ``recipe``."""
+    return cache_dir() / "backbones" / checkpoint_name(name, recipe)
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | Path, recipe: Recipe, metrics: dict[str, float] | None = None, dtype: str = "fp32",
+    threads: int | None = None,
+) -> Path:
+    """Atomically write ``model``'s state dict (floating tensors cast to ``dtype``) with its recipe."""
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint file must end in .safetensors, got {path}")
+    state = {
+        k: (v.detach().to(DTYPES[dtype]) if v.is_floating_point() else v.detach()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    metadata = {
+        "edgecl_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+        "edgecl_config_hash": config_hash(recipe),
+        "edgecl_metrics": json.dumps(metrics or {}, sort_keys=True),
+        "edgecl_threads": str(threads),
+        "torch_version": torch.__version__,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a checkpoint (recipe JSON, config hash, metrics)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def ensure_pretrained(name: str, recipe: Recipe, progress: Callable | None = None, threads: int | None = None) -> Path:
+    """The cached checkpoint of ``name`` for ``recipe``, training and caching it if absent."""
+    from .trainer import pretrain
+
+    path = cache_path(name, recipe)
+    if path.is_file():
+        return path
+    result = pretrain(recipe, threads=threads, progress=progress)
+    return save_checkpoint(result.model, path, recipe, result.metrics, threads=threads)

@@ -1,0 +1,126 @@
+"""Pre-training tasks: a stream of labelled training batches and a held-out set.
+
+A task is built from a :class:`~edgecl.pretrain.recipe.Recipe` and exposes
+
+* ``heads``: ``{head name: number of classes}``, one linear classifier each
+  on top of the backbone's embedding (the loss is the sum over heads);
+* ``batches()``: ``recipe.steps`` fresh batches ``(uint8 (B, H, W, 3), {head: int64 (B,)})``;
+* ``holdout()``: a fixed held-out set of the same form, for accuracy.
+
+Tasks (``TASKS``):
+
+* ``shapes-factors``: images of the embedded shapes generator labelled by their
+  factors (which of 10 shapes, which of 10 colours), never by the 100 benchmark
+  classes. The cheap warm-up of the default CNN ``edgecl-resnet10t``.
+* ``glyphs``: classification of many CJK ideographs (``edgecl.data.glyphs``
+  pre-training corpus, disjoint from every benchmark class), fresh augmented
+  renderings every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from .recipe import Recipe
+
+Batch = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+class PretrainTask:
+    """Base class; subclasses set ``heads`` and implement ``batches`` / ``holdout``."""
+
+    heads: dict[str, int]
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.size = int(recipe.input_size[1])
+
+    def batches(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def holdout(self) -> Batch:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{type(self).__name__} heads={self.heads}"
+
+
+class ShapesFactors(PretrainTask):
+    """Shapes images labelled by shape (10) and colour (10); see module doc."""
+
+    CHUNK = 16_384  # images rendered at a time; the default recipe (120 x 128) fits in one chunk
+
+    def __init__(self, recipe: Recipe, holdout_size: int = 1000):
+        super().__init__(recipe)
+        from ..data.synthetic import COLOURS, SHAPES
+
+        self.heads = {"shape": len(SHAPES), "colour": len(COLOURS)}
+        self.holdout_size = int(holdout_size)
+
+    def _render(self, rng: np.random.Generator, n: int) -> Batch:
+        from ..data.synthetic import render
+
+        shapes = rng.integers(0, self.heads["shape"], n)
+        colours = rng.integers(0, self.heads["colour"], n)
+        return render(shapes, colours, rng, self.size), {"shape": shapes, "colour": colours}
+
+    def batches(self) -> Iterator[Batch]:
+        r = self.recipe
+        rng = np.random.default_rng(r.data_seed)
+        left = r.steps * r.batch_size
+        while left > 0:
+            n = min(left, self.CHUNK - self.CHUNK % r.batch_size or r.batch_size)
+            images, labels = self._render(rng, n)
+            for i in range(0, n, r.batch_size):
+                sl = slice(i, i + r.batch_size)
+                yield images[sl], {k: v[sl] for k, v in labels.items()}
+            left -= n
+
+    def holdout(self) -> Batch:
+        return self._render(np.random.default_rng(self.recipe.data_seed + 1), self.holdout_size)
+
+
+class Glyphs(PretrainTask):
+    """Which of ``num_classes`` CJK ideographs (Noto CJK faces; matplotlib fonts as a fallback,
+    with classes disjoint from the glyphs benchmark): ``edgecl.data.glyphs`` pre-training corpus."""
+
+    def __init__(self, recipe: Recipe, num_classes: int = 1000, holdout_per_class: int = 1, source: str = "auto"):
+        super().__init__(recipe)
+        self.num_classes = int(num_classes)
+        self.holdout_per_class = int(holdout_per_class)
+        self.source = source
+        self.heads = {"glyph": self.num_classes}
+
+    def batches(self) -> Iterator[Batch]:
+        from ..data import glyphs
+
+        r = self.recipe
+        stream = glyphs.pretrain_batches(
+            self.num_classes, r.batch_size, size=self.size, seed=r.data_seed, source=self.source, num_batches=r.steps
+        )
+        for images, labels in stream:
+            yield images, {"glyph": np.asarray(labels, dtype=np.int64)}
+
+    def holdout(self) -> Batch:
+        from ..data import glyphs
+
+        ds = glyphs.pretrain_corpus(
+            self.num_classes, self.holdout_per_class, size=self.size, seed=self.recipe.data_seed + 1,
+            source=self.source, workers=1, cache=False,
+        )
+        return np.asarray(ds.images), {"glyph": np.asarray(ds.labels, dtype=np.int64)}
+
+
+TASKS: dict[str, type[PretrainTask]] = {"shapes-factors": ShapesFactors, "glyphs": Glyphs}
+
+
+def make_task(recipe: Recipe) -> PretrainTask:
+    if recipe.task not in TASKS:
+        raise ValueError(f"unknown pre-training task {recipe.task!r}; known: {', '.join(TASKS)}")
+    kwargs: dict[str, Any] = dict(recipe.task_kwargs)
+    try:
+        return TASKS[recipe.task](recipe, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad task_kwargs for {recipe.task!r}: {exc}") from exc

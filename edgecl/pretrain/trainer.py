@@ -1,0 +1,150 @@
+"""Supervised pre-training of a timm backbone from a :class:`Recipe`.
+
+One linear head per task head on the ``num_classes=0`` embedding, summed
+cross-entropy (optional label smoothing), AdamW with linear warm-up then cosine
+decay, fresh batches every step from the task. Loss and held-out accuracy are
+reported through ``log``; the result keeps only the backbone (the heads are
+throw-away).
+
+Determinism: the run seeds torch and numpy from ``recipe.seed``, enables
+``torch.use_deterministic_algorithms`` and (with ``threads``) fixes the intra-op
+thread count for its duration, restoring all three afterwards. Same recipe, same
+thread count, same torch build and CPU type -> bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .recipe import Recipe
+from .tasks import make_task
+
+
+@dataclass
+class PretrainResult:
+    """The pre-trained backbone (``num_classes=0``, eval mode) and what the run measured."""
+
+    model: nn.Module
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, threads: int | None = None) -> Iterator[None]:
+    """Seed torch and numpy, force deterministic kernels and a thread count; restore on exit."""
+    prev_det, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.set_num_threads(prev_threads)
+
+
+def build_model(recipe: Recipe) -> nn.Module:
+    """The recipe's timm model, randomly initialised from the current torch RNG, ``num_classes=0``."""
+    from .._compat import import_timm
+
+    return import_timm().create_model(recipe.timm_name, pretrained=False, num_classes=0, **recipe.model_kwargs)
+
+
+def lr_factor(recipe: Recipe, step: int) -> float:
+    """Linear warm-up over ``recipe.warmup_steps``, then cosine decay to 0 at ``recipe.steps``."""
+    warm = recipe.warmup_steps
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, recipe.steps - warm))))
+
+
+def _to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
+    from runtime.preprocess import preprocess
+
+    return torch.from_numpy(preprocess(images, recipe.input_size, recipe.mean, recipe.std))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, heads: nn.ModuleDict, recipe: Recipe, holdout, batch_size: int = 256) -> dict[str, float]:
+    """Top-1 accuracy of every head on the held-out set."""
+    images, labels = holdout
+    was_training = model.training
+    model.eval()
+    correct = {k: 0 for k in heads}
+    for i in range(0, len(images), batch_size):
+        feats = model(_to_tensor(images[i : i + batch_size], recipe))
+        for k, head in heads.items():
+            pred = head(feats).argmax(1).numpy()
+            correct[k] += int((pred == labels[k][i : i + batch_size]).sum())
+    model.train(was_training)
+    return {f"acc_{k}": correct[k] / max(1, len(images)) for k in heads}
+
+
+def pretrain(
+    recipe: Recipe,
+    threads: int | None = None,
+    progress: Callable | None = None,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 0,
+    eval_every: int = 0,
+) -> PretrainResult:
+    """Train ``recipe``'s backbone; ``progress`` wraps the step iterator (e.g. a progress bar)."""
+    task = make_task(recipe)
+    t0 = time.perf_counter()
+    history: list[dict[str, float]] = []
+    with deterministic(recipe.seed, threads):
+        model = build_model(recipe)
+        dim = int(model.num_features)
+        heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in task.heads.items()})
+        params = list(model.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s))
+        holdout = task.holdout()
+        model.train()
+        steps = range(recipe.steps)
+        window: list[float] = []
+        last: dict[str, float] = {}
+        for step, (images, labels) in zip(progress(steps) if progress else steps, task.batches()):
+            feats = model(_to_tensor(images, recipe))
+            losses = {
+                k: nn.functional.cross_entropy(head(feats), torch.from_numpy(labels[k]), label_smoothing=recipe.label_smoothing)
+                for k, head in heads.items()
+            }
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip_grad:
+                nn.utils.clip_grad_norm_(params, recipe.clip_grad)
+            opt.step()
+            sched.step()
+            last = {f"loss_{k}": v.item() for k, v in losses.items()}
+            window.append(float(loss.item()))
+            done = step + 1
+            entry = None
+            if log_every and (done % log_every == 0 or done == recipe.steps):
+                entry = {"step": done, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"]}
+                window = []
+            if eval_every and (done % eval_every == 0 or done == recipe.steps):
+                entry = dict(entry or {"step": done}, **evaluate(model, heads, recipe, holdout))
+            if entry is not None:
+                entry["seconds"] = time.perf_counter() - t0
+                history.append(entry)
+                if log:
+                    log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        metrics = dict(last, loss=sum(last.values()), **evaluate(model, heads, recipe, holdout))
+    metrics["seconds"] = time.perf_counter() - t0
+    model.eval()
+    return PretrainResult(model=model, metrics=metrics, history=history)

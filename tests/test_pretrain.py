@@ -1,0 +1,193 @@
+"""edgecl.pretrain: recipe hash, hash-keyed atomic cache, training, determinism; the embedded ViT."""
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgecl.backbones import BackboneError, create_backbone
+from edgecl.backbones import embedded
+from edgecl.pretrain import Recipe, cache_path, config_hash, ensure_pretrained, pretrain, read_metadata
+from edgecl.pretrain import checkpoint as checkpoint_mod
+
+TINY = Recipe(
+    timm_name="vit_tiny_patch16_224",
+    model_kwargs={"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2},
+    task="shapes-factors",
+    task_kwargs={"holdout_size": 200},
+    input_size=(3, 16, 16),
+    steps=60,
+    batch_size=32,
+    lr=1e-2,
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_hash_changes_with_every_field():
+    base = config_hash(TINY)
+    assert base == config_hash(Recipe.from_dict(TINY.to_dict()))  # stable through JSON
+    changed = {
+        "timm_name": "resnet10t", "model_kwargs": {**TINY.model_kwargs, "depth": 2}, "task": "glyphs",
+        "task_kwargs": {"holdout_size": 201}, "input_size": (3, 20, 20), "mean": (0.4, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.6), "seed": 1, "steps": 61, "batch_size": 33, "lr": 1.1e-2, "weight_decay": 0.04,
+        "warmup_frac": 0.2, "label_smoothing": 0.1, "clip_grad": 1.0, "data_seed": 7,
+    }
+    assert set(changed) == {f.name for f in dataclasses.fields(Recipe)}  # a new field must be tested here
+    hashes = {config_hash(TINY.with_(**{k: v})) for k, v in changed.items()}
+    assert len(hashes) == len(changed) and base not in hashes
+    with pytest.raises(ValueError, match="warmup_frac"):
+        TINY.with_(warmup_frac=1.5)
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        Recipe.from_dict({**TINY.to_dict(), "typo": 1})
+
+
+def test_tiny_recipe_learns():
+    a = pretrain(TINY, threads=1, log_every=10)
+    losses = [h["loss"] for h in a.history]
+    assert losses[-1] < 0.75 * losses[0], losses  # measured: 4.8 -> 2.9
+    assert a.metrics["acc_colour"] > 0.5  # chance 0.1 on held-out images; measured 0.94
+
+
+def test_same_recipe_gives_bit_identical_weights():
+    short = TINY.with_(steps=8)
+    sa, sb = (_state(pretrain(short, threads=1).model) for _ in range(2))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    sc = _state(pretrain(short.with_(seed=1), threads=1).model)
+    assert not torch.equal(sc["cls_token"], sa["cls_token"])
+    assert not torch.are_deterministic_algorithms_enabled()  # the global switch is restored
+
+
+def test_cache_keyed_by_hash_and_atomic(cache, monkeypatch):
+    recipe = TINY.with_(steps=3)
+    path = ensure_pretrained("tiny", recipe)
+    assert path == cache / "backbones" / f"tiny-{config_hash(recipe)}.safetensors" == cache_path("tiny", recipe)
+    meta = read_metadata(path)
+    assert Recipe.from_dict(__import__("json").loads(meta["edgecl_recipe"])) == recipe
+    mtime = path.stat().st_mtime_ns
+    monkeypatch.setattr("edgecl.pretrain.trainer.pretrain", lambda *a, **k: pytest.fail("cache hit expected"))
+    assert ensure_pretrained("tiny", recipe) == path and path.stat().st_mtime_ns == mtime
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGECL_CACHE_DIR", str(cache))
+
+    # A crash while writing leaves neither a partial file under the final name nor a temp file.
+    other = TINY.with_(steps=2)
+    import safetensors.torch
+
+    def crash(state, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ensure_pretrained("tiny", other)
+    assert sorted(p.name for p in (cache / "backbones").iterdir()) == [path.name]
+
+
+def test_save_checkpoint_validates(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="safetensors"):
+        checkpoint_mod.save_checkpoint(model, tmp_path / "w.pth", TINY)
+    with pytest.raises(ValueError, match="dtype"):
+        checkpoint_mod.save_checkpoint(model, tmp_path / "w.safetensors", TINY, dtype="int8")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_pretrain_writes_checkpoint_and_refuses_overwrite(tmp_path):
+    from edgecl.cli import main
+
+    out = tmp_path / "r.safetensors"
+    runner = CliRunner()
+    res = runner.invoke(main, ["pretrain", "--arch", "resnet10t", "--steps", "2", "--batch-size", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "final loss" in res.output and str(out) in res.output
+    meta = read_metadata(out)
+    assert __import__("json").loads(meta["edgecl_recipe"])["steps"] == 2
+    before = out.read_bytes()
+    res = runner.invoke(main, ["pretrain", "--arch", "resnet10t", "--steps", "2", "--out", str(out)])
+    assert res.exit_code != 0 and "--force" in res.output and out.read_bytes() == before
+    res = runner.invoke(main, ["pretrain", "--arch", "nope", "--out", str(tmp_path / "x.safetensors")])
+    assert res.exit_code != 0 and "unknown recipe" in res.output
+    res = runner.invoke(main, ["pretrain", "--arch", "resnet10t", "--out", str(tmp_path / "x.pth")])
+    assert res.exit_code != 0 and ".safetensors" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]
+
+
+# --- the committed embedded ViT -------------------------------------------------------------
+
+needs_vit = pytest.mark.skipif(
+    "edgecl-vit-tiny" not in embedded.SHIPPED, reason="edgecl-vit-tiny weights not committed yet"
+)
+
+
+@needs_vit
+def test_embedded_vit_loads_committed_weights():
+    bb = create_backbone("edgecl-vit-tiny")
+    m = bb.model
+    for attr in ("patch_embed", "cls_token", "pos_embed", "blocks", "norm"):  # what prompt methods use
+        assert hasattr(m, attr), attr
+    assert m.global_pool == "token" and bb.spec.embedding_dim == 192 and bb.spec.input_size == (3, 32, 32)
+    assert bb.spec.weights_sha256 == embedded.SHIPPED["edgecl-vit-tiny"]
+    assert embedded.weights_path("edgecl-vit-tiny").parent == embedded.WEIGHTS_DIR
+    from safetensors.torch import load_file
+
+    stored = load_file(embedded.weights_path("edgecl-vit-tiny"))  # fp16 on disk, fp32 in the model
+    state = m.state_dict()
+    assert stored.keys() == state.keys() and all(torch.equal(state[k], stored[k].float()) for k in stored)
+
+
+@needs_vit
+def test_embedded_vit_refuses_tampered_weights(tmp_path, monkeypatch):
+    src = embedded.weights_path("edgecl-vit-tiny")
+    monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path)
+    dst = embedded.weights_path("edgecl-vit-tiny")
+    data = bytearray(src.read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight
+    dst.write_bytes(bytes(data))
+    with pytest.raises(BackboneError, match="sha256 .* expected .* modified"):
+        create_backbone("edgecl-vit-tiny")
+    dst.unlink()
+    with pytest.raises(BackboneError, match="missing.*edgecl pretrain --arch edgecl-vit-tiny"):
+        create_backbone("edgecl-vit-tiny")
+
+
+@needs_vit
+def test_embedded_vit_onnx_parity(tmp_path):
+    from export.onnx_graph import export_onnx, parity
+
+    bb = create_backbone("edgecl-vit-tiny")
+    path = tmp_path / "vit.onnx"
+    export_onnx(bb, bb.spec.input_size, path)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((n, *bb.spec.input_size)).astype(np.float32) for n in (1, 5)]
+    assert parity(bb, path, inputs) <= 1e-4
+
+
+def test_glyphs_task_streams_fresh_labelled_batches():
+    from edgecl.pretrain import make_task
+
+    recipe = TINY.with_(task="glyphs", task_kwargs={"num_classes": 20}, steps=2, batch_size=8)
+    task = make_task(recipe)
+    assert task.heads == {"glyph": 20}
+    batches = list(task.batches())
+    assert len(batches) == 2
+    (x0, y0), (x1, _) = batches
+    assert x0.shape == (8, 16, 16, 3) and x0.dtype == np.uint8 and not np.array_equal(x0, x1)
+    assert y0["glyph"].dtype == np.int64 and 0 <= y0["glyph"].min() and y0["glyph"].max() < 20
+    hx, hy = task.holdout()
+    assert hx.shape == (20, 16, 16, 3) and sorted(hy["glyph"]) == list(range(20))
+    with pytest.raises(ValueError, match="bad task_kwargs"):
+        make_task(recipe.with_(task_kwargs={"classes": 3}))
