@@ -15,11 +15,15 @@ Re-solving from scratch costs O(M^3) (about 0.5 s for M = 2048). The head
 therefore also keeps ``A_inv = (G + lam I)^-1`` and updates it with the
 Woodbury identity,
 ``(A + s H^T H)^-1 = A^-1 - A^-1 H^T (s I + H A^-1 H^T)^-1 H A^-1`` (``s = +1`` to
-add, ``-1`` to remove examples), which costs O(M^2 k) for ``k`` examples.
+add, ``-1`` to remove examples), which costs O(M^2 k) for ``k`` examples; the weights follow in O(M k C) from
+``W' = W + A'^-1 dQ - U S^-1 (H W)`` terms (see ``_updated``) instead of an
+O(M^2 C) product.
 Repeated Woodbury updates accumulate rounding error, so every new head checks
 its inverse against ``G + lam I`` on a fixed probe vector (O(M^2)) and
 re-factorises from ``G`` when the residual exceeds ``INVERSE_TOL`` (also when
-``k`` is so large that a fresh inverse is cheaper). All statistics are float64.
+``k`` is so large that a fresh inverse is cheaper); the weights ``W`` are
+likewise checked against ``A W = Q`` on a probe combination of classes and
+recomputed as ``A_inv Q`` when they drift. All statistics are float64.
 
 ``without_class`` drops the class's column of ``Q`` and its count; its
 examples' contribution to ``G`` stays (they were never stored). The result
@@ -66,16 +70,26 @@ def inverse_residual(G: np.ndarray, lam: float, A_inv: np.ndarray) -> float:
     return float(np.linalg.norm(G @ x + lam * x - v))
 
 
-def woodbury(A_inv: np.ndarray, H: np.ndarray, sign: int) -> np.ndarray:
-    """``(A + sign * H^T H)^-1`` from ``A^-1`` for ``k`` rows ``H`` in O(M^2 k)."""
-    PH = A_inv @ H.T  # (M, k)
-    inner = sign * np.eye(H.shape[0]) + H @ PH
+def weights_residual(G: np.ndarray, lam: float, Q: np.ndarray, W: np.ndarray) -> float:
+    """Relative residual of ``W`` as the solution of ``(G + lam I) W = Q`` on a fixed probe mix of classes."""
+    if Q.shape[1] == 0:
+        return 0.0
+    r = np.random.default_rng(54321).standard_normal(Q.shape[1])
+    x, q = W @ r, Q @ r
+    return float(np.linalg.norm(G @ x + lam * x - q) / max(np.linalg.norm(q), 1e-300))
+
+
+def woodbury(A_inv: np.ndarray, H: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A + sign * H^T H)^-1`` from ``A^-1`` for ``k`` rows ``H`` in O(M^2 k); also ``U = A^-1 H^T``, ``S^-1``."""
+    U = A_inv @ H.T  # (M, k)
+    inner = sign * np.eye(H.shape[0]) + H @ U
     try:
-        update = PH @ np.linalg.solve(inner, PH.T)
+        S_inv = np.linalg.inv(inner)
     except np.linalg.LinAlgError:
         raise InvalidInputError("removing these examples would leave a singular ridge system") from None
-    P = A_inv - update
-    return (P + P.T) * 0.5
+    P = (U @ S_inv) @ U.T
+    np.subtract(A_inv, P, out=P)
+    return P, U, S_inv
 
 
 @register_head
@@ -92,6 +106,7 @@ class RidgeHead(Head):
         counts: np.ndarray,
         W_rand: np.ndarray | None = None,
         A_inv: np.ndarray | None = None,
+        W: np.ndarray | None = None,
     ):
         self.G = np.asarray(G, dtype=np.float64)
         self.Q = np.asarray(Q, dtype=np.float64)
@@ -99,9 +114,12 @@ class RidgeHead(Head):
         self._counts = np.asarray(counts, dtype=np.int64)
         self.W_rand = None if W_rand is None else np.asarray(W_rand, dtype=np.float32)
         if A_inv is None or inverse_residual(self.G, self.lam, A_inv) > INVERSE_TOL:
-            A_inv = ridge_inverse(self.G, self.lam)
+            A_inv, W = ridge_inverse(self.G, self.lam), None
         self.A_inv = np.asarray(A_inv, dtype=np.float64)
-        self.weights = (self.A_inv @ self.Q).astype(np.float32)  # W, (M, C)
+        if W is None or W.shape != self.Q.shape or weights_residual(self.G, self.lam, self.Q, W) > INVERSE_TOL:
+            W = self.A_inv @ self.Q
+        self.W = np.asarray(W, dtype=np.float64)  # (M, C) ridge solution
+        self.weights = self.W.astype(np.float32)  # what scores use
 
     # ------------------------------------------------------------------ file
     @classmethod
@@ -111,16 +129,19 @@ class RidgeHead(Head):
             W_rand = float_array(arrays, "W_rand", cls.kind, (dim, None), np.float32)
         m = dim if W_rand is None else W_rand.shape[1]
         G = float_array(arrays, "G", cls.kind, (m, m))
-        if not np.allclose(G, G.T, rtol=1e-10, atol=1e-12 * max(1.0, float(np.abs(G).max(initial=0.0)))):
+        rows = np.random.default_rng(0).integers(0, m, size=min(m, 8))  # spot check, O(M)
+        if not np.allclose(G[rows], G[:, rows].T, rtol=1e-10, atol=1e-12 * max(1.0, float(np.abs(G[rows]).max(initial=0.0)))):
             raise CorruptBundleError("ridge head array 'G' is not symmetric")
         Q = float_array(arrays, "Q", cls.kind, (m, n_classes))
         lam = scalar(arrays, "lam", cls.kind, positive=True)
         counts = int_array(arrays, "counts", cls.kind, (n_classes,), minimum=1)
         A_inv = float_array(arrays, "A_inv", cls.kind, (m, m)) if "A_inv" in arrays else None
-        return cls(G, Q, lam, counts, W_rand, A_inv)
+        W = float_array(arrays, "W", cls.kind, (m, n_classes)) if "W" in arrays else None
+        return cls(G, Q, lam, counts, W_rand, A_inv, W)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"G": self.G, "Q": self.Q, "lam": np.float64(self.lam), "counts": self._counts, "A_inv": self.A_inv}
+        out = {"G": self.G, "Q": self.Q, "lam": np.float64(self.lam), "counts": self._counts, "A_inv": self.A_inv,
+               "W": self.W}
         if self.W_rand is not None:
             out["W_rand"] = self.W_rand
         return out
@@ -156,10 +177,12 @@ class RidgeHead(Head):
     def _updated(self, index: int | None, embeddings: np.ndarray, sign: int) -> "RidgeHead":
         H = self.features(check_examples(embeddings, self.dim)).astype(np.float64)
         k = H.shape[0]
-        G, Q, counts = self.G + sign * (H.T @ H), self.Q.copy(), self._counts.copy()
+        G, Q, W, counts = self.G.copy(), self.Q.copy(), self.W, self._counts.copy()
+        G += (H.T * float(sign)) @ H  # O(M^2 k), one M x M temporary
         total = H.sum(axis=0)
         if index is None:
-            Q, counts = np.column_stack([Q, total]), np.append(counts, k)
+            Q, W, counts = np.column_stack([Q, total]), np.column_stack([W, np.zeros(len(total))]), np.append(counts, k)
+            index = Q.shape[1] - 1
         else:
             index = self._check_index(index)
             if counts[index] + sign * k < 1:
@@ -167,8 +190,15 @@ class RidgeHead(Head):
             Q[:, index] += sign * total
             counts[index] += sign * k
         # Woodbury costs ~4 M^2 k flops, a fresh inverse ~2 M^3: refactorise when that is cheaper.
-        A_inv = woodbury(self.A_inv, H, sign) if 2 * k < G.shape[0] else None
-        return RidgeHead(G, Q, self.lam, counts, self.W_rand, A_inv)
+        if 2 * k >= G.shape[0]:
+            return RidgeHead(G, Q, self.lam, counts, self.W_rand)
+        A_inv, U, S_inv = woodbury(self.A_inv, H, sign)
+        # W' = A'^-1 (Q + dQ) with dQ = sign H^T 1 e_c^T and A'^-1 = A^-1 - U S^-1 U^T (U^T = H A^-1):
+        # W' = W - U S^-1 H W + (A'^-1 dQ), and A'^-1 dQ = sign (U 1 - U S^-1 (H U) 1) e_c^T.  O(M k C).
+        W = W - U @ (S_inv @ (H @ W))
+        u1 = U.sum(axis=1) - U @ (S_inv @ (H @ U).sum(axis=1))
+        W[:, index] += sign * u1
+        return RidgeHead(G, Q, self.lam, counts, self.W_rand, A_inv, W)
 
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "RidgeHead":
         return self._updated(index, embeddings, +1)
@@ -178,4 +208,4 @@ class RidgeHead(Head):
 
     def without_class(self, index: int) -> "RidgeHead":
         keep = np.arange(self.num_classes) != self._check_index(index)
-        return RidgeHead(self.G, self.Q[:, keep], self.lam, self._counts[keep], self.W_rand, self.A_inv)
+        return RidgeHead(self.G, self.Q[:, keep], self.lam, self._counts[keep], self.W_rand, self.A_inv, self.W[:, keep])
