@@ -10,6 +10,22 @@ import click
 from .common import progress_bar, fail, main
 
 
+def _parse_learner_args(ctx, param, values) -> dict:
+    """``KEY=VALUE`` strings -> dict; values are JSON literals, anything else stays a string."""
+    import json
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
 @main.command()
 @click.option("--dataset", default="shapes", show_default=True,
               help="'shapes' / 'shapes:N' (embedded), an image folder (one sub-folder per class) or a .npz file.")
@@ -24,7 +40,11 @@ from .common import progress_bar, fail, main
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device for training (cpu, cuda).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
-def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, out_dir):
+@click.option("--learner-arg", "learner_args", multiple=True, metavar="KEY=VALUE", callback=_parse_learner_args,
+              help="Learner hyper-parameter (repeatable); VALUE is a JSON literal (2048, 0.1, true, null, [1, 2]) "
+                   "or else a plain string. See `edgecl learners`.")
+def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, out_dir,
+          learner_args):
     """Run the class-incremental protocol and save the run to --out."""
     from ..backbones import DEFAULT_BACKBONE, BackboneError
     from ..data import DataError
@@ -33,7 +53,7 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
     cfg = RunConfig(
         dataset=dataset, backbone=backbone or DEFAULT_BACKBONE, weights=weights, img_size=img_size, learner=learner,
         init_cls=init_cls, increment=increment, order_seed=seed, data_seed=data_seed, batch_size=batch_size,
-        device=device,
+        device=device, learner_args=learner_args,
     )
     try:
         run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)

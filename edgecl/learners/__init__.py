@@ -2,6 +2,7 @@
 
 from . import simplecil  # noqa: F401  (registers)
 from . import aper, ease, vpt  # noqa: F401  (registers)
+from . import fecam, ranpac, slca  # noqa: F401  (registers)
 from .base import Learner
 from .registry import LEARNERS, create_learner, register_learner
 

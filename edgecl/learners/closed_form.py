@@ -1,0 +1,132 @@
+"""Shared parts of learners whose classifier is a closed-form runtime head (RanPAC, SLCA, FeCAM).
+
+``HeadLearner`` keeps its classifier as the very ``runtime.heads`` object the
+device will run (numpy): training accumulates statistics into it, ``logits``
+scores the backbone's embeddings with it, and ``export_head`` writes its
+arrays. The exported bundle therefore scores exactly like the torch learner;
+the only difference left is ONNX vs torch for the backbone (<= 1e-4).
+
+``select_lambda`` is RanPAC's choice of the ridge parameter and ``grow_ridge``
+its per-task update, shared with SLCA's closed-form classifier alignment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .base import Learner
+from .hparams import resolve_hparams
+
+LAMBDA_GRID = [10.0**k for k in range(-8, 9)]  # RanPAC's grid
+RIDGE_DEFAULTS: dict[str, Any] = {"lambda_min_exp": -8, "lambda_max_exp": 8, "val_fraction": 0.2, "seed": 0}
+
+
+class HeadLearner(Learner):
+    """A ``Learner`` whose classifier is a runtime head ``self.head``; subclasses set ``defaults`` (and
+    ``choices``, ``positive``: see ``edgecl.learners.hparams``)."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    positive: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbone, device: str = "cpu", **hparams: Any):
+        hp = resolve_hparams(self.name, hparams, self.defaults, self.choices, self.positive)
+        super().__init__(backbone, device, **hp)
+        self.hp = hp
+        self.head = None
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError(f"{self.name} has not learned any class yet")
+        emb = self.embedding_module()(x.to(self.device)).float().cpu().numpy()
+        return torch.from_numpy(self.head.scores(emb))
+
+    def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
+        return self.head.kind, self.head.arrays()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self.head.arrays())
+
+    def _load_head(self, head_cls, state: dict[str, np.ndarray]) -> None:
+        """Rebuild ``self.head`` from ``state`` with the runtime's own validation."""
+        n = int(np.asarray(state["counts"]).shape[0])
+        self.head = head_cls.from_arrays(state, n, self.backbone.embedding_dim)
+        self.num_classes = n
+
+
+def check_ridge_hparams(learner: str, hp: dict[str, Any]) -> None:
+    if not 0 < hp["val_fraction"] < 1:
+        raise ValueError(f"{learner}: val_fraction must lie in (0, 1), got {hp['val_fraction']}")
+    if hp["lambda_min_exp"] > hp["lambda_max_exp"]:
+        raise ValueError(f"{learner}: lambda_min_exp must be <= lambda_max_exp")
+
+
+def task_classes(labels: np.ndarray, num_classes: int) -> tuple[list[int], list[int]]:
+    """``(old, new)`` classes present in ``labels``; new ones must be ``num_classes, num_classes + 1, ...``."""
+    present = sorted(int(c) for c in np.unique(labels))
+    if not present:
+        raise ValueError("fit_task got no training samples")
+    old = [c for c in present if c < num_classes]
+    new = [c for c in present if c >= num_classes]
+    if new and new != list(range(num_classes, num_classes + len(new))):
+        raise ValueError(f"new classes must follow the {num_classes} known ones without gaps, got {new}")
+    return old, new
+
+
+def select_lambda(
+    H: np.ndarray, labels: np.ndarray, num_classes: int, lambdas=LAMBDA_GRID, val_fraction: float = 0.2, seed: int = 0
+) -> float:
+    """RanPAC's ridge parameter: min validation MSE against one-hot targets over ``lambdas``.
+
+    The rows are split (seeded shuffle) into ``1 - val_fraction`` to fit and
+    ``val_fraction`` to validate. All ``lambdas`` are evaluated from one
+    decomposition of the fitting rows (thin SVD when they are fewer than the
+    features, else an eigendecomposition of their Gram matrix), which is
+    exactly ``(H^T H + lam I)^-1 H^T Y`` for every ``lam > 0``.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    n = H.shape[0]
+    n_val = int(round(val_fraction * n))
+    if n_val < 1 or n - n_val < 1 or len(lambdas) == 1:
+        return float(lambdas[len(lambdas) // 2] if len(lambdas) != 1 else lambdas[0])
+    order = np.random.default_rng(seed).permutation(n)
+    fit, val = order[: n - n_val], order[n - n_val :]
+    Y = np.eye(num_classes)[labels]
+    Hf, Hv = H[fit], H[val]
+    if Hf.shape[0] <= Hf.shape[1]:
+        U, s, Vt = np.linalg.svd(Hf, full_matrices=False)
+        A, B, shrink = Hv @ Vt.T, U.T @ Y[fit], lambda lam: s / (s * s + lam)
+    else:
+        e, V = np.linalg.eigh(Hf.T @ Hf)
+        A, B, shrink = Hv @ V, V.T @ (Hf.T @ Y[fit]), lambda lam: 1.0 / (np.maximum(e, 0.0) + lam)
+    mse = [float(np.mean(((A * shrink(lam)) @ B - Y[val]) ** 2)) for lam in lambdas]
+    return float(lambdas[int(np.argmin(mse))])
+
+
+def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_rand, hp: dict[str, Any]):
+    """One task of RanPAC's ridge classifier: ``G += H^T H``, ``Q += H^T Y``, ``lam`` re-selected, re-solved.
+
+    ``head`` is the current ``RidgeHead`` (``None`` before the first task);
+    ``lam`` is chosen on this task's features only (as in RanPAC) from
+    ``10^lambda_min_exp .. 10^lambda_max_exp`` and applied to the statistics
+    accumulated over all tasks, in float64.
+    """
+    from runtime.heads.ridge import RidgeHead, random_features
+
+    H = random_features(feats, W_rand).astype(np.float64)
+    _, new = task_classes(labels, num_classes)
+    n = num_classes + len(new)
+    m = H.shape[1]
+    G = np.zeros((m, m)) if head is None else head.G
+    Q = np.zeros((m, 0)) if head is None else head.Q
+    counts = np.zeros(0, np.int64) if head is None else head.counts
+    Q = np.column_stack([Q, np.zeros((m, len(new)))]) + H.T @ np.eye(n)[labels]
+    counts = np.append(counts, np.zeros(len(new), np.int64)) + np.bincount(labels, minlength=n)
+    lambdas = [10.0**k for k in range(hp["lambda_min_exp"], hp["lambda_max_exp"] + 1)]
+    lam = select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"])
+    return RidgeHead(G + H.T @ H, Q, lam, counts, W_rand)
+
