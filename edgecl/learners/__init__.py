@@ -1,6 +1,6 @@
 """Continual learners. Importing this package registers every learner module."""
 
-from . import simplecil  # noqa: F401  (registers)
+from . import coda_prompt, dualprompt, l2p, simplecil  # noqa: F401  (registers)
 from . import aper, ease, vpt  # noqa: F401  (registers)
 from . import fecam, ranpac, slca  # noqa: F401  (registers)
 from .base import Learner
