@@ -6,6 +6,9 @@ Layout::
       manifest.json        versions, backbone, preprocessing, head, classes, sha256 of every file
       backbone.onnx        images (N, 3, H, W) float32, normalised -> embeddings (N, D)
       head-000000.npz      head arrays (for SimpleCIL: prototypes, counts)
+      journal-000000.log   write-ahead journal of on-device updates (appears with the first one)
+
+See ``docs/bundle-format.md`` for the manifest schema and the update protocol.
 
 The bundle is assembled in a temporary sibling directory and renamed into
 place, so an interrupted export never leaves a half-written bundle.
@@ -26,8 +29,10 @@ import numpy as np
 from edgecl import __version__
 from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry
 from runtime.storage import json_bytes, npz_bytes
+from runtime.store import initial_fields
 
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, parity
+from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
 
 BACKBONE_ONNX = "backbone.onnx"
 PARITY_TOL = 1e-4
@@ -51,11 +56,14 @@ def export_learner(
     tolerance: float = PARITY_TOL,
     overwrite: bool = False,
     extra: dict | None = None,
+    precision: PrecisionSpec | None = None,
 ) -> ExportReport:
     """Export ``learner`` (with its classes) to a bundle at ``out_dir``.
 
     Parity: the ONNX backbone is run on random inputs plus ``check_inputs`` and
     compared with torch; a max abs difference above ``tolerance`` fails the export.
+    ``precision``: fp16 / int8 backbone (see ``export.quantize``); parity is
+    checked on the fp32 graph, the conversion against it.
     """
     import onnx
     import onnxruntime
@@ -78,8 +86,18 @@ def export_learner(
         if diff > tolerance:
             raise ExportError(f"ONNX/torch parity failed: max abs diff {diff:.3g} > {tolerance:g}")
         kind, arrays = learner.export_head()
+        precision = precision or PrecisionSpec()
+        if precision.precision != "fp32":
+            from runtime.heads import head_class
+
+            head = head_class(kind).from_arrays(arrays, len(class_names), spec.embedding_dim)
+            precision_section = apply_precision(
+                tmp / BACKBONE_ONNX, precision, spec.input_size, spec.mean, spec.std, head, check_inputs
+            )
+        else:
+            precision_section = {"backbone": "fp32", "head": precision.head_precision}
         head_file = "head-000000.npz"
-        (tmp / head_file).write_bytes(npz_bytes(arrays))
+        (tmp / head_file).write_bytes(npz_bytes(cast_head_arrays(arrays, precision.head_precision)))
         files = [BACKBONE_ONNX, head_file]
         manifest = {
             "format": FORMAT,
@@ -97,6 +115,7 @@ def export_learner(
                 "embedding_dim": spec.embedding_dim,
                 "opset": opset,
                 "exporter": exporter,
+                "precision": precision_section["backbone"],
             },
             "preprocess": {
                 "input_size": list(spec.input_size),
@@ -116,9 +135,11 @@ def export_learner(
                 "onnxruntime": onnxruntime.__version__,
                 "python": platform.python_version(),
             },
-            "history": [],
+            "precision": precision_section,
             "files": {name: file_entry(tmp / name) for name in files},
         }
+        written = cast_head_arrays(arrays, precision.head_precision)  # what head_file holds
+        manifest.update(initial_fields(kind, head_file, written, list(class_names)))  # bundle_id, base, journal
         if extra:
             manifest["source"] = extra
         (tmp / MANIFEST_NAME).write_bytes(json_bytes(manifest))
@@ -153,4 +174,29 @@ def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportRepo
         _, test = make_shapes(min(learner.num_classes, 100), 1, 1, seed=run["config"].get("data_seed", 0))
         check = [preprocess(test.images[:8], spec.input_size, spec.mean, spec.std)]
     source = {"run_dir": str(Path(run_dir).resolve()), "metrics": run.get("metrics", {})}
-    return export_learner(learner, run["class_names"], out_dir, check_inputs=check, extra=source, **kwargs)
+    precision = kwargs.pop("precision", "fp32")
+    if isinstance(precision, str):  # images for the conversion come from the run's own data
+        precision = precision_from_run(run, learner, precision, **kwargs.pop("precision_options", {}))
+    return export_learner(learner, run["class_names"], out_dir, check_inputs=check, extra=source, precision=precision, **kwargs)
+
+
+def precision_from_run(run: dict, learner, precision: str, calibration_size: int = 128, head_precision: str = "fp32",
+                       allow_divergence: bool = False) -> PrecisionSpec:
+    """A ``PrecisionSpec`` whose calibration (train split) and check images (test split) come from the run's data."""
+    if precision == "fp32":
+        return PrecisionSpec("fp32", head_precision=head_precision)
+    from edgecl.data import DataError
+
+    from .quantize import run_precision_data
+
+    n_cal = calibration_size if precision == "int8" else 0
+    try:
+        cal, desc, check, labels = run_precision_data(
+            run["config"], run["class_names"], learner.backbone.spec.input_size[1:], n_cal
+        )
+    except (DataError, KeyError, OSError) as exc:
+        raise ExportError(
+            f"cannot read the run's data set {run['config'].get('dataset')!r} for {precision} calibration/check "
+            f"({exc}); make it available again, or export fp32"
+        ) from exc
+    return PrecisionSpec(precision, cal, desc, check, labels, head_precision, allow_divergence)

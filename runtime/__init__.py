@@ -3,7 +3,10 @@
     from runtime import Bundle
     b = Bundle.load("bundle/")            # CUDA when onnxruntime has it, else CPU
     b.predict(images).labels              # images: uint8 (N, H, W, 3)
-    b.add_class("mug", few_images)        # learned and persisted atomically
+    b.add_class("mug", few_images)        # learned, journaled and persisted atomically
+    b.remove_class("mug"); b.history(); b.rollback(0); b.compact(); b.merge(other, "out/")
+
+Bundle format and guarantees: docs/bundle-format.md.
 """
 
 from .bundle import AddClassResult, Bundle, Prediction
@@ -14,7 +17,9 @@ from .errors import (
     EdgeclRuntimeError,
     IncompatibleBundleError,
     InvalidInputError,
+    LockTimeoutError,
     MissingFileError,
+    TamperedFileError,
 )
 from .manifest import FORMAT_VERSION
 
@@ -28,6 +33,8 @@ __all__ = [
     "FORMAT_VERSION",
     "IncompatibleBundleError",
     "InvalidInputError",
+    "LockTimeoutError",
     "MissingFileError",
     "Prediction",
+    "TamperedFileError",
 ]

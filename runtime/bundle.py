@@ -10,20 +10,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import storage
+from . import inputs, store
 from .errors import (
     CorruptBundleError,
     DeviceUnavailableError,
     InvalidInputError,
     MissingFileError,
 )
-from .heads import head_class
-from .manifest import MANIFEST_NAME, file_entry, read_manifest, verify_files
 from .preprocess import preprocess
-
-DEVICES = ("auto", "cpu", "cuda")
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
+from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding
 
 
 @dataclass
@@ -35,6 +30,13 @@ class Prediction:
     indices: np.ndarray  # (N,) class index of the top class
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> "Prediction":
+        """The prediction of image ``i`` alone (a one-image ``Prediction``)."""
+        return Prediction([self.labels[i]], self.scores[i : i + 1 or None], self.indices[i : i + 1 or None], self.top_k[i : i + 1 or None])
+
 
 @dataclass
 class AddClassResult:
@@ -44,71 +46,55 @@ class AddClassResult:
     total_examples: int
     num_classes: int
     seconds: float
+    embed_seconds: float = 0.0  # preprocessing + one backbone pass over the examples
+    update_seconds: float = 0.0  # the rest: head update and atomic persist
 
 
-def _providers(device: str) -> list[str]:
-    if device not in DEVICES:
-        raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return [CPU_EP]
-    if CUDA_EP in available:
-        return [CUDA_EP, CPU_EP]
-    if device == "cuda":
-        raise DeviceUnavailableError(
-            f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu "
-            "(pip install 'edgecl[gpu]') with a matching CUDA, or use device='cpu'"
-        )
-    return [CPU_EP]
+_providers = select_providers  # kept for callers of the old private name
 
 
 class Bundle:
     """An exported model on the device: ONNX backbone + numpy head + manifest."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], head, session: ort.InferenceSession):
+    def __init__(self, path: Path, manifest: dict[str, Any], head, session: ort.InferenceSession,
+                 session_source: str = "direct"):
         self.path = path
         self.manifest = manifest
         self.head = head
         self.session = session
-        self._input_name = session.get_inputs()[0].name
+        self.session_source = session_source  # cached | built | direct (see runtime.session)
+        self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", verify: bool = True) -> "Bundle":
+    def load(
+        cls, path: str | Path, device: str = "auto", verify: bool = True, threads: int | None = None,
+        optimize: str = "all", cache: bool = True, trust_modified: bool = False,
+    ) -> "Bundle":
         """Open a bundle; ``device`` is ``auto`` (CUDA when onnxruntime has it), ``cpu`` or ``cuda``.
 
         Every file is checked against the manifest's sha256 unless ``verify=False``.
+        ``threads``: intra-op threads of onnxruntime (None: one per physical core).
+        ``optimize``: graph optimisation level (``all`` | ``extended`` | ``basic`` | ``disable``);
+        the optimised graph is cached under ``.ort-cache/`` unless ``cache=False``
+        (see ``runtime.session``).
+        ``trust_modified``: accept files whose checksum differs from the manifest
+        (warning + a ``trust_log`` record in the manifest) instead of refusing them.
         """
         path = Path(path)
-        providers = _providers(device)
-        manifest = read_manifest(path)
-        if verify:
-            verify_files(path, manifest)
-        head = cls._read_head(path, manifest)
+        providers = select_providers(device)
+        state = store.read_state(path, verify=verify, trust_modified=trust_modified)
+        manifest, head = state.manifest, state.head
         backbone_file = manifest["backbone"]["file"]
-        try:
-            session = ort.InferenceSession(str(path / backbone_file), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise CorruptBundleError(f"cannot load {path / backbone_file}: {exc}") from exc
+        if not (path / backbone_file).is_file():
+            raise MissingFileError(f"bundle file missing: {path / backbone_file}")
+        digest = manifest["files"].get(backbone_file, {}).get("sha256", "unverified")
+        session, source = create_session(path / backbone_file, digest, providers, threads, optimize, cache)
         if device == "cuda" and CUDA_EP not in session.get_providers():
             raise DeviceUnavailableError(
                 "onnxruntime lists CUDA but could not start it (CUDA/cuDNN libraries missing?)"
             )
-        return cls(path, manifest, head, session)
-
-    @staticmethod
-    def _read_head(path: Path, manifest: dict[str, Any]):
-        spec = manifest["head"]
-        kind_cls = head_class(spec.get("kind", "?"))
-        head_path = path / spec["file"]
-        if not head_path.is_file():
-            raise MissingFileError(f"bundle file missing: {head_path}")
-        try:
-            with np.load(head_path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:
-            raise CorruptBundleError(f"cannot read head file {path / spec['file']}: {exc}") from exc
-        return kind_cls.from_arrays(arrays, len(manifest["classes"]), int(manifest["backbone"]["embedding_dim"]))
+        return cls(path, manifest, head, session, source)
 
     # -------------------------------------------------------------- properties
     @property
@@ -134,13 +120,13 @@ class Bundle:
         return preprocess(images, p["input_size"], p["mean"], p["std"])
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        """Images -> backbone embeddings ``(N, D)`` float32."""
+        """Images -> backbone embeddings ``(N, D)`` float32 (what ``add_class`` learns from)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self.preprocess(images)
-        outs = [
-            self.session.run(None, {self._input_name: x[i : i + batch_size]})[0]
-            for i in range(0, x.shape[0], batch_size)
-        ]
-        return np.concatenate(outs, axis=0)
+        if x.shape[0] <= batch_size:
+            return self._run(x)
+        return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
     def scores(self, images) -> np.ndarray:
         return self.head.scores(self.embed(images))
@@ -150,7 +136,10 @@ class Bundle:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         s = self.scores(images)
         k = min(top_k, s.shape[1])
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        if k == 1:  # argmax is O(C); a full sort is O(C log C) per image
+            order = np.argmax(s, axis=1)[:, None]
+        else:
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
         names = self.classes
         return Prediction(
             labels=[names[i] for i in order[:, 0]],
@@ -159,66 +148,102 @@ class Bundle:
             top_k=[[(names[j], float(s[r, j])) for j in row] for r, row in enumerate(order)],
         )
 
-    # ----------------------------------------------------- on-device learning
-    def add_class(self, name: str, images) -> AddClassResult:
-        """Learn class ``name`` from a few example images and persist it atomically.
+    def predict_stream(self, frames, batch_size: int = 8, top_k: int = 1):
+        """Predict a stream of frames (any iterable, e.g. a camera): yields one ``Prediction`` per frame.
 
-        An existing ``name`` is extended (running mean of its prototype), not
-        duplicated. On any error the bundle on disk and in memory is unchanged.
+        Frames are grouped into batches of up to ``batch_size`` (batching raises
+        throughput; ``batch_size=1`` gives the lowest latency per frame). Results
+        are those of ``predict`` on the same frames, in order.
         """
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidInputError("class name must be a non-empty string")
-        if name != name.strip() or any(c in name for c in "\n\r\t"):
-            raise InvalidInputError(f"class name {name!r} has surrounding or control whitespace")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch: list = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == batch_size:
+                yield from self._predict_frames(batch, top_k)
+                batch = []
+        if batch:
+            yield from self._predict_frames(batch, top_k)
+
+    def _predict_frames(self, frames: list, top_k: int):
+        same = all(isinstance(f, np.ndarray) and f.shape == frames[0].shape and f.dtype == frames[0].dtype for f in frames)
+        pred = self.predict(np.stack(frames) if same and frames[0].ndim == 3 else frames, top_k=top_k)
+        for i in range(len(pred)):
+            yield pred[i]
+
+    # ----------------------------------------------------- on-device learning
+    def add_class(self, name: str, images, timeout: float | None = None) -> AddClassResult:
+        """Learn class ``name`` from a few example images and persist it (journaled, crash-safe).
+
+        An existing ``name`` is extended (exact running statistics), not
+        duplicated. Names are validated (``runtime.inputs.class_name``) and
+        NFC-normalised. Another process's concurrent update is waited for (up to
+        ``timeout`` s) and kept. On any error the bundle on disk and in memory is
+        unchanged. See ``runtime.store`` for the update protocol.
+        """
+        name = inputs.class_name(name)
+        inputs.image_budget(images)
         t0 = time.perf_counter()
         emb = self.embed(images)
-        with storage.locked(self.path):
-            # Another process may have updated the bundle since we loaded it.
-            manifest = read_manifest(self.path)
-            verify_files(self.path, manifest, [manifest["head"]["file"]])
-            head = self._read_head(self.path, manifest)
-            classes = list(manifest["classes"])
-            index = classes.index(name) if name in classes else None
-            new_head = head.with_examples(index, emb)
-            if index is None:
-                classes.append(name)
-            new_manifest = self._commit(manifest, new_head, classes, name, emb.shape[0])
-        self.manifest, self.head = new_manifest, new_head
-        idx = classes.index(name)
+        t_embed = time.perf_counter() - t0
+        state, created = store.add_examples(self.path, name, emb, timeout=timeout)
+        self._set_state(state)
+        idx = state.classes.index(name)
         return AddClassResult(
             name=name,
-            created=index is None,
+            created=created,
             examples_added=int(emb.shape[0]),
-            total_examples=int(new_head.counts[idx]),
-            num_classes=len(classes),
+            total_examples=int(state.head.counts[idx]),
+            num_classes=len(state.classes),
             seconds=time.perf_counter() - t0,
+            embed_seconds=t_embed,
+            update_seconds=time.perf_counter() - t0 - t_embed,
         )
 
-    def _commit(self, manifest, head, classes, name, n_examples) -> dict[str, Any]:
-        old_file = manifest["head"]["file"]
-        generation = int(manifest["head"].get("generation", 0)) + 1
-        new_file = f"head-{generation:06d}.npz"
-        head_path = self.path / new_file
-        storage.atomic_write_bytes(head_path, storage.npz_bytes(head.arrays()))
-        storage.crash_point("after-head")
-        new_manifest = dict(manifest)
-        new_manifest["classes"] = classes
-        new_manifest["head"] = {**manifest["head"], "file": new_file, "generation": generation}
-        files = {k: v for k, v in manifest["files"].items() if k != old_file}
-        files[new_file] = file_entry(head_path)
-        new_manifest["files"] = files
-        new_manifest["history"] = list(manifest.get("history", [])) + [
-            {
-                "event": "add_class",
-                "class": name,
-                "examples": int(n_examples),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-        ]
-        storage.atomic_write_bytes(self.path / MANIFEST_NAME, storage.json_bytes(new_manifest))
-        storage.crash_point("after-manifest")
-        storage.remove_stale(self.path, keep={new_file})
-        return new_manifest
+    def remove_class(self, name: str, timeout: float | None = None) -> None:
+        """Forget class ``name`` on the device (``head.without_class``); journaled like an addition."""
+        self._set_state(store.remove_class(self.path, name, timeout=timeout))
+
+    def merge(self, other: "Bundle | str | Path", out_path: str | Path | None = None) -> "Bundle":
+        """Merge the on-device updates of ``other`` (same export) into this bundle, or into a new one at ``out_path``.
+
+        The result equals one device having seen both devices' examples; see
+        ``runtime.store.merge``. Returns the merged bundle (``self``, refreshed, when in place).
+        """
+        other_path = other.path if isinstance(other, Bundle) else Path(other)
+        state = store.merge(self.path, other_path, out_path)
+        if out_path is None or Path(out_path).resolve() == self.path.resolve():
+            self._set_state(state)
+            return self
+        return type(self).load(out_path, device=self.device)
+
+    def history(self) -> dict[str, Any]:
+        """The bundle's base, journaled updates and events (``runtime.store.history``)."""
+        return store.history(self.path)
+
+    def rollback(self, to: int) -> None:
+        """Restore the state after update ``to`` (see ``edgecl history``)."""
+        self._set_state(store.rollback(self.path, to))
+
+    def compact(self) -> None:
+        """Fold the journal into a new base (the current state)."""
+        self._set_state(store.compact(self.path))
+
+    def refresh(self) -> bool:
+        """Pick up updates other processes committed since this bundle was loaded; True if anything changed.
+
+        Readers never see a mix: the new state is read completely, then swapped in.
+        """
+        state = store.read_state(self.path, verify="state", full=False)
+        changed = (state.manifest["journal"], state.seq, state.classes) != (
+            self.manifest.get("journal"), self.manifest.get("journal", {}).get("seq"), self.classes
+        ) or state.manifest["head"]["file"] != self.manifest["head"]["file"]
+        self._set_state(state)
+        return changed
+
+    def _set_state(self, state) -> None:
+        self.manifest, self.head = state.manifest, state.head
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
@@ -237,4 +262,6 @@ class Bundle:
             "providers": self.providers,
             "opset": m["backbone"].get("opset"),
             "added_on_device": [h["class"] for h in m.get("history", []) if h.get("event") == "add_class"],
+            "bundle_id": m.get("bundle_id"),
+            "updates": m.get("journal", {}).get("seq", 0),  # journaled on-device updates (see `edgecl history`)
         }

@@ -1,20 +1,37 @@
-"""Bundle manifest: what a bundle holds, how to preprocess, and file checksums."""
+"""Bundle manifest: what a bundle holds, its schema, its format versions and file checksums.
+
+``manifest.json`` is validated against a hand-written schema (``validate``)
+before any field is used, so a damaged or hand-edited manifest is refused with
+a ``CorruptBundleError`` naming the field, and a manifest from a newer edgecl
+with an ``IncompatibleBundleError`` saying to upgrade. Every format version the
+runtime has shipped is read (``docs/bundle-format.md``):
+
+* version 1: export + on-device additions, no journal (``history`` only);
+* version 2: adds ``bundle_id``, the immutable ``base`` head state, the
+  write-ahead ``journal`` and the dtype/shape of every head array.
+
+A version-1 manifest is viewed as version 2 in memory (``as_v2``); the first
+update rewrites it as version 2 on disk.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .errors import CorruptBundleError, IncompatibleBundleError, MissingFileError
+from .errors import CorruptBundleError, IncompatibleBundleError, MissingFileError, TamperedFileError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgecl-bundle"
-FORMAT_VERSION = 1  # bump on any change an older runtime cannot read
+FORMAT_VERSION = 2  # bump on any change an older runtime cannot read
+READS_VERSIONS = (1, 2)
 
-REQUIRED_KEYS = ("format", "format_version", "edgecl_version", "backbone", "preprocess", "head", "classes", "files")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[0-9A-Za-z_-]{8,80}$")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -29,50 +46,208 @@ def file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+def array_spec(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"dtype", "shape"}}`` of head arrays, as the manifest records them."""
+    return {k: {"dtype": str(v.dtype), "shape": [int(n) for n in v.shape]} for k, v in sorted(arrays.items())}
+
+
+# ------------------------------------------------------------------ schema
+def _fail(field: str, msg: str) -> None:
+    raise CorruptBundleError(f"manifest field {field!r} {msg}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
+
+
+def _str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _nonneg_int(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _pos_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _file_name(v) -> bool:
+    return isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v and "\\" not in v
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and all(type(x) is str and x for x in v)
+
+
+def _list_of(check: Callable, n: int | None = None) -> Callable:
+    return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(check(x) for x in v)
+
+
+_RULES_V1: list[tuple[str, Callable, str]] = [
+    ("edgecl_version", _str, "must be a string"),
+    ("backbone", lambda v: isinstance(v, dict), "must be an object"),
+    ("backbone.file", _file_name, "must be a file name inside the bundle"),
+    ("backbone.embedding_dim", _pos_int, "must be a positive integer"),
+    ("preprocess", lambda v: isinstance(v, dict), "must be an object"),
+    ("preprocess.input_size", _list_of(_pos_int, 3), "must be 3 positive integers [C, H, W]"),
+    ("preprocess.mean", _list_of(_is_num, 3), "must be 3 numbers"),
+    ("preprocess.std", _list_of(lambda x: _is_num(x) and x > 0, 3), "must be 3 positive numbers"),
+    ("head", lambda v: isinstance(v, dict), "must be an object"),
+    ("head.kind", _str, "must be a string"),
+    ("head.file", _file_name, "must be a file name inside the bundle"),
+    ("classes", lambda v: _names(v), "must be a list of non-empty strings"),
+    ("files", lambda v: isinstance(v, dict) and all(_file_name(k) for k in v), "must map file names to checksums"),
+]
+_RULES_V2 = _RULES_V1 + [
+    ("bundle_id", lambda v: isinstance(v, str) and bool(_ID.match(v)), "must be an id of 8-80 letters, digits, _ or -"),
+    ("head.arrays", lambda v: isinstance(v, dict) and len(v) > 0, "must describe the head arrays"),
+    ("base", lambda v: isinstance(v, dict), "must be an object"),
+    ("base.id", lambda v: isinstance(v, str) and bool(_ID.match(v)), "must be an id"),
+    ("base.file", _file_name, "must be a file name inside the bundle"),
+    ("base.seq", _nonneg_int, "must be an integer >= 0"),
+    ("base.classes", lambda v: _names(v), "must be a list of non-empty strings"),
+    ("base.arrays", lambda v: isinstance(v, dict) and len(v) > 0, "must describe the base head arrays"),
+    ("journal", lambda v: isinstance(v, dict), "must be an object"),
+    ("journal.file", _file_name, "must be a file name inside the bundle"),
+    ("journal.seq", _nonneg_int, "must be an integer >= 0"),
+    ("journal.bytes", _nonneg_int, "must be an integer >= 0"),
+    ("journal.digest", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
+]
+_MISSING = object()
+
+
+def _lookup(m: dict, dotted: str):
+    cur: Any = m
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def _check_arrays_spec(field: str, spec: dict) -> None:
+    for name, entry in spec.items():
+        if not (isinstance(entry, dict) and _str(entry.get("dtype")) and _list_of(_nonneg_int)(entry.get("shape"))):
+            _fail(f"{field}.{name}", "must be {\"dtype\": str, \"shape\": [int, ...]}")
+
+
+def check_version(manifest: Any, where: str) -> int:
+    """The manifest's format version if this runtime reads it, else a clear error."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptBundleError(f"{where} is not an edgecl bundle manifest (format != {FORMAT!r})")
+    version = manifest.get("format_version")
+    if not _is_int(version):
+        _fail("format_version", f"must be an integer, got {version!r}")
+    if version not in READS_VERSIONS:
+        newer = version > FORMAT_VERSION
+        hint = "upgrade edgecl on this device" if newer else "re-export the bundle with this edgecl version"
+        raise IncompatibleBundleError(
+            f"bundle format version {version} (written by edgecl {manifest.get('edgecl_version', '?')}) is "
+            f"{'newer than' if newer else 'not one of'} the versions this runtime reads "
+            f"({', '.join(map(str, READS_VERSIONS))}): {hint}"
+        )
+    return version
+
+
+def validate(manifest: dict[str, Any], version: int) -> None:
+    """Check every field the runtime uses (types, ranges, cross-references); errors name the field."""
+    from .heads import HEADS  # the registry of head kinds this runtime knows
+
+    for field, check, msg in _RULES_V2 if version >= 2 else _RULES_V1:
+        value = _lookup(manifest, field)
+        if value is _MISSING:
+            _fail(field, "is missing")
+        if not check(value):
+            _fail(field, f"{msg}, got {json.dumps(value)[:80]}")
+    kind = manifest["head"]["kind"]
+    if kind not in HEADS:
+        _fail("head.kind", f"names an unknown head kind {kind!r}; this runtime knows {', '.join(sorted(HEADS))}")
+    if len(set(manifest["classes"])) != len(manifest["classes"]):
+        _fail("classes", "holds duplicate class names")
+    files = manifest["files"]
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and _is_int(entry.get("bytes")) and isinstance(entry.get("sha256"), str)
+                and _HEX64.match(entry["sha256"])):
+            _fail(f"files.{name}", "must be {\"sha256\": hex, \"bytes\": int}")
+    refs = [("backbone.file", manifest["backbone"]["file"]), ("head.file", manifest["head"]["file"])]
+    if version >= 2:
+        refs.append(("base.file", manifest["base"]["file"]))
+        _check_arrays_spec("head.arrays", manifest["head"]["arrays"])
+        _check_arrays_spec("base.arrays", manifest["base"]["arrays"])
+        if manifest["journal"]["seq"] < manifest["base"]["seq"]:
+            _fail("journal.seq", "is below base.seq")
+    for field, name in refs:
+        if name not in files:
+            _fail(field, f"names {name!r}, which has no checksum in 'files'")
+
+
+def read_manifest_bytes(bundle_dir: Path) -> bytes:
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
         raise MissingFileError(f"bundle directory not found: {bundle_dir}")
-    if not path.is_file():
-        raise MissingFileError(f"not an edgecl bundle: {path} is missing")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"not an edgecl bundle: {path} is missing") from None
+    except OSError as exc:
+        raise CorruptBundleError(f"cannot read {path}: {exc}") from exc
+
+
+def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], int]:
+    """Parse, version-check and validate manifest bytes; returns ``(manifest, version)``."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptBundleError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptBundleError(f"{path} is not an edgecl bundle manifest (format != {FORMAT!r})")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        hint = "upgrade edgecl on this device" if isinstance(version, int) and version > FORMAT_VERSION else (
-            "re-export the bundle with this edgecl version"
-        )
-        raise IncompatibleBundleError(
-            f"bundle format version {version!r} (written by edgecl {manifest.get('edgecl_version', '?')}) "
-            f"is not supported by this runtime, which reads version {FORMAT_VERSION}: {hint}"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise CorruptBundleError(f"{path} lacks required keys: {', '.join(missing)}")
-    return manifest
+        raise CorruptBundleError(f"{where} is not valid JSON: {exc}") from exc
+    version = check_version(manifest, where)
+    validate(manifest, version)
+    return manifest, version
 
 
-def verify_files(bundle_dir: Path, manifest: dict[str, Any], names: list[str] | None = None) -> None:
-    """Check presence, size and sha256 of every listed file (or of ``names``)."""
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    """The validated manifest of ``bundle_dir`` as stored (any readable version)."""
+    return parse_manifest(read_manifest_bytes(bundle_dir), str(bundle_dir / MANIFEST_NAME))[0]
+
+
+def v1_bundle_id(manifest: dict[str, Any]) -> str:
+    """A deterministic id for a version-1 bundle (which has none): its backbone and head checksums."""
+    files = manifest["files"]
+    key = files[manifest["backbone"]["file"]]["sha256"] + files[manifest["head"]["file"]]["sha256"]
+    return "v1-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def verify_files(
+    bundle_dir: Path, manifest: dict[str, Any], names: list[str] | None = None, collect: list | None = None
+) -> None:
+    """Check presence, size and sha256 of every listed file (or of ``names``).
+
+    A mismatch raises ``TamperedFileError``; with ``collect`` (a list) it is
+    appended there as ``(name, expected entry, actual entry)`` instead.
+    """
     files = manifest["files"]
     for name in names if names is not None else list(files):
         if name not in files:
             raise CorruptBundleError(f"manifest lists no checksum for {name}")
-        if Path(name).name != name:
-            raise CorruptBundleError(f"manifest names a file outside the bundle: {name!r}")
         path = bundle_dir / name
         if not path.is_file():
             raise MissingFileError(f"bundle file missing: {path}")
         entry = files[name]
-        if path.stat().st_size != entry.get("bytes"):
-            raise CorruptBundleError(
-                f"{path}: size {path.stat().st_size} differs from the manifest's {entry.get('bytes')} "
-                "(truncated or modified)"
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            if collect is not None:
+                collect.append((name, entry, file_entry(path)))
+                continue
+            raise TamperedFileError(
+                f"{path}: size {size} differs from the manifest's {entry.get('bytes')} (truncated or modified)"
             )
         digest = sha256_file(path)
         if digest != entry.get("sha256"):
-            raise CorruptBundleError(f"{path}: sha256 {digest[:12]}… differs from the manifest (corrupt or tampered)")
+            if collect is not None:
+                collect.append((name, entry, {"sha256": digest, "bytes": size}))
+                continue
+            raise TamperedFileError(f"{path}: sha256 {digest[:12]}… differs from the manifest (corrupt or tampered)")

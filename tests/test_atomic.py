@@ -1,5 +1,11 @@
-"""A crash at any point of add_class leaves a valid bundle (old or new state, never broken)."""
+"""A crash at any point of add_class leaves a valid bundle (old or new state, never broken).
 
+The journal record is the write-ahead point: a crash before it is fsync'd
+leaves the old state; after it, the class is there (the head state that lags
+the journal is replayed on load and committed by the next update).
+"""
+
+import json
 import subprocess
 import sys
 
@@ -27,9 +33,11 @@ print("finished without crashing")
 @pytest.mark.parametrize(
     "point, committed",
     [
-        ("mid-write:head-000001.npz", False),
-        ("after-head", False),
-        ("mid-write:manifest.json", False),
+        ("mid-write:journal-000000.log", False),
+        ("after-journal", True),
+        ("mid-write:head-000001.npz", True),
+        ("after-head", True),
+        ("mid-write:manifest.json", True),
         ("after-manifest", True),
     ],
 )
@@ -50,7 +58,8 @@ def test_crash_during_add_class_leaves_valid_bundle(bundle_dir, shapes_new, tmp_
     b.add_class("white-ellipse", class_images(train, "white-ellipse", 5))
     names = sorted(p.name for p in bundle_dir.iterdir())
     assert [n for n in names if n.endswith(".tmp")] == []
-    assert len([n for n in names if n.startswith("head-")]) == 1
+    current = json.loads((bundle_dir / "manifest.json").read_text())["head"]["file"]
+    assert [n for n in names if n.startswith("head-")] == ["head-000000.npz", current]  # base + current only
     reloaded = Bundle.load(bundle_dir)
     assert reloaded.classes[-1] == "white-ellipse"
     assert np.mean(np.array(reloaded.predict(class_images(test, "white-ellipse")).labels) == "white-ellipse") >= 0.8

@@ -79,9 +79,10 @@ def test_add_class_round_trip(bundle_dir, shapes_new):
     assert reloaded.classes[-1] == new
     assert np.mean(np.array(reloaded.predict(queries).labels) == new) >= 0.8
     m = json.loads((bundle_dir / "manifest.json").read_text())
-    assert m["head"]["file"] == "head-000001.npz" and "head-000000.npz" not in m["files"]
-    assert not (bundle_dir / "head-000000.npz").exists()
-    assert m["history"][-1]["class"] == new
+    # the export's head stays as the base of the journal; the update is journal record 1
+    assert m["head"]["file"] == "head-000001.npz" and m["base"]["file"] == "head-000000.npz"
+    assert sorted(m["files"]) == ["backbone.onnx", "head-000000.npz", "head-000001.npz"]
+    assert m["journal"]["seq"] == 1 and reloaded.history()["updates"][-1]["class"] == new
 
 
 def test_adding_existing_name_extends_with_running_mean(bundle_dir, shapes_new):

@@ -1,0 +1,246 @@
+"""The write-ahead journal of a bundle: every on-device update, as a checksummed, hash-chained record.
+
+Why: a class a user taught the device must survive a power cut at any
+instant, and two devices' updates must merge exactly. So each update (add or
+extend a class, remove a class; merged updates too) is first appended here
+with what is needed to replay it on *any* head kind (the class name and the
+example embeddings as float32), fsync'd, and only then applied to the head
+state. Replaying the base head state plus the journal reproduces the current
+head; that gives history, rollback, compaction and merge.
+
+Record layout (little-endian)::
+
+    b"ECJ1" | payload length: u32 | digest: 32 bytes | payload
+    payload = header JSON (ASCII, no newline) | b"\\n" | float32 embeddings (row-major)
+    digest  = sha256(previous digest | payload)
+
+The digest chains every record to the previous one, starting from
+``genesis(base_id)``, so a record cannot be altered, dropped or moved without
+the chain breaking, and a journal cannot be grafted onto another base. The
+manifest stores the byte offset, sequence number and digest of the last record
+the head state includes (the commit point); a record that is incomplete or
+fails its digest *after* that point is a torn write and is discarded; one
+*before* it is corruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .errors import CorruptBundleError, MissingFileError
+
+MAGIC = b"ECJ1"
+_PREFIX = struct.Struct("<4sI32s")  # magic, payload length, digest
+MAX_PAYLOAD = 1 << 30
+OPS = ("add", "remove_class")
+
+
+def genesis(base_id: str) -> str:
+    """The digest a journal's first record chains from: binds the journal to its base state."""
+    return hashlib.sha256(b"edgecl-journal\0" + base_id.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Record:
+    """One update: ``op`` (``add`` | ``remove_class``) on class ``name``, with embeddings for ``add``."""
+
+    seq: int
+    op: str
+    name: str
+    id: str  # 16 hex digits, unique per update: merge uses it to skip updates a bundle already has
+    time: str
+    embeddings: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. merged_from
+    end: int = 0  # byte offset just after this record in its journal file
+    digest: str = ""
+
+    def header(self) -> dict[str, Any]:
+        h = {"seq": self.seq, "op": self.op, "class": self.name, "id": self.id, "time": self.time, **self.extra}
+        if self.embeddings is not None:
+            h["shape"] = [int(n) for n in self.embeddings.shape]
+        return h
+
+    def describe(self) -> dict[str, Any]:
+        """What ``edgecl history`` shows of the record."""
+        d = {"seq": self.seq, "op": self.op, "class": self.name, "id": self.id, "time": self.time}
+        if self.embeddings is not None:
+            d["examples"] = int(self.embeddings.shape[0])
+        return {**d, **self.extra}
+
+
+def encode(record: Record, prev_digest: str) -> tuple[bytes, str]:
+    """Bytes of ``record`` chained after ``prev_digest``, and its digest."""
+    header = json.dumps(record.header(), ensure_ascii=True, sort_keys=True).encode("ascii")
+    body = b""
+    if record.embeddings is not None:
+        body = np.ascontiguousarray(record.embeddings, dtype="<f4").tobytes()
+    payload = header + b"\n" + body
+    digest = hashlib.sha256(bytes.fromhex(prev_digest) + payload).digest()
+    return _PREFIX.pack(MAGIC, len(payload), digest) + payload, digest.hex()
+
+
+def _decode_payload(payload: bytes, where: str) -> Record:
+    nl = payload.find(b"\n")
+    if nl < 0:
+        raise ValueError("no header")
+    h = json.loads(payload[:nl].decode("ascii"))
+    body = payload[nl + 1 :]
+    if not isinstance(h, dict) or h.get("op") not in OPS or not isinstance(h.get("class"), str):
+        raise ValueError(f"bad header {h!r}")
+    if not all(isinstance(h.get(k), t) for k, t in (("seq", int), ("id", str), ("time", str))):
+        raise ValueError(f"bad header {h!r}")
+    emb = None
+    if "shape" in h:
+        shape = tuple(int(n) for n in h["shape"])
+        if len(shape) != 2 or shape[0] < 1 or 4 * shape[0] * shape[1] != len(body):
+            raise ValueError(f"embedding shape {shape} does not match {len(body)} bytes")
+        emb = np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32)
+    elif body:
+        raise ValueError("unexpected data after the header")
+    extra = {k: v for k, v in h.items() if k not in ("seq", "op", "class", "id", "time", "shape")}
+    return Record(h["seq"], h["op"], h["class"], h["id"], h["time"], emb, extra)
+
+
+@dataclass
+class Scan:
+    """The valid records of a journal from some offset, and what follows them."""
+
+    records: list[Record]
+    end: int  # offset after the last valid record
+    digest: str  # digest of the last valid record (the start digest if none)
+    seq: int  # seq of the last valid record (the start seq if none)
+    discarded: int = 0  # bytes after ``end``: a torn or corrupt tail
+    problem: str = ""  # why the tail was not read
+
+
+def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
+    """Read the records of ``path`` from byte ``start``, following the digest chain.
+
+    Stops at the first record that is incomplete, has a bad magic, length,
+    digest, header or sequence number; what follows is reported as
+    ``discarded`` bytes with the ``problem``. A missing file is an empty journal.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        data = b""
+    except OSError as exc:
+        raise CorruptBundleError(f"cannot read journal {path}: {exc}") from exc
+    out = Scan([], start, start_digest, start_seq)
+    pos = 0
+    while pos < len(data):
+        problem = ""
+        if len(data) - pos < _PREFIX.size:
+            problem = "incomplete record prefix"
+        else:
+            magic, n, digest = _PREFIX.unpack_from(data, pos)
+            payload = data[pos + _PREFIX.size : pos + _PREFIX.size + n]
+            if magic != MAGIC or n > MAX_PAYLOAD:
+                problem = "bad record marker"
+            elif len(payload) < n:
+                problem = "incomplete record"
+            elif hashlib.sha256(bytes.fromhex(out.digest) + payload).digest() != digest:
+                problem = "digest mismatch"
+            else:
+                try:
+                    rec = _decode_payload(payload, str(path))
+                except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    problem = f"unreadable record ({exc})"
+                else:
+                    if rec.seq != out.seq + 1:
+                        problem = f"sequence number {rec.seq} after {out.seq}"
+        if problem:
+            out.discarded, out.problem = len(data) - pos, f"{problem} at byte {start + pos}"
+            break
+        pos += _PREFIX.size + n
+        rec.end, rec.digest = start + pos, digest.hex()
+        out.records.append(rec)
+        out.end, out.digest, out.seq = rec.end, rec.digest, rec.seq
+    return out
+
+
+def read_committed(path: Path, committed_bytes: int, committed_seq: int, committed_digest: str,
+                   base_id: str, base_seq: int, full: bool) -> Scan:
+    """Records of a journal whose first ``committed_bytes`` the manifest vouches for.
+
+    ``full``: read and check the chain from the start (history, rollback, merge,
+    verified loads); else read only the tail after the commit point. Raises
+    ``CorruptBundleError`` if the committed part is missing or does not match the
+    manifest; an invalid tail after it is returned as ``discarded``.
+    """
+    if committed_bytes and not path.is_file():
+        raise MissingFileError(f"bundle file missing: {path} (the manifest records {committed_bytes} journal bytes)")
+    if full:
+        s = scan(path, 0, genesis(base_id), base_seq)
+        committed = [r for r in s.records if r.end <= committed_bytes]
+        last = committed[-1] if committed else None
+        ok = (last.end, last.seq, last.digest) == (committed_bytes, committed_seq, committed_digest) if last else (
+            committed_bytes == 0 and committed_seq == base_seq and committed_digest == genesis(base_id)
+        )
+        if not ok:
+            raise CorruptBundleError(
+                f"journal {path} does not match the manifest's commit point (journal.bytes={committed_bytes}, "
+                f"journal.seq={committed_seq}): {s.problem or 'records differ'}; the journal is corrupt or tampered"
+            )
+        return s
+    size = path.stat().st_size if path.is_file() else 0
+    if size < committed_bytes:
+        raise CorruptBundleError(
+            f"journal {path} has {size} bytes but the manifest records {committed_bytes} (truncated)"
+        )
+    return scan(path, committed_bytes, committed_digest, committed_seq)
+
+
+def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str) -> tuple[int, str]:
+    """Write ``records`` after the first ``keep_bytes`` of ``path`` (dropping any torn tail) and fsync.
+
+    Returns the new end offset and digest. This is the write-ahead step: once it
+    returns, the records are durable and will be replayed even if the process
+    dies before the head state is replaced.
+    """
+    chunks = []
+    digest = prev_digest
+    for rec in records:
+        data, digest = encode(rec, digest)
+        chunks.append(data)
+        rec.digest = digest
+    data = b"".join(chunks)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size != keep_bytes:
+            os.ftruncate(fd, keep_bytes)  # drop a torn tail
+        half = len(data) // 2
+        os.pwrite(fd, data[:half], keep_bytes)
+        storage.crash_point(f"mid-write:{path.name}")
+        os.pwrite(fd, data[half:], keep_bytes + half)
+        storage.fsync_fd(fd)
+    finally:
+        os.close(fd)
+    if created:
+        storage.fsync_dir(path.parent)
+    end = keep_bytes
+    for rec, chunk in zip(records, chunks):
+        end += len(chunk)
+        rec.end = end
+    return end, digest
+
+
+def write_prefix(src: Path, dst: Path, nbytes: int) -> None:
+    """A new journal file ``dst`` holding the first ``nbytes`` of ``src`` (for rollback), atomically."""
+    data = b""
+    if nbytes:
+        with open(src, "rb") as f:
+            data = f.read(nbytes)
+    storage.atomic_write_bytes(dst, data)

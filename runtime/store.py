@@ -1,0 +1,581 @@
+"""The update half of a bundle: consistent reads, journaled updates, history, rollback, compaction, merge.
+
+What a bundle's state is: the *base* head (the export, or the last
+compaction) plus the *journal* of updates since (``runtime.journal``). The
+*head file* is a snapshot of base + journal up to the manifest's commit point;
+journal records after it (a crash between the journal fsync and the manifest
+rename) are replayed on every read, so a head state that lags the journal is
+never a lost update.
+
+Every function here works on a bundle directory and only through the ``Head``
+interface (``with_examples``, ``without_class``, ``arrays``, ``from_arrays``),
+so it is the same for every head kind. Writers hold the bundle's lock
+(``storage.locked``) and re-read the state from disk, so a stale in-memory
+``Bundle`` never loses another process's update. Readers take no lock: they
+read the manifest, the files it names and the journal tail, then check that
+the manifest did not change meanwhile (else retry), so they see the old or the
+new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import inputs, journal, storage
+from .errors import (
+    CorruptBundleError,
+    EdgeclRuntimeError,
+    IncompatibleBundleError,
+    InvalidInputError,
+    MissingFileError,
+)
+from .heads import head_class
+from .journal import Record, Scan
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    array_spec,
+    file_entry,
+    parse_manifest,
+    read_manifest_bytes,
+    v1_bundle_id,
+    verify_files,
+)
+
+log = logging.getLogger("edgecl.runtime")
+
+RECORD_IDS = "__edgecl_record_ids__"  # in a base file: ids of every update folded into it
+RESERVED_PREFIX = "__edgecl_"
+READ_RETRIES = 50
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def initial_fields(kind: str, head_file: str, arrays: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
+    """The version-2 manifest fields an export writes for a fresh bundle (``export.bundle`` uses this)."""
+    bundle_id = new_id()
+    spec = array_spec(arrays)
+    return {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": bundle_id,
+        "head": {"kind": kind, "file": head_file, "generation": 0, "arrays": spec},
+        "base": {"id": bundle_id, "file": head_file, "seq": 0, "classes": list(classes), "arrays": spec},
+        "journal": {"file": "journal-000000.log", "seq": 0, "bytes": 0, "digest": journal.genesis(bundle_id)},
+        "events": [],
+        "trust_log": [],
+    }
+
+
+@dataclass
+class State:
+    """A consistent view of a bundle: its (version-2 shaped) manifest, head and journal."""
+
+    path: Path
+    manifest: dict[str, Any]  # as on disk, viewed as version 2; ``classes`` after replaying lagging records
+    disk_version: int
+    head: Any  # a runtime.heads.Head
+    classes: list[str]
+    scan: Scan  # journal records read (all if ``full``, else only those after the commit point)
+    lagging: list[Record] = field(default_factory=list)  # durable records the head file does not hold yet
+    full: bool = False
+    journal_ok: bool = True
+    trusted: list = field(default_factory=list)  # (file, manifest entry, actual entry) accepted as modified
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last update the state includes."""
+        return self.scan.seq
+
+
+# --------------------------------------------------------------------- reads
+def _as_v2(m: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest viewed as version 2: its current head is the base, the journal is empty."""
+    m = dict(m)
+    bundle_id = v1_bundle_id(m)
+    m["bundle_id"] = bundle_id
+    m["head"] = {**m["head"], "generation": int(m["head"].get("generation", 0))}
+    m["base"] = {"id": bundle_id, "file": m["head"]["file"], "seq": 0, "classes": list(m["classes"]), "arrays": None}
+    m["journal"] = {"file": "journal-000000.log", "seq": 0, "bytes": 0, "digest": journal.genesis(bundle_id)}
+    m.setdefault("events", [])
+    m.setdefault("trust_log", [])
+    return m
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise MissingFileError(f"bundle file missing: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile, numpy and OS errors of a damaged file
+        raise CorruptBundleError(f"cannot read head file {path}: {exc}") from exc
+
+
+def read_head(path: Path, m: dict[str, Any], which: str = "head"):
+    """The head stored in ``m[which]["file"]`` (``which`` = ``head`` | ``base``), checked against the manifest.
+
+    Returns ``(head, arrays)``; ``arrays`` includes reserved (``__edgecl_*``) entries.
+    """
+    entry = m[which]
+    fname = entry["file"]
+    arrays = _load_arrays(path / fname)
+    head_arrays = {k: v for k, v in arrays.items() if not k.startswith(RESERVED_PREFIX)}
+    spec = entry.get("arrays")
+    if spec is not None:  # version 2: the manifest states every array's dtype and shape
+        for name in sorted(set(spec) | set(head_arrays)):
+            if name not in head_arrays:
+                raise CorruptBundleError(f"{fname}: array {name!r} named by manifest field '{which}.arrays' is missing")
+            if name not in spec:
+                raise CorruptBundleError(f"{fname}: array {name!r} is not described by manifest field '{which}.arrays'")
+            a, want = head_arrays[name], spec[name]
+            if str(a.dtype) != want["dtype"]:
+                raise CorruptBundleError(
+                    f"{fname}: array {name!r} has dtype {a.dtype}, manifest field '{which}.arrays.{name}.dtype' "
+                    f"says {want['dtype']}"
+                )
+            if list(a.shape) != list(want["shape"]):
+                raise CorruptBundleError(
+                    f"{fname}: array {name!r} has shape {list(a.shape)}, manifest field '{which}.arrays.{name}.shape' "
+                    f"says {want['shape']}"
+                )
+    classes = m["classes"] if which == "head" else m["base"]["classes"]
+    kind_cls = head_class(m["head"]["kind"])
+    try:
+        head = kind_cls.from_arrays(head_arrays, len(classes), int(m["backbone"]["embedding_dim"]))
+    except CorruptBundleError as exc:
+        raise CorruptBundleError(f"{fname}: {exc}") from exc
+    except (ValueError, TypeError, IndexError) as exc:  # a head kind that does not wrap its own errors
+        raise CorruptBundleError(f"{fname}: arrays do not form a {m['head']['kind']} head: {exc}") from exc
+    if head.num_classes != len(classes):
+        raise CorruptBundleError(f"{fname} holds {head.num_classes} classes, manifest field '{which}' lists {len(classes)}")
+    return head, arrays
+
+
+def apply(head, classes: list[str], rec: Record, strict: bool = True):
+    """``(head, classes)`` after the update ``rec``; the one update rule for new updates, replay and merge.
+
+    ``strict=False`` (merge) skips the removal of a class that is already gone.
+    """
+    if rec.op == "add":
+        index = classes.index(rec.name) if rec.name in classes else None
+        head = head.with_examples(index, rec.embeddings)
+        return head, classes if index is not None else classes + [rec.name]
+    if rec.op == "remove_class":
+        if rec.name not in classes:
+            if strict:
+                raise InvalidInputError(f"no class named {rec.name!r} to remove")
+            return head, classes
+        if len(classes) == 1:
+            raise InvalidInputError(f"cannot remove {rec.name!r}: a bundle needs at least one class")
+        index = classes.index(rec.name)
+        return head.without_class(index), classes[:index] + classes[index + 1 :]
+    raise CorruptBundleError(f"unknown journal operation {rec.op!r}")
+
+
+def replay(head, classes: list[str], records: list[Record], where: str):
+    for rec in records:
+        try:
+            head, classes = apply(head, classes, rec)
+        except EdgeclRuntimeError as exc:
+            raise CorruptBundleError(f"{where}: cannot replay update {rec.seq} ({rec.op} {rec.name!r}): {exc}") from exc
+    return head, classes
+
+
+def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool) -> State:
+    m, version = parse_manifest(raw, str(path / MANIFEST_NAME))
+    if version == 1:
+        m = _as_v2(m)
+    trusted: list = []
+    if verify:
+        names = None if verify is True else sorted({m["head"]["file"], m["base"]["file"]})
+        verify_files(path, m, names, collect=trusted if trust_modified else None)
+    head, arrays = read_head(path, m)
+    if version == 1:
+        m["head"]["arrays"] = m["base"]["arrays"] = array_spec({k: v for k, v in arrays.items()})
+    j, b = m["journal"], m["base"]
+    jpath = path / j["file"]
+    journal_ok = True
+    try:
+        s = journal.read_committed(jpath, j["bytes"], j["seq"], j["digest"], b["id"], b["seq"], full)
+    except CorruptBundleError as exc:
+        if not trust_modified:
+            raise
+        journal_ok = False
+        warnings.warn(f"{exc}; using the committed head state as trusted (--trust-modified)", stacklevel=3)
+        log.warning("%s; using the committed head state as trusted", exc)
+        s = Scan([], j["bytes"], j["digest"], j["seq"])
+    lagging = [r for r in s.records if r.end > j["bytes"]]
+    if s.discarded:
+        log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
+    classes = list(m["classes"])
+    head, classes = replay(head, classes, lagging, str(jpath))
+    m = {**m, "classes": classes}
+    return State(path, m, version, head, classes, s, lagging, full, journal_ok, trusted)
+
+
+def read_state(path: str | Path, verify=True, trust_modified: bool = False, full: bool | None = None) -> State:
+    """A consistent state of the bundle at ``path``, read without the lock.
+
+    ``verify``: ``True`` checks every file's sha256, ``"state"`` only the head
+    and base files (what updates rely on), ``False`` none. ``full``: read and
+    check the whole journal chain (default: when ``verify is True``), else only
+    the records after the commit point. ``trust_modified``: accept files whose
+    checksum differs from the manifest (a logged warning; see ``trust``).
+    """
+    path = Path(path)
+    full = (verify is True) if full is None else full
+    last_exc: Exception | None = None
+    for _ in range(READ_RETRIES):
+        raw = read_manifest_bytes(path)
+        try:
+            state = _read_once(path, raw, verify, trust_modified, full)
+        except (MissingFileError, CorruptBundleError) as exc:
+            # A writer may have replaced the manifest and removed the files the old one named.
+            if _manifest_changed(path, raw):
+                last_exc = exc
+                continue
+            raise
+        if not _manifest_changed(path, raw):
+            if state.trusted:
+                _record_trust(state)
+            return state
+    raise CorruptBundleError(f"{path} kept changing while being read ({READ_RETRIES} attempts): {last_exc}")
+
+
+def _manifest_changed(path: Path, raw: bytes) -> bool:
+    try:
+        return read_manifest_bytes(path) != raw
+    except EdgeclRuntimeError:
+        return True
+
+
+def _record_trust(state: State) -> None:
+    """Accept modified files (``trust_modified``): warn, then re-seal their checksums with a ``trust_log`` entry."""
+    names = ", ".join(name for name, _, _ in state.trusted)
+    msg = f"{state.path}: using file(s) whose checksum differs from the manifest because trust_modified=True: {names}"
+    warnings.warn(msg, stacklevel=3)
+    log.warning(msg)
+    entry = {
+        "time": _now(),
+        "event": "trust_modified",
+        "files": {name: {"manifest": old, "actual": new} for name, old, new in state.trusted},
+    }
+    try:
+        with storage.locked(state.path, timeout=5.0):
+            raw = read_manifest_bytes(state.path)
+            m, version = parse_manifest(raw, str(state.path / MANIFEST_NAME))
+            for name, _, new in state.trusted:
+                if (state.path / name).is_file() and file_entry(state.path / name) == new:
+                    m["files"][name] = new
+            m["trust_log"] = list(m.get("trust_log", [])) + [entry]
+            storage.atomic_write_bytes(state.path / MANIFEST_NAME, storage.json_bytes(m))
+    except (EdgeclRuntimeError, OSError) as exc:
+        log.warning("could not record the trust override in %s: %s", state.path, exc)
+    state.manifest["trust_log"] = list(state.manifest.get("trust_log", [])) + [entry]
+
+
+# -------------------------------------------------------------------- writes
+def _journal_epoch(name: str) -> int:
+    match = re.fullmatch(r"journal-(\d+)\.log", name)
+    return int(match.group(1)) if match else 0
+
+
+def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_entry: dict | None = None,
+                 head_file: str | None = None, event: dict | None = None) -> State:
+    """Write ``head`` as a new head file, then commit by replacing the manifest; returns the new state."""
+    m = st.manifest
+    generation = int(m["head"].get("generation", 0)) + 1
+    path = st.path
+    if head_file is None:
+        head_file = f"head-{generation:06d}.npz"
+        arrays = head.arrays()
+        storage.write_new_file(path / head_file, storage.npz_bytes(arrays))
+        storage.crash_point("after-head")
+    else:
+        arrays = {k: v for k, v in head.arrays().items()}
+    base = base_entry or m["base"]
+    new = {k: v for k, v in m.items() if k not in ("files",)}
+    new["format_version"] = FORMAT_VERSION
+    new["classes"] = list(classes)
+    new["head"] = {**m["head"], "file": head_file, "generation": generation, "arrays": array_spec(arrays)}
+    new["base"] = base
+    new["journal"] = journal_entry
+    if event:
+        new["events"] = list(m.get("events", [])) + [event]
+    files = {m["backbone"]["file"]: m["files"][m["backbone"]["file"]]}
+    files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
+    files[head_file] = file_entry(path / head_file)
+    new["files"] = files
+    storage.atomic_write_bytes(path / MANIFEST_NAME, storage.json_bytes(new))
+    storage.crash_point("after-manifest")
+    storage.remove_stale(path, keep={head_file, base["file"], journal_entry["file"]})
+    return State(path, new, FORMAT_VERSION, head, list(classes),
+                 Scan([], journal_entry["bytes"], journal_entry["digest"], journal_entry["seq"]))
+
+
+def _locked_state(path: Path, timeout: float | None, full: bool = False, trust_modified: bool = False) -> State:
+    st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
+    if not st.journal_ok and not trust_modified:
+        raise CorruptBundleError(f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
+    return st
+
+
+def commit_records(st: State, records: list[Record], head, classes: list[str]) -> State:
+    """Write-ahead commit of ``records`` (already applied to give ``head``/``classes``) on a locked state."""
+    j = st.manifest["journal"]
+    jpath = st.path / j["file"]
+    end, digest = st.scan.end, st.scan.digest
+    if records:
+        end, digest = journal.append(jpath, st.scan.end, records, st.scan.digest)
+        storage.crash_point("after-journal")
+    seq = records[-1].seq if records else st.scan.seq
+    return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+
+
+def _new_record(st: State, seq_offset: int, op: str, name: str, embeddings=None, **extra) -> Record:
+    return Record(st.scan.seq + seq_offset, op, name, new_id()[:16], _now(), embeddings, extra)
+
+
+def _embeddings(embeddings, dim: int) -> np.ndarray:
+    try:
+        emb = np.asarray(embeddings, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"embeddings must be a float array (k, {dim}): {exc}") from exc
+    if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] != dim:
+        raise InvalidInputError(f"embeddings must have shape (k >= 1, {dim}), got {emb.shape}")
+    if not np.all(np.isfinite(emb)):
+        raise InvalidInputError("embeddings contain NaN or infinite values")
+    return emb
+
+
+def add_examples(path: str | Path, name: str, embeddings, timeout: float | None = None) -> tuple[State, bool]:
+    """Add ``embeddings`` ``(k, D)`` as examples of class ``name`` (new, or extended); journaled.
+
+    This is the head-level update ``Bundle.add_class`` calls after embedding the
+    images; it embeds nothing, so it also serves tests and tools that have
+    embeddings already. Returns the new state and whether the class is new.
+    """
+    path = Path(path)
+    name = inputs.class_name(name)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        emb = _embeddings(embeddings, int(st.manifest["backbone"]["embedding_dim"]))
+        rec = _new_record(st, 1, "add", name, emb)
+        head, classes = apply(st.head, st.classes, rec)
+        return commit_records(st, [rec], head, classes), name not in st.classes
+
+
+def remove_class(path: str | Path, name: str, timeout: float | None = None) -> State:
+    """Remove class ``name`` (the exact inverse of adding it, for additive heads); journaled."""
+    path = Path(path)
+    name = inputs.class_name(name)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        if name not in st.classes:
+            raise InvalidInputError(f"no class named {name!r}; the bundle has {len(st.classes)} classes")
+        rec = _new_record(st, 1, "remove_class", name)
+        head, classes = apply(st.head, st.classes, rec)
+        return commit_records(st, [rec], head, classes)
+
+
+def history(path: str | Path) -> dict[str, Any]:
+    """Everything that happened to the bundle: base, journaled updates, rollbacks/compactions, legacy v1 history."""
+    st = read_state(path, verify="state", full=True)
+    m = st.manifest
+    committed = m["journal"]["bytes"]
+    return {
+        "bundle_id": st.bundle_id,
+        "format_version": st.disk_version,
+        "base": {"id": m["base"]["id"], "seq": m["base"]["seq"], "classes": len(m["base"]["classes"])},
+        "updates": [{**r.describe(), "committed": r.end <= committed} for r in st.scan.records],
+        "discarded_bytes": st.scan.discarded,
+        "events": list(m.get("events", [])) + list(m.get("trust_log", [])),
+        "legacy_history": list(m.get("history", [])),
+        "seq": st.seq,
+        "classes": len(st.classes),
+    }
+
+
+def _read_base(st: State):
+    verify_files(st.path, st.manifest, [st.manifest["base"]["file"]])
+    return read_head(st.path, st.manifest, "base")
+
+
+def rollback(path: str | Path, to: int, timeout: float | None = None) -> State:
+    """Restore the state after update ``to`` (``base.seq`` = the base itself) by replaying the base + journal.
+
+    Later updates are dropped from the journal (recorded as a ``rollback`` event).
+    """
+    path = Path(path)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout, full=True)
+        m = st.manifest
+        lo, hi = m["base"]["seq"], st.seq
+        if not isinstance(to, int) or isinstance(to, bool) or not lo <= to <= hi:
+            raise InvalidInputError(
+                f"--to must be an update number between {lo} (the base) and {hi} (the current state), got {to!r}"
+                + ("; earlier states were folded into the base by `compact`" if isinstance(to, int) and to < lo else "")
+            )
+        base_head, _ = _read_base(st)
+        records = [r for r in st.scan.records if r.seq <= to]
+        head, classes = replay(base_head, list(m["base"]["classes"]), records, "journal")
+        old = m["journal"]
+        new_name = f"journal-{_journal_epoch(old['file']) + 1:06d}.log"
+        end = records[-1].end if records else 0
+        digest = records[-1].digest if records else journal.genesis(m["base"]["id"])
+        journal.write_prefix(path / old["file"], path / new_name, end)
+        event = {"event": "rollback", "from": hi, "to": to, "time": _now()}
+        return _write_state(st, head, classes, {"file": new_name, "seq": to, "bytes": end, "digest": digest}, event=event)
+
+
+def compact(path: str | Path, timeout: float | None = None, trust_modified: bool = False) -> State:
+    """Fold the journal into a new base (the current head), leaving an empty journal.
+
+    The new base remembers the ids of the updates folded into it, so a later
+    merge does not apply them twice. Rollback cannot go back past a compaction.
+    """
+    path = Path(path)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout, full=True, trust_modified=trust_modified)
+        m = st.manifest
+        ids = sorted(known_ids(st))
+        generation = int(m["head"].get("generation", 0)) + 1
+        base_file = f"base-{generation:06d}.npz"
+        arrays = st.head.arrays()
+        id_array = np.array([int(i, 16) for i in ids], dtype=np.uint64)
+        storage.write_new_file(path / base_file, storage.npz_bytes({**arrays, RECORD_IDS: id_array}))
+        base_id = new_id()
+        base = {"id": base_id, "file": base_file, "seq": st.seq, "classes": list(st.classes), "arrays": array_spec(arrays)}
+        jname = f"journal-{_journal_epoch(m['journal']['file']) + 1:06d}.log"
+        jentry = {"file": jname, "seq": st.seq, "bytes": 0, "digest": journal.genesis(base_id)}
+        event = {"event": "compact", "seq": st.seq, "records": len(st.scan.records), "time": _now()}
+        return _write_state(st, st.head, st.classes, jentry, base_entry=base, head_file=base_file, event=event)
+
+
+def known_ids(st: State) -> set[str]:
+    """Ids of every update the state includes: folded into its base, or in its journal."""
+    _, arrays = _read_base(st)
+    folded = arrays.get(RECORD_IDS, np.zeros(0, np.uint64))
+    return {f"{int(i):016x}" for i in folded} | {r.id for r in st.scan.records}
+
+
+def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: float | None = None) -> State:
+    """Merge the updates of bundle ``b`` into bundle ``a`` (in place, or into a new bundle ``out``).
+
+    Both must come from the same export (same ``bundle_id``). The result is ``a``'s
+    state plus a replay of ``b``'s updates that ``a`` does not have (by update
+    id), so it equals one device having seen both devices' examples; merging
+    twice changes nothing. ``b`` must still hold, in its journal, every update
+    since the state ``a`` starts from (do not compact ``b`` before merging).
+    """
+    a, b = Path(a), Path(b)
+    sb = read_state(b, verify="state", full=True)
+    if out is None or Path(out).resolve() == a.resolve():
+        with storage.locked(a, timeout):
+            return _merge_into(_locked_state(a, timeout, full=True), sb, b)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"merge output {out} exists and is not empty")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=storage.TMP_SUFFIX, dir=out.parent))
+    try:
+        with storage.locked(a, timeout):
+            sa = _locked_state(a, timeout, full=True)
+            _check_mergeable(sa, sb, b)
+            names = [sa.manifest["backbone"]["file"], sa.manifest["base"]["file"], sa.manifest["head"]["file"],
+                     sa.manifest["journal"]["file"], MANIFEST_NAME]
+            for name in dict.fromkeys(names):
+                if (a / name).is_file():
+                    shutil.copy2(a / name, tmp / name)
+        with storage.locked(tmp, timeout):
+            st = _merge_into(_locked_state(tmp, timeout, full=True), sb, b)
+        (tmp / storage.LOCK_NAME).unlink(missing_ok=True)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+        storage.fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    st.path = out
+    return st
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_mergeable(sa: State, sb: State, b: Path) -> set[str]:
+    if sa.bundle_id != sb.bundle_id:
+        raise IncompatibleBundleError(
+            f"cannot merge {b} into {sa.path}: they come from different exports (bundle_id {sb.bundle_id} vs "
+            f"{sa.bundle_id}); only bundles grown from the same export merge"
+        )
+    known = known_ids(sa)
+    _, b_base = _read_base(sb)
+    b_folded = {f"{int(i):016x}" for i in b_base.get(RECORD_IDS, np.zeros(0, np.uint64))}
+    if not b_folded <= known:
+        raise IncompatibleBundleError(
+            f"cannot merge {b}: it was compacted after {len(b_folded - known)} update(s) that {sa.path} does not "
+            "have, so their examples are gone; merge before compacting, or merge the other way round"
+        )
+    return known
+
+
+def _merge_into(sa: State, sb: State, b: Path) -> State:
+    known = _check_mergeable(sa, sb, b)
+    head, classes, records = sa.head, sa.classes, []
+    for r in sb.scan.records:
+        if r.id in known:
+            continue
+        rec = Record(sa.seq + len(records) + 1, r.op, r.name, r.id, r.time, r.embeddings,
+                     {**r.extra, "merged_from": str(b)})
+        if r.op == "remove_class" and r.name not in classes:
+            continue  # already gone on this side
+        try:
+            head, classes = apply(head, classes, rec, strict=False)
+        except EdgeclRuntimeError as exc:
+            raise IncompatibleBundleError(f"cannot merge update {r.seq} of {b} ({r.op} {r.name!r}): {exc}") from exc
+        records.append(rec)
+    return commit_records(sa, records, head, classes)
+
+
+def snapshot_files(path: str | Path) -> dict[str, str]:
+    """sha256 of every file of a bundle directory (not the lock or the onnxruntime cache): for tests and tools."""
+    from .manifest import sha256_file
+
+    path = Path(path)
+    return {
+        p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != storage.LOCK_NAME
+    }
+
+
+__all__ = [
+    "State", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
+    "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot_files",
+]
