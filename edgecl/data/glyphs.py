@@ -32,8 +32,10 @@ any number of worker processes.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -254,9 +256,7 @@ def generate(
     ]
     result = None if out is not None else np.zeros((len(items), size, size, 3), np.uint8)
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        with _pool(min(workers, len(jobs))) as pool:
             for start, images in pool.imap_unordered(_chunk_images, jobs):
                 if result is not None:
                     result[start : start + len(images)] = images
@@ -266,6 +266,16 @@ def generate(
             if result is not None:
                 result[start : start + len(images)] = images
     return result
+
+
+def _pool(workers: int, initializer=None, initargs=()):
+    """A process pool. Fork where available: workers start at once and never re-run the
+    caller's ``__main__`` (spawn would, in a script without a main guard); they use only
+    numpy and Pillow, never torch, so forking a process that imported torch is safe."""
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(workers, initializer, initargs)
 
 
 def default_workers() -> int:
@@ -543,6 +553,22 @@ def pretrain_corpus(
     return ArrayDataset(arrays["x_train"], np.asarray(arrays["y_train"]), names)
 
 
+_STREAM: dict = {}  # the class table of a pretrain_batches worker process
+
+
+def _stream_init(table) -> None:
+    _STREAM["table"] = table
+
+
+def _stream_batch(k: int, table=None) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``k`` of a stream: everything random comes from ``(seed, k)``."""
+    cps, faces_per_class, batch_size, size, seed, augment = table or _STREAM["table"]
+    rng = np.random.default_rng([seed, 3, GENERATOR_VERSION, k])
+    labels = rng.integers(0, len(cps), batch_size).astype(np.int64)
+    items = _pretrain_items(faces_per_class, labels, cps, rng)
+    return render_images(items, size, rng, augment), labels
+
+
 def pretrain_batches(
     num_classes: int,
     batch_size: int = 256,
@@ -551,17 +577,26 @@ def pretrain_batches(
     source: str = "auto",
     augment: AugmentConfig = PRETRAIN_AUGMENT,
     num_batches: int | None = None,
+    workers: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """An endless (or ``num_batches`` long) stream of fresh ``(images uint8 (B, size, size, 3),
     labels int64 (B,))`` batches: uniformly random classes of ``pretrain_classes``, random faces,
-    new augmentations every time. Batch ``k`` depends only on ``(seed, k)`` and the arguments."""
-    if batch_size < 1 or not 8 <= size <= 512:
-        raise DataError(f"pretrain_batches needs batch_size >= 1 and size 8..512, got {batch_size}, {size}")
+    new augmentations every time. Batch ``k`` depends only on ``(seed, k)`` and the arguments,
+    so the stream is the same with any ``workers``: 0 renders in the caller's process, N > 0 in
+    N background processes that keep up to 2N batches ready (for training, overlap rendering
+    with the optimiser step)."""
+    if batch_size < 1 or not 8 <= size <= 512 or workers < 0:
+        raise DataError(f"pretrain_batches needs batch_size >= 1, size 8..512, workers >= 0; got {batch_size}, {size}, {workers}")
     cps, faces_per_class, _ = pretrain_classes(num_classes, source)
-    k = 0
-    while num_batches is None or k < num_batches:
-        rng = np.random.default_rng([seed, 3, GENERATOR_VERSION, k])
-        labels = rng.integers(0, num_classes, batch_size).astype(np.int64)
-        items = _pretrain_items(faces_per_class, labels, cps, rng)
-        yield render_images(items, size, rng, augment), labels
-        k += 1
+    table = (cps, faces_per_class, batch_size, size, seed, augment)
+    ks = itertools.count() if num_batches is None else iter(range(num_batches))
+    if workers == 0:
+        for k in ks:
+            yield _stream_batch(k, table)
+        return
+    with _pool(workers, _stream_init, (table,)) as pool:
+        pending = collections.deque(pool.apply_async(_stream_batch, (k,)) for k in itertools.islice(ks, 2 * workers))
+        while pending:
+            batch = pending.popleft().get()
+            pending.extend(pool.apply_async(_stream_batch, (k,)) for k in itertools.islice(ks, 1))
+            yield batch
