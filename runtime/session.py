@@ -126,6 +126,19 @@ def _drop(*paths: Path) -> None:
             p.unlink()
 
 
+def _prune(cache_dir: Path, keep: str, source: str, providers: list[str]) -> None:
+    """Drop cache entries of the same model and providers under another key (an older onnxruntime, a new backbone)."""
+    for meta in cache_dir.glob("*.json"):
+        if meta.stem == keep:
+            continue
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {"source": source, "providers": providers}  # unreadable: stale by definition
+        if info.get("source") == source and info.get("providers") == providers:
+            _drop(cache_dir / f"{meta.stem}.onnx", meta)
+
+
 def _write_cache(model_path: Path, providers: list[str], threads: int | None, level: str, cache_dir: Path, key: str):
     """Optimise ``model_path`` into the cache (temp name + rename); returns the session it built."""
     cache_dir.mkdir(exist_ok=True)
@@ -148,6 +161,7 @@ def _write_cache(model_path: Path, providers: list[str], threads: int | None, le
         # model first, then its meta: a reader that sees the meta sees the complete model
         os.replace(tmp, cache_dir / f"{key}.onnx")
         os.replace(meta_tmp, cache_dir / f"{key}.json")
+        _prune(cache_dir, keep=key, source=model_path.name, providers=providers)
     finally:
         _drop(tmp, cache_dir / f".{key}.{os.getpid()}.json.tmp")
     return session

@@ -2,12 +2,16 @@
 
 * ``train``: train, export, learners, demo (torch)
 * ``pretrain``: pre-train the embedded backbones (torch)
-* ``device``: predict, add-class, eval, info, bench (runtime only: numpy + onnxruntime)
+* ``backbones``: list embedded and named pre-trained backbones, installed or not
+* ``device``: predict, add-class, eval, info (runtime only: numpy + onnxruntime)
+* ``bench``: bench (runtime in a subprocess; torch only for --compare-torch / --dataset)
+* ``data``: data preview (numpy + Pillow)
+* ``store``: history, rollback, compact, merge, remove-class (runtime only: the bundle journal)
 
 A new command module defines commands on ``common.main`` and is imported here.
 """
 
-from . import backbones, device, pretrain, train  # noqa: F401  (registers the commands)
+from . import backbones, bench, data, device, pretrain, store, train  # noqa: F401  (registers the commands)
 from .common import main
 
 __all__ = ["main"]

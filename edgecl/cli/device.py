@@ -1,10 +1,10 @@
-"""Device-side commands (runtime only: numpy + onnxruntime): predict, add-class, eval, info, bench."""
+"""Device-side commands (runtime only: numpy + onnxruntime): predict, add-class, eval, info.
+
+``bench`` lives in ``bench.py``."""
 
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import click
 
@@ -103,48 +103,13 @@ def eval_cmd(bundle, dataset, split, data_seed, device):
 @main.command()
 @click.argument("bundle", type=click.Path())
 @device_option
-def info(bundle, device):
-    """Verify BUNDLE's checksums and describe it."""
-    b = load_bundle(bundle, device)
+@click.option("--trust-modified", is_flag=True,
+              help="Accept files whose checksum differs from the manifest: logged, and re-sealed in the manifest.")
+def info(bundle, device, trust_modified):
+    """Verify BUNDLE's checksums (and its journal) and describe it."""
+    from .store import load_trusted
+
+    b = load_trusted(bundle, device) if trust_modified else load_bundle(bundle, device)
     for key, value in b.info().items():
         click.echo(f"{key:>16}: {value}")
     click.echo(f"{'checksums':>16}: ok ({len(b.manifest['files'])} files)")
-
-
-@main.command()
-@click.argument("bundle", type=click.Path())
-@click.option("--batch-sizes", default="1,8,32", show_default=True)
-@click.option("--repeats", type=int, default=20, show_default=True)
-@device_option
-def bench(bundle, batch_sizes, repeats, device):
-    """Latency of predict and add-class on BUNDLE (add-class runs on a temporary copy)."""
-    import shutil
-    import tempfile
-
-    import numpy as np
-
-    from runtime import Bundle
-
-    b = load_bundle(bundle, device)
-    _, h, w = b.input_size
-    rng = np.random.default_rng(0)
-    click.echo(f"{b.manifest['backbone']['name']} on {b.device}, {len(b.classes)} classes")
-    for bs in [int(v) for v in batch_sizes.split(",")]:
-        x = rng.integers(0, 256, (bs, h, w, 3), dtype=np.uint8)
-        b.predict(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            b.predict(x)
-            times.append(time.perf_counter() - t0)
-        ms = 1e3 * np.median(times)
-        click.echo(f"predict batch {bs:>4}: {ms:8.2f} ms median ({bs / ms * 1e3:8.1f} images/s)")
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "bundle"
-        shutil.copytree(bundle, copy)
-        bc = Bundle.load(copy, device=device)
-        times = []
-        for i in range(5):
-            res = bc.add_class(f"bench-{i}", rng.integers(0, 256, (5, h, w, 3), dtype=np.uint8))
-            times.append(res.seconds)
-        click.echo(f"add-class (5 examples, persisted): {1e3 * np.median(times):.2f} ms median")

@@ -67,20 +67,46 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-def export_cmd(run_dir, out_dir, opset, exporter, force):
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Backbone precision: int8 (CPU: static QDQ quantization), fp16 (GPU bundles).")
+@click.option("--calibration-size", type=click.IntRange(min=0), default=128, show_default=True,
+              help="int8: training images to calibrate on; 0 = dynamic quantization (no calibration).")
+@click.option("--head-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Storage precision of the head arrays (the runtime computes in fp32).")
+@click.option("--allow-divergence", is_flag=True,
+              help="Write an fp16/int8 bundle even if its embeddings diverge from fp32 (recorded in the manifest).")
+def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence):
     """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
     from export import ExportError, export_run
 
     from ..rundir import RunDirError
 
+    options = {"calibration_size": calibration_size, "head_precision": head_precision, "allow_divergence": allow_divergence}
     try:
-        rep = export_run(run_dir, out_dir, opset=opset, exporter=exporter, overwrite=force)
+        rep = export_run(run_dir, out_dir, opset=opset, exporter=exporter, overwrite=force, precision=precision,
+                         precision_options=options)
     except (ExportError, RunDirError) as exc:
         fail(exc)
     click.echo(
         f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
         f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}"
     )
+    if precision != "fp32":
+        import json
+
+        section = json.loads((Path(rep.path) / "manifest.json").read_text())["precision"]
+        check = section.get("check", {})
+        click.echo(
+            f"{precision} backbone ({section['conversion']['method']}): embedding cosine vs fp32 "
+            f"mean {check.get('cosine_mean', float('nan')):.4f} min {check.get('cosine_min', float('nan')):.4f}"
+            + (f", top-1 agreement {100 * check['top1_agreement']:.1f}%" if "top1_agreement" in check else "")
+            + (f", top-1 {100 * check['top1_fp32']:.2f}% (fp32) -> {100 * check['top1_converted']:.2f}%"
+               if "top1_fp32" in check else "")
+            + (f"\nWARNING: {section['diverged']}" if section.get("diverged") else "")
+        )
+        if section["conversion"].get("quantized_nodes") == 0:
+            click.echo("WARNING: no node was quantized (dynamic quantization covers MatMul/Gemm only): "
+                       "the bundle is effectively fp32; give calibration images for static INT8")
 
 
 @main.command()
