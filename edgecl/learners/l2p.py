@@ -21,6 +21,7 @@ from .registry import register_learner
 class L2P(PromptLearner):
     name = "l2p"
     defaults: ClassVar[dict[str, Any]] = {"size": 10, "length": 5, "top_n": 5, "pull": 0.1, "pool": "prompt"}
+    choices: ClassVar[dict[str, tuple]] = {"pool": ("prompt", "cls")}
     aux_coef_name = "pull"
 
     def make_pool(self, dim, hp):

@@ -35,56 +35,38 @@ from torch import nn
 
 from ..peft.prompts import PromptedViT
 from .base import Learner
+from .hparams import resolve_hparams
 
 HEADS = {"linear": "linear", "prototype": "prototype_cosine"}
 COMMON_DEFAULTS: dict[str, Any] = {"epochs": 3, "lr": 0.01, "head": "linear", "seed": 0}
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """``value`` (maybe a CLI string) as the type of ``default``; ``ValueError`` if it is not one."""
+def block_list(hp: dict[str, Any], key: str) -> list[int]:
+    """A hyper-parameter naming ViT blocks, ``"2,3,4"``, as a list of ints (``ValueError`` otherwise)."""
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, (tuple, list)):
-            items = value.split(",") if isinstance(value, str) else value
-            return [int(v) for v in items if str(v).strip() != ""]
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"hyper-parameter {name}={value!r} is not a valid {type(default).__name__}") from None
+        blocks = [int(v) for v in str(hp[key]).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"hyper-parameter {key}={hp[key]!r} must be comma-separated block indices") from None
+    if not blocks or len(set(blocks)) != len(blocks):
+        raise ValueError(f"hyper-parameter {key}={hp[key]!r} must name distinct blocks")
+    return blocks
 
 
 class PromptLearner(Learner):
     head_kind = "linear"  # per instance: see ``head`` hparam
     defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
     positive: ClassVar[tuple[str, ...]] = ("epochs", "lr", "size", "length", "top_n", "g_length", "e_length", "per_task")
 
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        allowed = {**COMMON_DEFAULTS, **self.defaults}
-        unknown = sorted(set(hparams) - set(allowed))
-        if unknown:
-            raise ValueError(f"{self.name} has no hyper-parameter(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-        given = {k: _coerce(k, v, allowed[k]) for k, v in hparams.items()}
-        hp = {**allowed, **given}
-        if hp["head"] not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {hp['head']!r}")
-        bad = [k for k in self.positive if k in hp and not hp[k] > 0]
-        if bad:
-            raise ValueError(f"hyper-parameter(s) {bad} must be > 0")
-        super().__init__(backbone, device, **given)
+        choices = {"head": tuple(HEADS), **self.choices}
+        hp = resolve_hparams(self.name, hparams, {**COMMON_DEFAULTS, **self.defaults}, choices, self.positive)
+        super().__init__(backbone, device, **hp)
         self.hp = hp
         self.head_kind = HEADS[hp["head"]]
         torch.manual_seed(hp["seed"])
-        self.net = PromptedViT(self.backbone, self.make_pool(backbone.embedding_dim, hp), self.pool_mode(hp)).to(device)
+        pool = self.make_pool(backbone.embedding_dim, hp)
+        self.net = PromptedViT(self.backbone, pool, self.pool_mode(hp), method=self.name).to(device)
         dim = backbone.embedding_dim
         self.weight = torch.zeros(0, dim)
         self.bias = torch.zeros(0)

@@ -16,10 +16,10 @@ embeddings, with key matching (``topk``/``argmax``/gather) or a weighted
 combination inside ``forward``, so ``torch.onnx.export`` writes the whole
 method as one graph and the runtime needs no prompt logic at all.
 
-The ViT code is generic over timm ``VisionTransformer`` (``patch_embed``,
-``_pos_embed``, ``norm_pre``, ``blocks`` of ``Block`` with ``attn.qkv`` /
-``attn.proj``, ``norm``, ``forward_head``); nothing here is specific to one
-model size.
+The ViT code is generic over timm ``VisionTransformer``: it uses the model's
+own stages (``edgecl.peft.base.vit_tokens`` / ``vit_pool``) and, for prefixes,
+timm ``Block``/``Attention`` submodules (``norm1``, ``attn.qkv``, ``attn.proj``,
+``mlp``, ...); nothing here is specific to one model size.
 """
 
 from __future__ import annotations
@@ -30,21 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import PeftError, require_vit, vit_pool, vit_tokens
+
 # --------------------------------------------------------------- ViT forward
 
 
-def check_vit(model: nn.Module) -> int:
-    """Number of blocks of a timm ViT; ``ValueError`` naming what is missing otherwise."""
-    needed = ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head", "num_prefix_tokens")
-    missing = [a for a in needed if not hasattr(model, a)]
-    blocks = getattr(model, "blocks", [])
-    if not missing and not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") and hasattr(b.attn, "proj") for b in blocks):
-        missing.append("blocks[i].attn.qkv/proj")
-    if missing:
-        raise ValueError(
-            f"prompt learners need a timm VisionTransformer; {type(model).__name__} lacks {', '.join(missing)}"
-        )
-    return len(blocks)
+def check_vit(model: nn.Module, method: str) -> int:
+    """Number of blocks of a timm ViT whose attention prefix-tuning can enter (``PeftError`` otherwise)."""
+    require_vit(model, method)
+    if not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") and hasattr(b.attn, "proj") for b in model.blocks):
+        raise PeftError(f"{method} needs blocks with attn.qkv and attn.proj (timm Attention)")
+    return len(model.blocks)
 
 
 def _prefix_attention(attn: nn.Module, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
@@ -87,21 +83,20 @@ def prompted_features(
     left out) or ``"prompt"`` (mean of the outputs at the inserted positions, L2P).
     """
     prefixes = prefixes or {}
-    t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    t = vit_tokens(model, x)
     n_pre = model.num_prefix_tokens
     n_ins = 0 if insert is None else insert.shape[1]
     if insert is not None:
         t = torch.cat([t[:, :n_pre], insert, t[:, n_pre:]], dim=1)
     for i, block in enumerate(model.blocks):
         t = _block(block, t, prefixes.get(i))
-    t = model.norm(t)
     if pool == "prompt":
         if insert is None:
             raise ValueError("pool='prompt' needs inserted prompt tokens")
-        return model.fc_norm(t[:, n_pre : n_pre + n_ins].mean(dim=1))
+        return model.fc_norm(model.norm(t[:, n_pre : n_pre + n_ins]).mean(dim=1))
     if insert is not None:
         t = torch.cat([t[:, :n_pre], t[:, n_pre + n_ins :]], dim=1)
-    return model.forward_head(t, pre_logits=True)
+    return vit_pool(model, t)
 
 
 # ------------------------------------------------------------------- pools
@@ -281,9 +276,9 @@ class PromptedViT(nn.Module):
     training-time version that also returns the pool's auxiliary loss.
     """
 
-    def __init__(self, backbone: nn.Module, pool: nn.Module, pool_mode: str = "cls"):
+    def __init__(self, backbone: nn.Module, pool: nn.Module, pool_mode: str = "cls", method: str = "prompts"):
         super().__init__()
-        self.depth = check_vit(backbone.model)
+        self.depth = check_vit(backbone.model, method)
         if pool_mode not in ("cls", "prompt"):
             raise ValueError(f"pool_mode must be 'cls' or 'prompt', got {pool_mode!r}")
         layers = set(getattr(pool, "layers", ())) | set(getattr(pool, "g_layers", ())) | set(getattr(pool, "e_layers", ()))
