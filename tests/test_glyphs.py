@@ -227,3 +227,21 @@ def test_preview_cli(tmp_path):
     assert Image.open(out).size == (4 * 34 + 2, 3 * 34 + 2)
     res = CliRunner().invoke(main, ["data", "preview", "glyphs:x", "--out", str(out)])
     assert res.exit_code != 0 and "not an integer" in res.output
+
+
+def test_concurrent_maker_keeps_one_whole_entry(tmp_path, monkeypatch):
+    """A maker that finishes while another is still building: the slower one keeps the entry."""
+    monkeypatch.setenv("EDGECL_CACHE_DIR", str(tmp_path))
+
+    def build(value):
+        def write(tmp):
+            if value == 1:  # while this maker builds, another one completes the same entry
+                G.materialise("t", {"k": 1}, build(2))
+            np.save(tmp / "x.npy", np.full(4, value, np.uint8))
+
+        return write
+
+    out = G.materialise("t", {"k": 1}, build(1))
+    assert out["x"].tolist() == [2, 2, 2, 2]
+    entries = list((tmp_path / "glyphs").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".")  # no temporary directory left

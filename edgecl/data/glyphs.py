@@ -6,7 +6,7 @@ rendered by Pillow as a grey mask at twice the output size, centred on its ink, 
 
 **The ``glyphs`` benchmark** (``load_dataset("glyphs:N[:SPLIT][:SIZE]")``) draws N classes
 (seeded) from the code points that at least 8 of matplotlib's fonts draw (``benchmark_pool``,
-about 2,900 after removing look-alikes) and has two splits:
+2,683 after removing look-alikes) and has two splits:
 
 * ``within`` - train and test images come from the same fonts (every font of the class);
 * ``cross`` - train on the upright fonts, test on the held-out italic / oblique fonts (DejaVu
@@ -331,13 +331,13 @@ def materialise(name: str, config: dict, build, log=None) -> dict:
             with open(p, "rb+") as fh:
                 os.fsync(fh.fileno())
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if path.exists():  # damaged: move aside, then replace
+        if path.exists() and _load_cached(path) is None:  # damaged: move aside, then replace
             trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, trash / "entry")
+            os.replace(path, trash / "entry")  # open memory maps of it stay valid
             shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, path)
-        except OSError:  # a concurrent maker won the race: use its entry
+        except OSError:  # a concurrent maker finished first: keep its (equal) entry
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
