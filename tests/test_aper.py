@@ -106,3 +106,17 @@ def test_hyper_parameters_are_validated():
     assert learner.peft.method == "vpt_deep"
     with pytest.raises(ValueError, match="needs a timm VisionTransformer"):
         create_learner("aper", create_backbone("resnet10t", weights="random", img_size=32), peft="adapter")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, hparams", [("aper", {"peft": "adapter"}), ("aper", {"peft": "ssf"}), ("vpt", {}), ("ease", {})])
+def test_on_the_embedded_vit_adaptation_is_not_worse_than_simplecil(name, hparams):
+    """The survey's claim on a real pre-trained ViT (here: the embedded one, when its weights are committed)."""
+    from edgecl.backbones.embedded import SHIPPED
+
+    if "edgecl-vit-tiny" not in SHIPPED:
+        pytest.skip("the embedded ViT's weights are not committed")
+    bb = create_backbone("edgecl-vit-tiny")
+    base = train_learner("simplecil", bb, classes=30)
+    adapted = train_learner(name, bb, classes=30, **hparams)
+    assert adapted.accuracy[-1] >= base.accuracy[-1] - 2.0

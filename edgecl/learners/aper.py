@@ -14,6 +14,12 @@ VPT one patch embedding feeds the frozen and the adapted block stacks; SSF
 also modulates the patch embedding, so its two paths share only weights.
 Adapter, VPT-deep and VPT-shallow need a ViT; SSF also works on CNNs.
 
+Hyper-parameters (``--learner-arg KEY=VALUE``): ``peft`` (adapter), ``epochs``
+(5) and ``lr`` (1e-3, AdamW, cosine decay), ``weight_decay`` (1e-4), ``head``
+(cosine | linear: the temporary head), ``bottleneck`` (16) and ``scale`` (0.1)
+of the adapters, ``prompt_length`` (5) of VPT, ``seed`` (0). The defaults are
+sized for a CPU (a few epochs); larger configurations are these flags.
+
 ``FirstSessionPeft`` is the shared machinery; ``vpt`` is the same learner
 with VPT and without the concatenation (``edgecl.learners.vpt``).
 """
@@ -57,6 +63,7 @@ class FirstSessionPeft(PrototypeLearner):
             seed=hp["seed"],
         ).to(device)
         self.adapted = False
+        self.train_stats: dict[str, float] | None = None  # last epoch of the first-session training
         self._embedding = ParallelEmbedding(self.backbone.model, [self.peft], include_base=True) if self.concat else self.peft
 
     @property

@@ -21,6 +21,10 @@ prototypes in every subspace from its examples' exported embeddings.
 
 The exported graph carries all adapters as parallel branches over one shared
 patch embedding (``edgecl.peft.ParallelEmbedding``). Needs a ViT.
+
+Hyper-parameters: ``bottleneck`` (16) and ``scale`` (0.1) of each adapter,
+``use_init_ptm`` (false), ``epochs`` (5) and ``lr`` (1e-3) per task,
+``weight_decay``, ``head``, ``seed`` (see ``aper``).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class EASE(PrototypeLearner):
         self.adapters: list[PeftModel] = []
         self.task_of_class = torch.zeros(0, dtype=torch.int64)
         self._embedding: nn.Module | None = None
+        self.train_stats: dict[str, float] | None = None  # last epoch of the latest adapter's training
 
     @property
     def offset(self) -> int:

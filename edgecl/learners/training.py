@@ -42,10 +42,10 @@ def make_head(kind: str, dim: int, classes: int) -> nn.Module:
 
 def task_labels(loader: Iterable) -> torch.Tensor:
     """Sorted distinct labels of ``loader``; ``ValueError`` if it is empty."""
-    labels = torch.cat([torch.as_tensor(y) for _, y in loader]) if loader is not None else torch.zeros(0)
-    if labels.numel() == 0:
+    labels = [torch.as_tensor(y) for _, y in loader]
+    if not labels or torch.cat(labels).numel() == 0:
         raise ValueError("fit_task got no training samples")
-    return torch.unique(labels)
+    return torch.unique(torch.cat(labels))
 
 
 def fit_classifier(

@@ -6,6 +6,9 @@ frozen; every class is its prototype of the prompted embedding, scored by
 cosine similarity, so the device can add classes. This is APER-VPT without
 the concatenation with the pre-trained embedding (same code,
 ``edgecl.learners.aper.FirstSessionPeft``). Needs a ViT.
+
+Hyper-parameters: ``deep`` (false), ``prompt_length`` (5), ``epochs`` (5),
+``lr`` (1e-2), ``weight_decay``, ``head``, ``seed`` (see ``aper``).
 """
 
 from __future__ import annotations

@@ -131,6 +131,10 @@ class ParallelEmbedding(nn.Module):
         self.include_base = include_base
         self.vit = is_vit(model)
 
+    def train(self, mode: bool = True) -> "ParallelEmbedding":
+        # Frozen backbone: never train mode (BatchNorm statistics are shared with it).
+        return super().train(False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stem = self.vit and (self.include_base or any(b.shares_stem for b in self.branches))
         tokens = vit_tokens(self.model, x) if stem else None
