@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecl import __version__
-from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry
+from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry, seal
 from runtime.storage import json_bytes, npz_bytes
 from runtime.store import initial_fields
 
@@ -142,7 +142,7 @@ def export_learner(
         manifest.update(initial_fields(kind, head_file, written, list(class_names)))  # bundle_id, base, journal
         if extra:
             manifest["source"] = extra
-        (tmp / MANIFEST_NAME).write_bytes(json_bytes(manifest))
+        (tmp / MANIFEST_NAME).write_bytes(json_bytes(seal(manifest)))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -117,6 +117,7 @@ _RULES_V2 = _RULES_V1 + [
     ("journal.seq", _nonneg_int, "must be an integer >= 0"),
     ("journal.bytes", _nonneg_int, "must be an integer >= 0"),
     ("journal.digest", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
+    ("checksum", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
 ]
 _MISSING = object()
 
@@ -184,6 +185,34 @@ def validate(manifest: dict[str, Any], version: int) -> None:
     for field, name in refs:
         if name not in files:
             _fail(field, f"names {name!r}, which has no checksum in 'files'")
+
+
+CHECKSUM_FIELD = "checksum"
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, compact) without its ``checksum`` field.
+
+    The manifest holds the checksums of every other file; this one protects the
+    manifest itself, so an edited class name or a flipped bit in it is refused too.
+    """
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its ``checksum`` field set (every writer of a version-2 manifest calls this)."""
+    out = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    out[CHECKSUM_FIELD] = manifest_checksum(out)
+    return out
+
+
+def check_seal(manifest: dict[str, Any], where: str) -> tuple[str, str] | None:
+    """``None`` if the version-2 manifest's checksum matches its content, else ``(stored, actual)``."""
+    actual = manifest_checksum(manifest)
+    stored = manifest.get(CHECKSUM_FIELD)
+    return None if stored == actual else (str(stored), actual)
 
 
 def read_manifest_bytes(bundle_dir: Path) -> bytes:

@@ -39,6 +39,7 @@ from .errors import (
     IncompatibleBundleError,
     InvalidInputError,
     MissingFileError,
+    TamperedFileError,
 )
 from .heads import head_class
 from .journal import Record, Scan
@@ -46,9 +47,11 @@ from .manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     array_spec,
+    check_seal,
     file_entry,
     parse_manifest,
     read_manifest_bytes,
+    seal,
     v1_bundle_id,
     verify_files,
 )
@@ -204,9 +207,15 @@ def replay(head, classes: list[str], records: list[Record], where: str):
 
 def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool) -> State:
     m, version = parse_manifest(raw, str(path / MANIFEST_NAME))
+    trusted: list = []
+    if version >= 2 and (bad := check_seal(m, MANIFEST_NAME)):
+        if not trust_modified:
+            raise TamperedFileError(
+                f"{path / MANIFEST_NAME}: its content does not match its checksum field (edited or corrupt)"
+            )
+        trusted.append((MANIFEST_NAME, {"sha256": bad[0]}, {"sha256": bad[1]}))
     if version == 1:
         m = _as_v2(m)
-    trusted: list = []
     if verify:
         names = None if verify is True else sorted({m["head"]["file"], m["base"]["file"]})
         verify_files(path, m, names, collect=trusted if trust_modified else None)
@@ -286,10 +295,10 @@ def _record_trust(state: State) -> None:
             raw = read_manifest_bytes(state.path)
             m, version = parse_manifest(raw, str(state.path / MANIFEST_NAME))
             for name, _, new in state.trusted:
-                if (state.path / name).is_file() and file_entry(state.path / name) == new:
+                if name in m["files"] and (state.path / name).is_file() and file_entry(state.path / name) == new:
                     m["files"][name] = new
             m["trust_log"] = list(m.get("trust_log", [])) + [entry]
-            storage.atomic_write_bytes(state.path / MANIFEST_NAME, storage.json_bytes(m))
+            storage.atomic_write_bytes(state.path / MANIFEST_NAME, storage.json_bytes(seal(m) if version >= 2 else m))
     except (EdgeclRuntimeError, OSError) as exc:
         log.warning("could not record the trust override in %s: %s", state.path, exc)
     state.manifest["trust_log"] = list(state.manifest.get("trust_log", [])) + [entry]
@@ -327,6 +336,7 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
     files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
     files[head_file] = file_entry(path / head_file)
     new["files"] = files
+    new = seal(new)
     storage.atomic_write_bytes(path / MANIFEST_NAME, storage.json_bytes(new))
     storage.crash_point("after-manifest")
     storage.remove_stale(path, keep={head_file, base["file"], journal_entry["file"]})
@@ -565,6 +575,11 @@ def _merge_into(sa: State, sb: State, b: Path) -> State:
     return commit_records(sa, records, head, classes)
 
 
+def bundle_bytes(path: str | Path) -> int:
+    """Total size of a bundle's files (not the lock or the onnxruntime cache)."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file() and p.name != storage.LOCK_NAME)
+
+
 def snapshot_files(path: str | Path) -> dict[str, str]:
     """sha256 of every file of a bundle directory (not the lock or the onnxruntime cache): for tests and tools."""
     from .manifest import sha256_file
@@ -577,5 +592,5 @@ def snapshot_files(path: str | Path) -> dict[str, str]:
 
 __all__ = [
     "State", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
-    "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot_files",
+    "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot_files", "bundle_bytes",
 ]

@@ -25,6 +25,7 @@ from runtime import (
     storage,
     store,
 )
+from runtime.manifest import seal
 from tests.conftest import ROOT
 from tests.fixtures import VERSIONS, copy_fixture, images, snapshot
 
@@ -112,9 +113,21 @@ def test_manifest_schema_errors_name_the_field(tmp_path, field, value, error, ma
     d = copy_fixture(tmp_path / "b")
     m = json.loads((d / "manifest.json").read_text())
     _mutate(m, field, value)
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal(m)))  # sealed: as a buggy writer would, to reach each check
     with pytest.raises(error, match=match):
         Bundle.load(d)
+
+
+def test_edited_manifest_is_refused_unless_trusted(tmp_path):
+    d = copy_fixture(tmp_path / "b")
+    text = (d / "manifest.json").read_text()
+    (d / "manifest.json").write_text(text.replace('"gamma"', '"delta"'))  # valid JSON and schema, silently renamed
+    with pytest.raises(TamperedFileError, match="manifest.json: its content does not match its checksum"):
+        Bundle.load(d)
+    with pytest.warns(UserWarning, match="manifest.json"):
+        assert Bundle.load(d, trust_modified=True).classes[-1] == "delta"
+    assert Bundle.load(d).classes[-1] == "delta"  # re-sealed, with a trust_log record
+    assert json.loads((d / "manifest.json").read_text())["trust_log"][-1]["files"]["manifest.json"]
 
 
 def test_missing_files_are_named(tmp_path):
@@ -390,3 +403,39 @@ def test_many_classes_one_by_one_keep_size_linear_and_compact(tmp_path, monkeypa
     record_property("bytes_per_class", per_class)
     print(f"\n{n} adds in {seconds:.1f} s; bundle bytes at {marks} classes: {sizes}; "
           f"bytes per class {per_class[0]:.0f} / {per_class[1]:.0f}; after compact {compacted}")
+
+
+# ----------------------------------------------------------------------- CLI
+def test_store_commands(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecl.cli import main
+
+    d = copy_fixture(tmp_path / "b")
+    b = Bundle.load(d)
+    b.add_class("cat", images(1))
+    b.add_class("dog", images(2))
+    r = CliRunner()
+    out = r.invoke(main, ["remove-class", str(d), "cat"])
+    assert out.exit_code == 0 and "4 classes" in out.output, out.output
+    out = r.invoke(main, ["history", str(d)])
+    assert out.exit_code == 0 and "add 'cat' (3 examples)" in out.output and "remove_class 'cat'" in out.output
+    out = r.invoke(main, ["rollback", str(d), "--to", "1"])
+    assert out.exit_code == 0 and "4 classes" in out.output and Bundle.load(d).classes[-1] == "cat"
+    out = r.invoke(main, ["rollback", str(d), "--to", "9"])
+    assert out.exit_code == 1 and "InvalidInputError" in out.output and "between 0" in out.output
+    out = r.invoke(main, ["compact", str(d)])
+    assert out.exit_code == 0 and "new base at update 1" in out.output
+    out = r.invoke(main, ["remove-class", str(d), "../x"])
+    assert out.exit_code == 1 and "looks like a path" in out.output
+    base = d / json.loads((d / "manifest.json").read_text())["base"]["file"]
+    with np.load(base) as z:
+        arrays = dict(z)
+    arrays["prototypes"] = arrays["prototypes"] * 2
+    np.savez(base, **arrays)
+    out = r.invoke(main, ["info", str(d)])
+    assert out.exit_code == 1 and "TamperedFileError" in out.output
+    out = r.invoke(main, ["info", str(d), "--trust-modified"])
+    assert out.exit_code == 0 and "checksums: ok" in out.output
+    out = r.invoke(main, ["history", str(d)])
+    assert "trust_modified" in out.output

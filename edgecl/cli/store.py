@@ -1,0 +1,108 @@
+"""Bundle-store commands (runtime only): history, rollback, compact, merge, remove-class.
+
+They act on the bundle's journal (``runtime.store``); none loads the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import fail, main
+
+
+def _run(fn, *args, **kwargs):
+    from runtime import EdgeclRuntimeError
+
+    try:
+        return fn(*args, **kwargs)
+    except EdgeclRuntimeError as exc:
+        fail(exc)
+
+
+def load_trusted(path: str, device: str):
+    """``Bundle.load(..., trust_modified=True)`` for ``--trust-modified``: the warning goes to stderr."""
+    import logging
+    import warnings
+
+    from runtime import Bundle
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the logger already reports it
+        return _run(Bundle.load, path, device=device, trust_modified=True)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
+def history(bundle, as_json):
+    """List BUNDLE's on-device updates (the journal) and events (rollbacks, compactions, trust overrides)."""
+    from runtime import store
+
+    h = _run(store.history, bundle)
+    if as_json:
+        click.echo(json.dumps(h, indent=2))
+        return
+    click.echo(f"bundle {h['bundle_id']} (format {h['format_version']}): {h['classes']} classes after update {h['seq']}")
+    for e in h["legacy_history"]:
+        click.echo(f"   -  {e.get('time', '?')}  {e.get('event')} {e.get('class')!r} (format-1 history, in the base)")
+    click.echo(f"{h['base']['seq']:>4}  base ({h['base']['classes']} classes)")
+    for u in h["updates"]:
+        what = f"{u['op']} {u['class']!r}" + (f" ({u['examples']} examples)" if "examples" in u else "")
+        tags = ("" if u["committed"] else "  [in journal, replayed]") + (
+            f"  [merged from {u['merged_from']}]" if u.get("merged_from") else "")
+        click.echo(f"{u['seq']:>4}  {u['time']}  {what}{tags}")
+    if h["discarded_bytes"]:
+        click.echo(f"      ({h['discarded_bytes']} bytes of an incomplete last record are ignored)")
+    for e in h["events"]:
+        click.echo(f"   *  {e.get('time', '?')}  {e.get('event')} " + json.dumps({k: v for k, v in e.items() if k not in ("time", "event")}))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--to", "to", type=int, required=True, help="Update number to return to (see `edgecl history`; the base is its first number).")
+def rollback(bundle, to):
+    """Restore BUNDLE to its state after update --to, replaying the journal from the base."""
+    from runtime import store
+
+    st = _run(store.rollback, bundle, to)
+    click.echo(f"rolled back to update {st.seq}: {len(st.classes)} classes")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--trust-modified", is_flag=True, help="Accept files whose checksum changed, and a corrupt journal (logged).")
+def compact(bundle, trust_modified):
+    """Fold BUNDLE's journal into a new base (rollback cannot go back past it)."""
+    from runtime import store
+    from runtime.store import bundle_bytes
+
+    before = bundle_bytes(bundle)
+    st = _run(store.compact, bundle, trust_modified=trust_modified)
+    click.echo(f"compacted the journal into a new base at update {st.seq}: {bundle_bytes(bundle)} bytes (was {before})")
+
+
+@main.command()
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.argument("out", type=click.Path())
+def merge(a, b, out):
+    """Merge the on-device updates of bundle B into bundle A, writing OUT (A and B from the same export)."""
+    from runtime import store
+
+    before = _run(store.read_state, a, verify="state").seq
+    st = _run(store.merge, a, b, out)
+    click.echo(f"merged {st.seq - before} update(s) from {b} into {out}: {len(st.classes)} classes")
+
+
+@main.command(name="remove-class")
+@click.argument("bundle", type=click.Path())
+@click.argument("name")
+def remove_class(bundle, name):
+    """Forget class NAME on the device (journaled; `edgecl rollback` undoes it)."""
+    from runtime import store
+
+    st = _run(store.remove_class, bundle, name)
+    click.echo(f"removed class {name!r}; bundle now has {len(st.classes)} classes")

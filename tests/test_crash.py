@@ -1,0 +1,104 @@
+"""Random power cuts: a child adding classes is SIGKILLed 200 times at random points.
+
+After every kill the bundle must load, pass every checksum (files and journal
+chain), and hold every class whose ``add_class`` call had returned (the child
+reports each returned call to a file it fsyncs before the next call).
+
+Children are forked from a "zygote" process that has already imported the
+runtime, so 200 trials take seconds rather than 200 interpreter start-ups.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from runtime import Bundle, store
+from tests.conftest import ROOT
+from tests.fixtures import copy_fixture
+
+TRIALS = 200
+ADDS_PER_CHILD = 5
+
+ZYGOTE = r"""
+import os, sys
+import numpy as np
+from runtime import Bundle
+path, report, adds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for line in sys.stdin:
+    trial = int(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            b = Bundle.load(path, verify=False)
+            rng = np.random.default_rng(trial)
+            b.embed(rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))  # warm up onnxruntime (reads only)
+            print("ready", flush=True)
+            fd = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            for i in range(adds):
+                name = f"t{trial}-{i}" if i % 3 else f"t{max(trial - 1, 0)}-0"  # every 3rd call extends a class
+                b.add_class(name, rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+                os.write(fd, (name + "\n").encode())
+                os.fsync(fd)
+        except BaseException as exc:
+            sys.stderr.write(f"child error: {exc!r}\n")
+            code = 3
+        os._exit(code)
+    print(pid, flush=True)
+    sys.stdin.readline()  # reap only once the test has sent its SIGKILL: the pid cannot be reused before
+    _, status = os.waitpid(pid, 0)
+    print(status, flush=True)
+"""
+
+
+def test_sigkill_at_random_points_never_loses_a_returned_class(tmp_path, record_property):
+    d = copy_fixture(tmp_path / "b")
+    report = tmp_path / "returned.txt"
+    report.touch()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, str(d), str(report), str(ADDS_PER_CHILD)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    rng = random.Random(0)
+    stats = {"killed": 0, "finished": 0, "returned_adds": 0, "head_lagged_journal": 0, "torn_tails": 0}
+    t0 = time.monotonic()
+    try:
+        for trial in range(TRIALS):
+            zygote.stdin.write(f"{trial}\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            assert zygote.stdout.readline().strip() == "ready", f"trial {trial}: the child did not start"
+            time.sleep(rng.uniform(0.0, 0.1))  # an add takes 10-40 ms with its fsyncs on ext4
+            os.kill(pid, signal.SIGKILL)  # our unreaped child: a zombie if it already finished
+            zygote.stdin.write("reap\n")
+            zygote.stdin.flush()
+            status = int(zygote.stdout.readline())
+            if os.WIFSIGNALED(status):
+                stats["killed"] += 1
+            else:
+                assert os.WEXITSTATUS(status) == 0, f"trial {trial}: the child failed on its own (status {status})"
+                stats["finished"] += 1
+            # every sha256 and the whole journal chain; the full Bundle (ONNX session) every 10th trial
+            st = store.read_state(d, verify=True)
+            if trial % 10 == 0:
+                assert Bundle.load(d).classes == st.classes
+            returned = set(report.read_text().split())
+            missing = returned - set(st.classes)
+            assert not missing, f"trial {trial}: classes whose add_class returned are lost: {sorted(missing)}"
+            stats["head_lagged_journal"] += bool(st.lagging)
+            stats["torn_tails"] += st.scan.discarded > 0
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+    stats["returned_adds"] = len(report.read_text().split())
+    stats["classes"] = len(Bundle.load(d).classes) - 3
+    stats["seconds"] = round(time.monotonic() - t0, 1)
+    for k, v in stats.items():
+        record_property(k, v)
+    print(f"\ncrash test: {TRIALS} trials: {stats}")
+    assert stats["killed"] >= TRIALS // 2  # most kills land mid-run, not after the child finished
+    assert stats["returned_adds"] >= TRIALS // 2  # and many adds completed between kills
