@@ -16,7 +16,11 @@ def test_bundle_layout_manifest_and_checksums(exported, trained):
     report, path = exported
     result, _ = trained
     m = json.loads((path / "manifest.json").read_text())
-    assert m["format"] == "edgecl-bundle" and m["format_version"] == 1
+    assert m["format"] == "edgecl-bundle" and m["format_version"] == 2
+    # version 2: an id shared by every copy of this export (merge), the base of the journal, a sealed manifest
+    assert m["base"] == {"id": m["bundle_id"], "file": "head-000000.npz", "seq": 0, "classes": m["classes"],
+                         "arrays": m["head"]["arrays"]}
+    assert m["journal"]["seq"] == 0 and len(m["checksum"]) == 64
     assert m["backbone"]["opset"] >= 17 and m["backbone"]["embedding_dim"] == 512
     assert m["preprocess"]["input_size"] == [3, 32, 32] and len(m["preprocess"]["mean"]) == 3
     assert m["classes"] == result.class_names
