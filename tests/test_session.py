@@ -182,3 +182,22 @@ def test_bench_cli_prints_and_writes_every_field(bundle_dir, tmp_path):
     a = r["add_class"]
     assert a["examples"] == 5 and a["embed_ms"] > 0 and a["update_ms"] > 0 and a["head_update_ms"] > 0
     assert all(rs.CACHE_DIR not in n for n in read_manifest(bundle_dir)["files"])
+
+
+def test_cli_threads_option_reaches_the_session(bundle_dir, tmp_path, monkeypatch, shapes_new):
+    from click.testing import CliRunner
+
+    from edgecl.cli import main
+
+    seen = {}
+    real = Bundle.load.__func__
+
+    def spy(cls, path, **kw):
+        seen.update(kw)
+        return real(cls, path, **kw)
+
+    monkeypatch.setattr(Bundle, "load", classmethod(spy))
+    np.save(tmp_path / "x.npy", shapes_new[1].images[:2])
+    res = CliRunner().invoke(main, ["predict", str(bundle_dir), str(tmp_path / "x.npy"), "--threads", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert seen["threads"] == 1 and res.output.count("x.npy[") == 2

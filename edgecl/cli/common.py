@@ -24,13 +24,24 @@ def fail(exc: Exception) -> None:
 
 
 def load_bundle(path: str, device: str):
+    """Open a bundle for a command; ``--threads`` (``threads_option``) is honoured when the command has it."""
     from runtime import Bundle, EdgeclRuntimeError
 
+    ctx = click.get_current_context(silent=True)
+    threads = ctx.meta.get(THREADS_KEY) if ctx is not None else None
     try:
-        return Bundle.load(path, device=device)
+        return Bundle.load(path, device=device, threads=threads)
     except EdgeclRuntimeError as exc:
         fail(exc)
 
+
+THREADS_KEY = "edgecl.threads"
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+    callback=lambda ctx, param, value: ctx.meta.__setitem__(THREADS_KEY, value),
+    help="onnxruntime intra-op threads (default: one per physical core).",
+)
 
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

@@ -8,7 +8,7 @@ import json
 
 import click
 
-from .common import progress_bar, fail, load_bundle, device_option, main
+from .common import progress_bar, fail, load_bundle, device_option, main, threads_option
 
 
 @main.command()
@@ -17,6 +17,7 @@ from .common import progress_bar, fail, load_bundle, device_option, main
 @click.option("--top-k", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @device_option
+@threads_option
 def predict(bundle, images, top_k, as_json, device):
     """Classify IMAGES (image files, or .npy arrays of one or N images)."""
     from runtime import EdgeclRuntimeError
@@ -45,6 +46,7 @@ def predict(bundle, images, top_k, as_json, device):
 @click.argument("name")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @device_option
+@threads_option
 def add_class(bundle, name, images, device):
     """Teach BUNDLE class NAME from a few IMAGES; the update is saved atomically."""
     from runtime import EdgeclRuntimeError
@@ -68,6 +70,7 @@ def add_class(bundle, name, images, device):
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @device_option
+@threads_option
 def eval_cmd(bundle, dataset, split, data_seed, device):
     """Top-1 accuracy of BUNDLE on a data set's classes that the bundle knows."""
     import numpy as np
