@@ -11,7 +11,10 @@ so nothing is forgotten, and the device adds classes with the prototype head.
 
 The exported graph holds both paths (``ParallelEmbedding``): for adapter and
 VPT one patch embedding feeds the frozen and the adapted block stacks; SSF
-also modulates the patch embedding, so its two paths share only weights.
+scales and shifts the patch embedding's output, so torch runs that stem twice,
+but the ONNX exporter merges the two identical patch convolutions. On a CNN
+the exporter folds BatchNorm into the pre-trained path's convolutions only,
+so an APER-SSF CNN graph stores the backbone twice (~2x the file size).
 Adapter, VPT-deep and VPT-shallow need a ViT; SSF also works on CNNs.
 
 Hyper-parameters (``--learner-arg KEY=VALUE``): ``peft`` (adapter), ``epochs``
