@@ -12,13 +12,12 @@ import onnxruntime as ort
 
 from . import inputs, store
 from .errors import (
-    CorruptBundleError,
     DeviceUnavailableError,
     InvalidInputError,
     MissingFileError,
 )
 from .preprocess import preprocess
-from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding
+from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding  # noqa: F401
 
 
 @dataclass
@@ -35,7 +34,8 @@ class Prediction:
 
     def __getitem__(self, i: int) -> "Prediction":
         """The prediction of image ``i`` alone (a one-image ``Prediction``)."""
-        return Prediction([self.labels[i]], self.scores[i : i + 1 or None], self.indices[i : i + 1 or None], self.top_k[i : i + 1 or None])
+        row = slice(i, i + 1 or None)  # i = -1 -> slice(-1, None)
+        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row])
 
 
 @dataclass
