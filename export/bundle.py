@@ -85,12 +85,15 @@ def export_learner(
         diff = parity(module, tmp / BACKBONE_ONNX, inputs)
         if diff > tolerance:
             raise ExportError(f"ONNX/torch parity failed: max abs diff {diff:.3g} > {tolerance:g}")
+        # The graph's output width, not the backbone's: APER concatenates two paths, EASE one per task.
+        with torch.no_grad():
+            dim = int(module(torch.zeros(1, *spec.input_size)).shape[1])
         kind, arrays = learner.export_head()
         precision = precision or PrecisionSpec()
         if precision.precision != "fp32":
             from runtime.heads import head_class
 
-            head = head_class(kind).from_arrays(arrays, len(class_names), spec.embedding_dim)
+            head = head_class(kind).from_arrays(arrays, len(class_names), dim)
             precision_section = apply_precision(
                 tmp / BACKBONE_ONNX, precision, spec.input_size, spec.mean, spec.std, head, check_inputs
             )
@@ -112,7 +115,7 @@ def export_learner(
                 "file": BACKBONE_ONNX,
                 "input_name": INPUT_NAME,
                 "output_name": OUTPUT_NAME,
-                "embedding_dim": spec.embedding_dim,
+                "embedding_dim": dim,
                 "opset": opset,
                 "exporter": exporter,
                 "precision": precision_section["backbone"],
