@@ -70,12 +70,12 @@ def _block(block: nn.Module, x: torch.Tensor, prefix: torch.Tensor | None) -> to
 
 def prompted_features(
     model: nn.Module,
-    x: torch.Tensor,
+    tokens: torch.Tensor,
     insert: torch.Tensor | None = None,
     prefixes: dict[int, torch.Tensor] | None = None,
     pool: str = "cls",
 ) -> torch.Tensor:
-    """Pre-logits of ``model`` on images ``x`` with prompts.
+    """Pre-logits of ``model`` from its input ``tokens`` (``vit_tokens``) with prompts.
 
     ``insert (B, T, D)``: tokens placed after the prefix tokens (prompt-tuning);
     ``prefixes {block index: (B, 2, L, D)}``: key/value prefixes (prefix-tuning);
@@ -83,7 +83,7 @@ def prompted_features(
     left out) or ``"prompt"`` (mean of the outputs at the inserted positions, L2P).
     """
     prefixes = prefixes or {}
-    t = vit_tokens(model, x)
+    t = tokens
     n_pre = model.num_prefix_tokens
     n_ins = 0 if insert is None else insert.shape[1]
     if insert is not None:
@@ -121,7 +121,7 @@ class L2PPool(nn.Module):
 
     An image takes the ``top_n`` prompts whose keys are most cosine-similar to
     its query and prepends their ``top_n * length`` tokens. The surrogate loss
-    ``1 - mean cos(q, selected keys)`` pulls the chosen keys towards the queries.
+    ``sum_selected (1 - cos(q, key))`` (batch mean) pulls the chosen keys towards the queries.
     """
 
     def __init__(self, dim: int, size: int = 10, length: int = 5, top_n: int = 5):
@@ -137,7 +137,8 @@ class L2PPool(nn.Module):
         top = sim.topk(self.top_n, dim=1)
         chosen = self.prompts[top.indices]  # (B, N, L, D): Gather
         insert = chosen.reshape(q.shape[0], -1, self.prompts.shape[-1])
-        return Prompts(insert=insert, aux_loss=1.0 - top.values.mean())
+        # sum over the N selected, mean over the batch: the gradient of L2P's ``-reduce_sim``
+        return Prompts(insert=insert, aux_loss=(1.0 - top.values).sum(dim=1).mean())
 
 
 class DualPromptPool(nn.Module):
@@ -288,10 +289,12 @@ class PromptedViT(nn.Module):
         self.backbone, self.pool, self.pool_mode = backbone, pool, pool_mode
 
     def encode(self, x: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        vit = self.backbone.model
+        tokens = vit_tokens(vit, x)  # the patch embedding is shared by both passes
         with torch.no_grad():
-            q = self.backbone(x)
+            q = vit_pool(vit, vit.blocks(tokens))  # == backbone(x): the frozen model's [CLS] pre-logits
         p = self.pool(q, task)
-        return prompted_features(self.backbone.model, x, p.insert, p.prefixes, self.pool_mode), p.aux_loss
+        return prompted_features(vit, tokens, p.insert, p.prefixes, self.pool_mode), p.aux_loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)[0]
