@@ -263,20 +263,26 @@ def verify_files(
         if name not in files:
             raise CorruptBundleError(f"manifest lists no checksum for {name}")
         path = bundle_dir / name
-        if not path.is_file():
-            raise MissingFileError(f"bundle file missing: {path}")
-        entry = files[name]
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            if collect is not None:
-                collect.append((name, entry, file_entry(path)))
-                continue
-            raise TamperedFileError(
-                f"{path}: size {size} differs from the manifest's {entry.get('bytes')} (truncated or modified)"
-            )
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            if collect is not None:
-                collect.append((name, entry, {"sha256": digest, "bytes": size}))
-                continue
-            raise TamperedFileError(f"{path}: sha256 {digest[:12]}… differs from the manifest (corrupt or tampered)")
+        try:
+            _verify_one(path, files[name], collect, name)
+        except FileNotFoundError:  # also when a writer removed it while we read (the caller retries)
+            raise MissingFileError(f"bundle file missing: {path}") from None
+
+
+def _verify_one(path: Path, entry: dict[str, Any], collect: list | None, name: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        if collect is not None:
+            collect.append((name, entry, file_entry(path)))
+            return
+        raise TamperedFileError(
+            f"{path}: size {size} differs from the manifest's {entry.get('bytes')} (truncated or modified)"
+        )
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        if collect is not None:
+            collect.append((name, entry, {"sha256": digest, "bytes": size}))
+            return
+        raise TamperedFileError(f"{path}: sha256 {digest[:12]}… differs from the manifest (corrupt or tampered)")

@@ -131,6 +131,8 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except FileNotFoundError:  # removed by a writer since we read the manifest (the caller retries)
+        raise MissingFileError(f"bundle file missing: {path}") from None
     except Exception as exc:  # zipfile, numpy and OS errors of a damaged file
         raise CorruptBundleError(f"cannot read head file {path}: {exc}") from exc
 
@@ -259,12 +261,14 @@ def read_state(path: str | Path, verify=True, trust_modified: bool = False, full
         raw = read_manifest_bytes(path)
         try:
             state = _read_once(path, raw, verify, trust_modified, full)
-        except (MissingFileError, CorruptBundleError) as exc:
+        except (MissingFileError, CorruptBundleError, OSError) as exc:
             # A writer may have replaced the manifest and removed the files the old one named.
             if _manifest_changed(path, raw):
                 last_exc = exc
                 continue
-            raise
+            if isinstance(exc, EdgeclRuntimeError):
+                raise
+            raise CorruptBundleError(f"cannot read bundle {path}: {exc}") from exc
         if not _manifest_changed(path, raw):
             if state.trusted:
                 _record_trust(state)
@@ -302,6 +306,8 @@ def _record_trust(state: State) -> None:
     except (EdgeclRuntimeError, OSError) as exc:
         log.warning("could not record the trust override in %s: %s", state.path, exc)
     state.manifest["trust_log"] = list(state.manifest.get("trust_log", [])) + [entry]
+    state.manifest["files"] = {**state.manifest["files"],
+                               **{n: new for n, _, new in state.trusted if n in state.manifest["files"]}}
 
 
 # -------------------------------------------------------------------- writes

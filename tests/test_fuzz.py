@@ -160,6 +160,7 @@ def test_truncated_or_bit_flipped_files_are_refused(grown, tmp_path_factory, fna
     data = bytearray(p.read_bytes())
     i = min(int(where * len(data)), len(data) - 1)
     if how == "truncate":
+        assume(bytes(data[i:]).strip() != b"")  # dropping the manifest's final newline loses nothing
         data = data[:i]
     else:
         data[i] ^= 1 << bit
