@@ -63,7 +63,9 @@ def test_tiny_recipe_learns():
 
 def test_same_recipe_gives_bit_identical_weights():
     short = TINY.with_(steps=8)
-    sa, sb = (_state(pretrain(short, threads=1).model) for _ in range(2))
+    # logging and held-out evaluation along the way do not change a bit
+    sa = _state(pretrain(short, threads=1, log_every=2, eval_every=3, log=lambda s: None).model)
+    sb = _state(pretrain(short, threads=1).model)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     sc = _state(pretrain(short.with_(seed=1), threads=1).model)
     assert not torch.equal(sc["cls_token"], sa["cls_token"])
@@ -191,3 +193,18 @@ def test_glyphs_task_streams_fresh_labelled_batches():
     assert hx.shape == (20, 16, 16, 3) and sorted(hy["glyph"]) == list(range(20))
     with pytest.raises(ValueError, match="bad task_kwargs"):
         make_task(recipe.with_(task_kwargs={"classes": 3}))
+
+
+def test_probe_accuracies_on_separable_and_random_features():
+    from edgecl.pretrain.probe import ncm_accuracy, ridge_accuracy
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 16)) * 5
+    y_train, y_test = np.repeat(np.arange(5), 20), np.repeat(np.arange(5), 10)
+    f_train = centres[y_train] + rng.standard_normal((100, 16))
+    f_test = centres[y_test] + rng.standard_normal((50, 16))
+    assert ncm_accuracy(f_train, y_train, f_test, y_test) == 1.0
+    assert ridge_accuracy(f_train, y_train, f_test, y_test) == 1.0
+    noise = rng.standard_normal((50, 16))  # features that carry no label: about chance (0.2)
+    assert ncm_accuracy(f_train, y_train, noise, y_test) < 0.5
+    assert ridge_accuracy(f_train, y_train, noise, y_test) < 0.5
