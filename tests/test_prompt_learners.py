@@ -181,3 +181,63 @@ def test_linear_head_scores_and_class_removal():
     np.testing.assert_array_equal(smaller.scores(e), head.scores(e)[:, [0, 2, 3]])
     with pytest.raises(CorruptBundleError, match="do not match"):
         head_class("linear").from_arrays(head.arrays(), 5, 6)
+
+
+def test_prompted_pass_without_prompts_is_the_frozen_model():
+    from edgecl.backbones import create_backbone
+    from edgecl.peft.base import vit_tokens
+    from edgecl.peft.prompts import prompted_features
+
+    bb = create_backbone(VIT["backbone"], weights="random", img_size=32)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(prompted_features(bb.model, vit_tokens(bb.model, x)), bb(x), rtol=0, atol=1e-6)
+
+
+def test_l2p_takes_the_top_n_prompts_by_key_similarity():
+    from edgecl.peft.prompts import L2PPool
+
+    pool = L2PPool(dim=4, size=4, length=1, top_n=2)
+    with torch.no_grad():
+        pool.keys.copy_(torch.eye(4))
+        pool.prompts.copy_(torch.arange(4.0)[:, None, None].expand(4, 1, 4))
+    q = torch.tensor([[0.1, 0.9, 0.0, 0.5], [1.0, 0.0, 0.2, 0.0]])
+    p = pool(q)
+    assert p.insert[:, :, 0].tolist() == [[1.0, 3.0], [0.0, 2.0]]  # best key first
+    assert p.aux_loss.item() == pytest.approx(float((2 - torch.nn.functional.normalize(q)[[0, 0, 1, 1], [1, 3, 0, 2]].view(2, 2).sum(1)).mean()))
+
+
+def test_dualprompt_uses_the_task_whose_key_matches_and_freezes_old_tasks():
+    from edgecl.peft.prompts import DualPromptPool
+
+    pool = DualPromptPool(dim=4, g_layers=(0,), e_layers=(1, 2), g_length=1, e_length=2)
+    pool.add_task()
+    pool.add_task()
+    assert not pool.e_prompts[0].requires_grad and pool.e_prompts[1].requires_grad and pool.g_prompt.requires_grad
+    with torch.no_grad():
+        pool.e_keys[0].copy_(torch.tensor([1.0, 0, 0, 0]))
+        pool.e_keys[1].copy_(torch.tensor([0, 1.0, 0, 0]))
+    p = pool(torch.tensor([[0.2, 1.0, 0, 0], [1.0, 0.1, 0, 0]]))
+    torch.testing.assert_close(p.prefixes[1][0], pool.e_prompts[1][0])
+    torch.testing.assert_close(p.prefixes[2][1], pool.e_prompts[0][1])
+    torch.testing.assert_close(p.prefixes[0][1], pool.g_prompt[0])
+    assert set(p.prefixes) == {0, 1, 2} and p.prefixes[1].shape == (2, 2, 2, 4)
+
+
+def test_coda_grows_orthogonal_components_and_freezes_old_ones():
+    from edgecl.peft.prompts import CodaPromptPool
+
+    pool = CodaPromptPool(dim=16, layers=(0, 3), length=2, per_task=3)
+    pool.add_task()
+    old = [t.detach().clone() for t in (pool.comps[0], pool.keys[0], pool.attn[0])]
+    pool.add_task()
+    assert [p.requires_grad for p in pool.keys] == [False, True]
+    keys = torch.cat(list(pool.keys), dim=1)  # (layers, 6, 16): Gram-Schmidt across tasks
+    torch.testing.assert_close(keys @ keys.transpose(1, 2), torch.eye(6).expand(2, 6, 6), rtol=0, atol=1e-5)
+    p = pool(torch.randn(5, 16), task=1)
+    assert p.aux_loss.item() < 1e-8  # orthonormal pool: no penalty yet
+    (sum(v.sum() for v in p.prefixes.values()) + p.aux_loss).backward()
+    assert pool.comps[0].grad is None and pool.keys[0].grad is None and pool.attn[0].grad is None
+    assert pool.comps[1].grad is not None and pool.keys[1].grad.abs().sum() > 0
+    for before, after in zip(old, (pool.comps[0], pool.keys[0], pool.attn[0])):
+        assert torch.equal(before, after)

@@ -15,8 +15,8 @@ from .base import Head, register_head, require_arrays
 
 NO_DEVICE_LEARNING = (
     "this bundle has a trained linear head, which cannot learn classes on the device; "
-    "export the learner with its prototype head (learner arg head=prototype, head kind "
-    "prototype_cosine) to add classes on the device"
+    "to add classes on the device use the prototype head: train with `--learner-arg head=prototype` "
+    "(head kind prototype_cosine) and export again"
 )
 
 
