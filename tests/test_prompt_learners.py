@@ -241,3 +241,18 @@ def test_coda_grows_orthogonal_components_and_freezes_old_ones():
     assert pool.comps[1].grad is not None and pool.keys[1].grad.abs().sum() > 0
     for before, after in zip(old, (pool.comps[0], pool.keys[0], pool.attn[0])):
         assert torch.equal(before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
+def test_pretrained_vit_learns_shapes(name, tmp_path):
+    """On the embedded pre-trained ViT, shapes:20 (colour x shape) is learned well above chance."""
+    from edgecl.backbones.embedded import weights_path
+    from edgecl.experiment import RunConfig, run_experiment
+
+    if not weights_path("edgecl-vit-tiny").is_file():
+        pytest.skip("edgecl-vit-tiny weights are not made (edgecl pretrain --arch vit)")
+    cfg = RunConfig(dataset="shapes:20", backbone="edgecl-vit-tiny", learner=name, learner_args={"epochs": 2})
+    result = run_experiment(cfg, log=lambda s: None)
+    assert result.metrics.overall[0] > 3 * 100 / 10
+    assert result.metrics.last > 3 * 100 / 20
