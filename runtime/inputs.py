@@ -54,7 +54,10 @@ def image_budget(images) -> None:
     if isinstance(images, np.ndarray):
         shapes = [images.shape[-3:-1]] * (images.shape[0] if images.ndim == 4 else 1) if images.ndim >= 3 else [images.shape]
     elif isinstance(images, (list, tuple)):
-        shapes = [np.shape(im)[:2] for im in images]
+        try:
+            shapes = [np.shape(im)[:2] for im in images]
+        except ValueError:  # ragged nested lists: preprocess reports them
+            return
     else:
         return  # preprocess reports the type error
     total = 0

@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 from tests.fixtures import copy_fixture
 
 TRIALS = 200
-ADDS_PER_CHILD = 5
+ADDS_PER_CHILD = 4
 
 ZYGOTE = r"""
 import os, sys
@@ -43,8 +43,10 @@ for line in sys.stdin:
                 b.add_class(name, rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
                 os.write(fd, (name + "\n").encode())
                 os.fsync(fd)
+                print("added", flush=True)
         except BaseException as exc:
             sys.stderr.write(f"child error: {exc!r}\n")
+            print("error", flush=True)  # never leave the test waiting for an "added" line
             code = 3
         os._exit(code)
     print(pid, flush=True)
@@ -66,17 +68,27 @@ def test_sigkill_at_random_points_never_loses_a_returned_class(tmp_path, record_
     rng = random.Random(0)
     stats = {"killed": 0, "finished": 0, "returned_adds": 0, "head_lagged_journal": 0, "torn_tails": 0}
     t0 = time.monotonic()
+    add_seconds = 0.03  # running estimate
     try:
         for trial in range(TRIALS):
             zygote.stdin.write(f"{trial}\n")
             zygote.stdin.flush()
             pid = int(zygote.stdout.readline())
             assert zygote.stdout.readline().strip() == "ready", f"trial {trial}: the child did not start"
-            time.sleep(rng.uniform(0.0, 0.1))  # an add takes 10-40 ms with its fsyncs on ext4
+            # Kill at a random instant of a random add: wait for k returned adds, then a random
+            # fraction of the measured duration of one add (robust to a loaded machine).
+            t = time.monotonic()
+            for _ in range(rng.randrange(ADDS_PER_CHILD)):
+                assert zygote.stdout.readline().strip() == "added", f"trial {trial}: the child failed"
+                add_seconds = 0.8 * add_seconds + 0.2 * (time.monotonic() - t)
+                t = time.monotonic()
+            time.sleep(rng.uniform(0.0, 1.3 * add_seconds))
             os.kill(pid, signal.SIGKILL)  # our unreaped child: a zombie if it already finished
             zygote.stdin.write("reap\n")
             zygote.stdin.flush()
-            status = int(zygote.stdout.readline())
+            while (line := zygote.stdout.readline().strip()) in ("added", "error"):
+                pass
+            status = int(line)
             if os.WIFSIGNALED(status):
                 stats["killed"] += 1
             else:
