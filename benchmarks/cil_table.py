@@ -230,6 +230,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "machine": machine_info(args.threads),
         "grid": {"learners": learners, "backbones": [b.label for b in backbones], "datasets": datasets,
                  "protocols": [p.label for p in protocols], "seeds": seeds},
+        "notes": list(args.note),
         "runs": [],
     }
     cache = EmbeddingCache()
@@ -325,6 +326,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         "",
+        *[p for note in report.get("notes", []) for p in (note, "")],
         "| dataset | protocol | learner | backbone | input | Avg-inc | Last | Forgetting | seeds | time/run (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -335,6 +337,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_pm([r['average_incremental'] for r in runs])} | {_pm([r['last'] for r in runs])} | "
             f"{_pm([r['forgetting'] for r in runs])} | {len(runs)} | {np.mean([r['wall_time_s'] for r in runs]):.1f} |"
         )
+    if any(r.get("embedding_cache") for r in report["runs"]):
+        lines += [
+            "",
+            (
+                "time/run: wall time of one run; with the embedding cache the first run of each (backbone, "
+                "dataset) computes every embedding and later runs reuse them, so the mean mixes both."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -399,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
     p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")
+    p.add_argument("--note", action="append", default=[], help="a paragraph for the .md (kept in the .json)")
     return p
 
 
@@ -407,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.table_only:
         report = json.loads((out / f"{args.name}.json").read_text())
+        if args.note:
+            report["notes"] = list(args.note)
+            write_json(report, out / f"{args.name}.json")
     else:
         report = run_grid(args, log=lambda s: print(s, flush=True))
     for path in write_outputs(report, out):
