@@ -157,7 +157,10 @@ def load_weights(model: nn.Module, timm_name: str, path: Path) -> str | None:
     filter_fn = _timm_filter_fn(timm_name)
     if filter_fn is not None:
         try:
-            sd = filter_fn(sd, model)
+            try:
+                sd = filter_fn(sd, model)
+            except TypeError:  # as timm: some filters take the state dict only
+                sd = filter_fn(sd)
         except Exception as exc:
             raise BackboneError(f"cannot adapt {path} to {timm_name}: {type(exc).__name__}: {exc}") from exc
     classifiers = model.pretrained_cfg.get("classifier") or ()
