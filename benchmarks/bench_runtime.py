@@ -17,9 +17,9 @@ on the same preprocessed images with the same number of threads.
 * ``vit-tiny``: the embedded ``edgecl-vit-tiny`` (32 px) on ``glyphs:100:cross``,
   only when its shipped weights exist (it is not pre-trained here: ~40 min).
 
-Runs and bundles are kept in ``--work`` and reused. Writes ``runtime.json``
-(everything, with the command and machine) and ``runtime.md`` (the targets,
-met or missed by how much) to ``--out``. Timings on a shared machine are noisy:
+Runs and bundles are kept in ``--work`` and reused. Writes
+``runtime-<models>.json`` (everything, with the command and machine) and
+``runtime-<models>.md`` (the targets, met or missed by how much) to ``--out``. Timings on a shared machine are noisy:
 ratios are measured interleaved, absolute numbers are not to be trusted then.
 """
 
@@ -182,8 +182,9 @@ def main() -> None:
     result["targets"] = targets(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "runtime.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "runtime.md").write_text(markdown(result))
+    stem = "runtime-" + "+".join(models)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 

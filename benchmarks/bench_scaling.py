@@ -25,13 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# numpy's BLAS threads (set before numpy loads): the head's product at batch 1 is a
+# matrix-vector product, where extra BLAS threads only synchronise and compete with
+# onnxruntime's threads; on a busy 2-core machine they made it 100x slower.
+BLAS_THREADS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--blas-threads=")), "1")
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, BLAS_THREADS)
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--blas-threads", default="1", help="numpy BLAS threads; pass as --blas-threads=N (read before numpy loads)")
     args = ap.parse_args()
 
     import torch
@@ -134,7 +143,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"command": " ".join(["python", *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine(), "threads": args.threads, "rows": rows}
+              "machine": machine(), "threads": args.threads,
+              "blas_threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+              "rows": rows}
     (out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, out / "scaling.png", result)
     print(f"written {out / 'scaling.json'} and {out / 'scaling.png'}")
