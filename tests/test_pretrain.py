@@ -208,3 +208,22 @@ def test_probe_accuracies_on_separable_and_random_features():
     noise = rng.standard_normal((50, 16))  # features that carry no label: about chance (0.2)
     assert ncm_accuracy(f_train, y_train, noise, y_test) < 0.5
     assert ridge_accuracy(f_train, y_train, noise, y_test) < 0.5
+
+
+def test_glyphs_task_with_teacher_distils(tmp_path):
+    from edgecl.backbones import NAMED
+    from edgecl.pretrain import make_task
+
+    if NAMED["efficientnet-lite0-imagenet"].status() != "installed":
+        pytest.skip("efficientnet-lite0-imagenet weights (edgecl[weights]) not installed")
+    recipe = TINY.with_(
+        task="glyphs", steps=3, batch_size=8,
+        task_kwargs={"num_classes": 10, "teacher": "efficientnet-lite0-imagenet", "teacher_size": 32},
+    )
+    task = make_task(recipe)
+    assert task.targets == {"teacher": 1280}
+    x, y = next(iter(task.batches()))
+    assert y["teacher"].shape == (8, 1280) and y["teacher"].dtype == np.float32
+    res = pretrain(recipe, threads=1)
+    assert {"loss_teacher", "cos_teacher", "acc_glyph"} <= set(res.metrics)
+    assert -1.0 <= res.metrics["cos_teacher"] <= 1.0

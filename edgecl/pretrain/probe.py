@@ -80,7 +80,8 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("backbones", nargs="+",
-                    help="backbone names; NAME=WEIGHTS for a timm model with a file; random:EMBEDDED_NAME for a random init")
+                    help="backbone names (NAME@IMG_SIZE to change the input size); NAME=WEIGHTS for a timm model "
+                         "with a file; random:EMBEDDED_NAME for a random init of an embedded architecture")
     ap.add_argument("--dataset", default="glyphs:200:cross")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -89,10 +90,11 @@ def main(argv=None) -> None:
     print(f"{args.dataset}: {len(train)} train / {len(test)} test images, {train.num_classes} classes")
     for item in args.backbones:
         name, _, weights = item.partition("=")
+        name, _, size = name.partition("@")  # NAME@IMG_SIZE
         if name.startswith("random:"):
             bb = random_embedded(name.split(":", 1)[1])
         else:
-            bb = create_backbone(name, weights=weights or None)
+            bb = create_backbone(name, weights=weights or None, img_size=int(size) if size else None)
         res = probe(bb, train, test)
         print(f"{item:40s} dim {bb.embedding_dim:4d}  ncm {res['ncm']:.4f}  ridge {res['ridge']:.4f}", flush=True)
 

@@ -29,9 +29,15 @@ Batch = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
 class PretrainTask:
-    """Base class; subclasses set ``heads`` and implement ``batches`` / ``holdout``."""
+    """Base class; subclasses set ``heads`` and implement ``batches`` / ``holdout``.
+
+    ``targets`` (optional) names float regression targets ``{name: dim}`` that come with
+    the labels (e.g. a teacher's embeddings for distillation): the trainer fits a linear
+    projection of the embedding to each with a cosine loss.
+    """
 
     heads: dict[str, int]
+    targets: dict[str, int] = {}
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -84,14 +90,42 @@ class ShapesFactors(PretrainTask):
 
 class Glyphs(PretrainTask):
     """Which of ``num_classes`` CJK ideographs (Noto CJK faces; matplotlib fonts as a fallback,
-    with classes disjoint from the glyphs benchmark): ``edgecl.data.glyphs`` pre-training corpus."""
+    with classes disjoint from the glyphs benchmark): ``edgecl.data.glyphs`` pre-training corpus.
 
-    def __init__(self, recipe: Recipe, num_classes: int = 1000, holdout_per_class: int = 1, source: str = "auto"):
+    With ``teacher`` (a backbone name, e.g. ``efficientnet-lite0-imagenet``) the batches also
+    carry the teacher's embeddings of the same images at ``teacher_size`` px (target
+    ``teacher``): feature distillation, a dense signal that gets a from-scratch ViT past the
+    long plateau of the classification loss on a CPU budget.
+    """
+
+    def __init__(
+        self, recipe: Recipe, num_classes: int = 1000, holdout_per_class: int = 1, source: str = "auto",
+        teacher: str | None = None, teacher_size: int | None = None,
+    ):
         super().__init__(recipe)
         self.num_classes = int(num_classes)
         self.holdout_per_class = int(holdout_per_class)
         self.source = source
         self.heads = {"glyph": self.num_classes}
+        self.teacher = None
+        if teacher is not None:
+            from ..backbones import create_backbone
+
+            self.teacher = create_backbone(teacher, img_size=teacher_size)
+            self.targets = {"teacher": self.teacher.embedding_dim}
+
+    def _labels(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        out = {"glyph": np.asarray(labels, dtype=np.int64)}
+        if self.teacher is not None:
+            import torch
+
+            from runtime.preprocess import preprocess
+
+            spec = self.teacher.spec
+            with torch.no_grad():
+                x = torch.from_numpy(preprocess(images, spec.input_size, spec.mean, spec.std))
+                out["teacher"] = self.teacher(x).numpy()
+        return out
 
     def batches(self) -> Iterator[Batch]:
         from ..data import glyphs
@@ -101,7 +135,7 @@ class Glyphs(PretrainTask):
             self.num_classes, r.batch_size, size=self.size, seed=r.data_seed, source=self.source, num_batches=r.steps
         )
         for images, labels in stream:
-            yield images, {"glyph": np.asarray(labels, dtype=np.int64)}
+            yield images, self._labels(images, labels)
 
     def holdout(self) -> Batch:
         from ..data import glyphs
@@ -110,7 +144,8 @@ class Glyphs(PretrainTask):
             self.num_classes, self.holdout_per_class, size=self.size, seed=self.recipe.data_seed + 1,
             source=self.source, workers=1, cache=False,
         )
-        return np.asarray(ds.images), {"glyph": np.asarray(ds.labels, dtype=np.int64)}
+        images = np.asarray(ds.images)
+        return images, self._labels(images, ds.labels)
 
 
 TASKS: dict[str, type[PretrainTask]] = {"shapes-factors": ShapesFactors, "glyphs": Glyphs}

@@ -77,20 +77,31 @@ def _to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
     return torch.from_numpy(preprocess(images, recipe.input_size, recipe.mean, recipe.std))
 
 
+def _loss(out: torch.Tensor, target: np.ndarray, regression: bool, recipe: Recipe) -> torch.Tensor:
+    """Cross-entropy for a class head, 1 - cosine similarity for a regression target."""
+    if regression:
+        return 1 - nn.functional.cosine_similarity(out, torch.from_numpy(target), dim=1).mean()
+    return nn.functional.cross_entropy(out, torch.from_numpy(target), label_smoothing=recipe.label_smoothing)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, heads: nn.ModuleDict, recipe: Recipe, holdout, batch_size: int = 256) -> dict[str, float]:
-    """Top-1 accuracy of every head on the held-out set."""
+    """Top-1 accuracy of every class head (``acc_*``), mean cosine to every target (``cos_*``), held out."""
     images, labels = holdout
     was_training = model.training
     model.eval()
-    correct = {k: 0 for k in heads}
+    total = {k: 0.0 for k in heads}
     for i in range(0, len(images), batch_size):
         feats = model(_to_tensor(images[i : i + batch_size], recipe))
         for k, head in heads.items():
-            pred = head(feats).argmax(1).numpy()
-            correct[k] += int((pred == labels[k][i : i + batch_size]).sum())
+            out, target = head(feats), torch.from_numpy(np.asarray(labels[k][i : i + batch_size]))
+            if target.is_floating_point():
+                total[k] += float(nn.functional.cosine_similarity(out, target, dim=1).sum())
+            else:
+                total[k] += float((out.argmax(1) == target).sum())
     model.train(was_training)
-    return {f"acc_{k}": correct[k] / max(1, len(images)) for k in heads}
+    n = max(1, len(images))
+    return {(f"cos_{k}" if np.asarray(labels[k]).dtype.kind == "f" else f"acc_{k}"): v / n for k, v in total.items()}
 
 
 def pretrain(
@@ -108,7 +119,7 @@ def pretrain(
     with deterministic(recipe.seed, threads):
         model = build_model(recipe)
         dim = int(model.num_features)
-        heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in task.heads.items()})
+        heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in {**task.heads, **task.targets}.items()})
         params = list(model.parameters()) + list(heads.parameters())
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s))
@@ -119,10 +130,7 @@ def pretrain(
         last: dict[str, float] = {}
         for step, (images, labels) in zip(progress(steps) if progress else steps, task.batches()):
             feats = model(_to_tensor(images, recipe))
-            losses = {
-                k: nn.functional.cross_entropy(head(feats), torch.from_numpy(labels[k]), label_smoothing=recipe.label_smoothing)
-                for k, head in heads.items()
-            }
+            losses = {k: _loss(head(feats), labels[k], k in task.targets, recipe) for k, head in heads.items()}
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
