@@ -218,6 +218,8 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
     weights = dict(w.split("=", 1) for w in args.weights)
     backbones = parse_backbones(args.backbones, args.img_size, weights)
     learner_args = json.loads(args.learner_args) if args.learner_args else {}
+    if not isinstance(learner_args, dict) or set(learner_args) - set(learners):
+        raise SystemExit(f"--learner-args must map learners of --learners to hyper-parameters, got {args.learner_args}")
 
     out_json = Path(args.out) / f"{args.name}.json"
     previous = []
@@ -247,7 +249,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                         i += 1
                         cfg = RunConfig(
                             dataset=dataset, backbone=bb.name, weights=bb.weights, img_size=bb.img_size,
-                            learner=learner, learner_args=learner_args, init_cls=proto.init_cls(n_classes[dataset]),
+                            learner=learner, learner_args=learner_args.get(learner, {}), init_cls=proto.init_cls(n_classes[dataset]),
                             increment=proto.increment, order_seed=seed, data_seed=args.data_seed,
                             batch_size=args.batch_size, train_per_class=args.train_per_class,
                             test_per_class=args.test_per_class,
@@ -300,7 +302,8 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 def _groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict]]:
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for r in report["runs"]:
-        key = (r["config"]["dataset"], r["protocol"], r["config"]["learner"], r["backbone"])
+        learner, hp = r["config"]["learner"], r["config"]["learner_args"]
+        key = (r["config"]["dataset"], r["protocol"], learner + (f" {json.dumps(hp)}" if hp else ""), r["backbone"])
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -393,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="results file stem: <out>/<name>.{json,md,png}")
     p.add_argument("--learners", default="simplecil", help="comma-separated (see `edgecl learners`)")
-    p.add_argument("--learner-args", default=None, help="JSON hyper-parameters for every learner, e.g. '{\"M\": 5000}'")
+    p.add_argument("--learner-args", default=None, help="JSON: learner -> hyper-parameters, e.g. '{\"ranpac\": {\"M\": 5000}}'")
     p.add_argument("--backbones", default="edgecl-resnet10t", help="comma-separated NAME[@IMG_SIZE]")
     p.add_argument("--img-size", type=int, default=None, help="input size for backbones that can change it")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=FILE", help="weights of a timm backbone")
