@@ -113,28 +113,29 @@ class Glyphs(PretrainTask):
 
             self.teacher = create_backbone(teacher, img_size=teacher_size)
             self.targets = {"teacher": self.teacher.embedding_dim}
+            # Targets are centred (mean of a separate calibration batch): raw CNN embeddings share a
+            # large common direction that a cosine loss would reward for any input.
+            calib, _ = next(glyphs_stream(self.num_classes, 512, self.size, recipe.data_seed + 2, source, 1))
+            self._mean = self._teacher_features(calib).mean(0)
+
+    def _teacher_features(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from runtime.preprocess import preprocess
+
+        spec = self.teacher.spec
+        with torch.no_grad():
+            return self.teacher(torch.from_numpy(preprocess(images, spec.input_size, spec.mean, spec.std))).numpy()
 
     def _labels(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         out = {"glyph": np.asarray(labels, dtype=np.int64)}
         if self.teacher is not None:
-            import torch
-
-            from runtime.preprocess import preprocess
-
-            spec = self.teacher.spec
-            with torch.no_grad():
-                x = torch.from_numpy(preprocess(images, spec.input_size, spec.mean, spec.std))
-                out["teacher"] = self.teacher(x).numpy()
+            out["teacher"] = (self._teacher_features(images) - self._mean).astype(np.float32)
         return out
 
     def batches(self) -> Iterator[Batch]:
-        from ..data import glyphs
-
         r = self.recipe
-        stream = glyphs.pretrain_batches(
-            self.num_classes, r.batch_size, size=self.size, seed=r.data_seed, source=self.source, num_batches=r.steps
-        )
-        for images, labels in stream:
+        for images, labels in glyphs_stream(self.num_classes, r.batch_size, self.size, r.data_seed, self.source, r.steps):
             yield images, self._labels(images, labels)
 
     def holdout(self) -> Batch:
@@ -146,6 +147,12 @@ class Glyphs(PretrainTask):
         )
         images = np.asarray(ds.images)
         return images, self._labels(images, ds.labels)
+
+
+def glyphs_stream(num_classes: int, batch_size: int, size: int, seed: int, source: str, num_batches: int):
+    from ..data import glyphs
+
+    return glyphs.pretrain_batches(num_classes, batch_size, size=size, seed=seed, source=source, num_batches=num_batches)
 
 
 TASKS: dict[str, type[PretrainTask]] = {"shapes-factors": ShapesFactors, "glyphs": Glyphs}
