@@ -20,7 +20,10 @@ identity (a Euclidean distance between normalised vectors).
 
 The ``C`` precision matrices are computed lazily on the first ``scores`` call
 and cached in the head object; an update copies the cached precision of every
-class it did not touch, so a predict never inverts a covariance twice.
+class it did not touch, so a predict never inverts a covariance twice, and an
+update inverts nothing. The scatters are kept as per-class blocks that updates
+share (a new head replaces or appends one block), so an update copies O(C D)
+values, not the C D^2 of every scatter.
 """
 
 from __future__ import annotations
@@ -89,7 +92,12 @@ class GaussianHead(Head):
         _precisions: list | None = None,
     ):
         self.means = np.asarray(means, dtype=np.float64)
-        self.scatter = np.asarray(scatter, dtype=np.float32)
+        # per-class (D, D) float32 blocks: an update replaces or appends one and shares the others
+        if isinstance(scatter, np.ndarray):
+            scatter = np.asarray(scatter, dtype=np.float32)
+            self._blocks, self._scatter = list(scatter), scatter
+        else:
+            self._blocks, self._scatter = [np.asarray(s, dtype=np.float32) for s in scatter], None
         self._counts = np.asarray(counts, dtype=np.int64)
         self.beta = float(beta)
         self.shrink = (float(shrink[0]), float(shrink[1]))
@@ -136,6 +144,13 @@ class GaussianHead(Head):
 
     # ------------------------------------------------------------ properties
     @property
+    def scatter(self) -> np.ndarray:
+        """``(C, D, D)`` float32 class scatters (stacked on first use after an update)."""
+        if self._scatter is None:
+            self._scatter = np.stack(self._blocks) if self._blocks else np.zeros((0, self.dim, self.dim), np.float32)
+        return self._scatter
+
+    @property
     def num_classes(self) -> int:
         return int(self.means.shape[0])
 
@@ -149,7 +164,7 @@ class GaussianHead(Head):
 
     def covariance(self, index: int) -> np.ndarray:
         """The shrunk (and normalised) covariance class ``index`` is scored with."""
-        return shrunk_covariance(self.scatter[index], int(self._counts[index]), *self.shrink, self.normalize_cov)
+        return shrunk_covariance(self._blocks[index], int(self._counts[index]), *self.shrink, self.normalize_cov)
 
     def precisions(self) -> np.ndarray:
         """``(C, D, D)`` float32 inverses of the scoring covariances (computed once, cached)."""
@@ -183,7 +198,7 @@ class GaussianHead(Head):
         if index is None:
             return self._replace(
                 np.vstack([self.means, mub[None]]),
-                np.concatenate([self.scatter, Sb[None].astype(np.float32)]),
+                self._blocks + [Sb.astype(np.float32)],
                 np.append(self._counts, nb),
                 self._prec + [None],
             )
@@ -191,9 +206,9 @@ class GaussianHead(Head):
         na, mua = int(self._counts[c]), self.means[c]
         n = na + nb
         delta = mub - mua
-        means, scatter, counts = self.means.copy(), self.scatter.copy(), self._counts.copy()
+        means, scatter, counts = self.means.copy(), list(self._blocks), self._counts.copy()
         means[c] = mua + delta * (nb / n)
-        scatter[c] = self.scatter[c] + Sb + np.outer(delta, delta) * (na * nb / n)
+        scatter[c] = (self._blocks[c] + Sb + np.outer(delta, delta) * (na * nb / n)).astype(np.float32)
         counts[c] = n
         prec = list(self._prec)
         prec[c] = None
@@ -208,9 +223,9 @@ class GaussianHead(Head):
             raise InvalidInputError(f"cannot remove {nb} examples from a class that has {n}")
         mua = (self.means[c] * n - mub * nb) / na
         delta = mub - mua
-        means, scatter, counts = self.means.copy(), self.scatter.copy(), self._counts.copy()
+        means, scatter, counts = self.means.copy(), list(self._blocks), self._counts.copy()
         means[c] = mua
-        scatter[c] = self.scatter[c] - Sb - np.outer(delta, delta) * (na * nb / n)
+        scatter[c] = (self._blocks[c] - Sb - np.outer(delta, delta) * (na * nb / n)).astype(np.float32)
         counts[c] = na
         prec = list(self._prec)
         prec[c] = None
@@ -219,4 +234,5 @@ class GaussianHead(Head):
     def without_class(self, index: int) -> "GaussianHead":
         c = self._check_index(index)
         keep = np.arange(self.num_classes) != c
-        return self._replace(self.means[keep], self.scatter[keep], self._counts[keep], self._prec[:c] + self._prec[c + 1 :])
+        return self._replace(self.means[keep], self._blocks[:c] + self._blocks[c + 1 :], self._counts[keep],
+                             self._prec[:c] + self._prec[c + 1 :])

@@ -14,13 +14,41 @@ class PrototypeCosineHead(Head):
 
     ``prototypes`` holds raw (unnormalised) means and ``counts`` the number of
     examples behind each, so adding examples to a class is a running mean.
+
+    Adding a class does not copy the ``(C, D)`` prototypes: heads share a row
+    buffer with spare capacity, and a head whose rows end where the buffer's
+    filled part ends appends in place (rows a head can see are never written),
+    so a new class costs O(D) amortised, also at 10,000 classes.
     """
 
     kind = "prototype_cosine"
 
-    def __init__(self, prototypes: np.ndarray, counts: np.ndarray):
-        self.prototypes = np.asarray(prototypes, dtype=np.float32)
-        self._counts = np.asarray(counts, dtype=np.int64)
+    def __init__(self, prototypes: np.ndarray, counts: np.ndarray, _shared: tuple | None = None):
+        if _shared is None:
+            protos = np.asarray(prototypes, dtype=np.float32)
+            cnt = np.asarray(counts, dtype=np.int64)
+            _shared = ([protos, cnt, len(cnt)], len(cnt))
+        self._buffer, self._n = _shared  # [prototype rows, count rows, rows filled], rows of this head
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        """``(C, D)`` float32 prototypes (a read-only view)."""
+        view = self._buffer[0][: self._n]
+        view.flags.writeable = False
+        return view
+
+    def _appended(self, proto: np.ndarray, count: int) -> "PrototypeCosineHead":
+        buf = self._buffer
+        if buf[2] != self._n:  # another head appended after our rows: start a buffer of our own
+            buf = [self._buffer[0][: self._n], self._buffer[1][: self._n], self._n]
+        if buf[2] == len(buf[1]):  # full: grow by half (amortised O(D) per class)
+            cap = max(8, buf[2] + buf[2] // 2)
+            protos, cnt = np.empty((cap, buf[0].shape[1]), np.float32), np.empty(cap, np.int64)
+            protos[: buf[2]], cnt[: buf[2]] = buf[0][: buf[2]], buf[1][: buf[2]]
+            buf = [protos, cnt, buf[2]]
+        buf[0][buf[2]], buf[1][buf[2]] = proto, count
+        buf[2] += 1
+        return PrototypeCosineHead(None, None, (buf, buf[2]))
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int, dim: int) -> "PrototypeCosineHead":
@@ -34,31 +62,31 @@ class PrototypeCosineHead(Head):
         return cls(protos, counts)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"prototypes": self.prototypes, "counts": self._counts}
+        return {"prototypes": self.prototypes, "counts": self.counts}
 
     @property
     def num_classes(self) -> int:
-        return int(self.prototypes.shape[0])
+        return self._n
 
     @property
     def counts(self) -> np.ndarray:
-        return self._counts
+        view = self._buffer[1][: self._n]
+        view.flags.writeable = False
+        return view
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return l2_normalize(embeddings.astype(np.float32)) @ l2_normalize(self.prototypes).T
 
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "PrototypeCosineHead":
-        protos, counts = self.prototypes.copy(), self._counts.copy()
         if index is None:
-            protos = np.vstack([protos, (total / k)[None].astype(np.float32)])
-            counts = np.append(counts, k)
-        else:
-            n = int(counts[index])
-            left = n + sign * k
-            if left < 1:
-                raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
-            protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
-            counts[index] = left
+            return self._appended((total / k).astype(np.float32), k)
+        protos, counts = self.prototypes.copy(), self.counts.copy()
+        n = int(counts[index])
+        left = n + sign * k
+        if left < 1:
+            raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
+        protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
+        counts[index] = left
         return PrototypeCosineHead(protos, counts)
 
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "PrototypeCosineHead":
@@ -71,4 +99,4 @@ class PrototypeCosineHead(Head):
 
     def without_class(self, index: int) -> "PrototypeCosineHead":
         keep = np.arange(self.num_classes) != index
-        return PrototypeCosineHead(self.prototypes[keep], self._counts[keep])
+        return PrototypeCosineHead(self.prototypes[keep], self.counts[keep])

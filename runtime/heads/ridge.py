@@ -25,6 +25,14 @@ re-factorises from ``G`` when the residual exceeds ``INVERSE_TOL`` (also when
 likewise checked against ``A W = Q`` on a probe combination of classes and
 recomputed as ``A_inv Q`` when they drift. All statistics are float64.
 
+Updates do not copy the ``M x M`` matrices (32 MiB each at M = 2048): a head
+shares its parent's ``G`` and ``A_inv`` and keeps the updates since as low-rank
+terms, ``G = G0 + sum s_j H_j^T H_j`` and ``A_inv = A0 - sum U_j S_j^-1 U_j^T``
+(the Woodbury steps telescope), applied in O(M r) per vector for a total rank
+``r``. ``G`` and ``A_inv`` are formed (O(M^2 r), cached) only when read (the
+head file, tests) or when ``r`` exceeds ``MAX_PENDING_RANK``; an update thus
+costs O(M^2 k) reads of ``A0`` and ``G0`` and O(M (k C + r k)) more.
+
 ``without_class`` drops the class's column of ``Q`` and its count; its
 examples' contribution to ``G`` stays (they were never stored). The result
 equals a from-scratch ridge solve in which that class's examples are kept as
@@ -35,6 +43,8 @@ decorrelation but vote for no class. To take them out of ``G`` as well, call
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
@@ -42,6 +52,7 @@ from .base import Head, check_examples, register_head
 from .validate import float_array, int_array, scalar
 
 INVERSE_TOL = 1e-7  # relative residual |(G + lam I) A_inv v - v| / |v| above which A_inv is recomputed
+MAX_PENDING_RANK = 256  # low-rank update terms a head keeps before forming G and A_inv (O(M^2 r))
 
 
 def ridge_inverse(G: np.ndarray, lam: float) -> np.ndarray:
@@ -58,9 +69,29 @@ def random_features(embeddings: np.ndarray, W_rand: np.ndarray | None) -> np.nda
     return e if W_rand is None else np.maximum(e @ W_rand, 0.0)
 
 
+@functools.lru_cache(maxsize=8)
 def _probe(m: int) -> np.ndarray:
     v = np.random.default_rng(12345).standard_normal(m)
-    return v / np.linalg.norm(v)
+    v /= np.linalg.norm(v)
+    v.flags.writeable = False
+    return v
+
+
+@functools.lru_cache(maxsize=8)
+def _class_probe(c: int) -> np.ndarray:
+    r = np.random.default_rng(54321).standard_normal(c)
+    r.flags.writeable = False
+    return r
+
+
+class _Operator:
+    """An ``M x M`` matrix known by its product (``@``, ``shape``): ``G`` or ``A_inv`` of a head, not formed."""
+
+    def __init__(self, product, m: int):
+        self._product, self.shape = product, (m, m)
+
+    def __matmul__(self, X: np.ndarray) -> np.ndarray:
+        return self._product(X)
 
 
 def inverse_residual(G: np.ndarray, lam: float, A_inv: np.ndarray) -> float:
@@ -74,7 +105,7 @@ def weights_residual(G: np.ndarray, lam: float, Q: np.ndarray, W: np.ndarray) ->
     """Relative residual of ``W`` as the solution of ``(G + lam I) W = Q`` on a fixed probe mix of classes."""
     if Q.shape[1] == 0:
         return 0.0
-    r = np.random.default_rng(54321).standard_normal(Q.shape[1])
+    r = _class_probe(Q.shape[1])
     x, q = W @ r, Q @ r
     return float(np.linalg.norm(G @ x + lam * x - q) / max(np.linalg.norm(q), 1e-300))
 
@@ -108,18 +139,87 @@ class RidgeHead(Head):
         A_inv: np.ndarray | None = None,
         W: np.ndarray | None = None,
     ):
-        self.G = np.asarray(G, dtype=np.float64)
+        G = np.asarray(G, dtype=np.float64)
         self.Q = np.asarray(Q, dtype=np.float64)
         self.lam = float(lam)
         self._counts = np.asarray(counts, dtype=np.int64)
         self.W_rand = None if W_rand is None else np.asarray(W_rand, dtype=np.float32)
-        if A_inv is None or inverse_residual(self.G, self.lam, A_inv) > INVERSE_TOL:
-            A_inv, W = ridge_inverse(self.G, self.lam), None
-        self.A_inv = np.asarray(A_inv, dtype=np.float64)
-        if W is None or W.shape != self.Q.shape or weights_residual(self.G, self.lam, self.Q, W) > INVERSE_TOL:
-            W = self.A_inv @ self.Q
+        if A_inv is None or inverse_residual(G, self.lam, A_inv) > INVERSE_TOL:
+            A_inv, W = ridge_inverse(G, self.lam), None
+        A_inv = np.asarray(A_inv, dtype=np.float64)
+        self._set_base(G, A_inv)
+        if W is None or W.shape != self.Q.shape or weights_residual(G, self.lam, self.Q, W) > INVERSE_TOL:
+            W = A_inv @ self.Q
+        self._set_weights(W)
+
+    def _set_base(self, G: np.ndarray, A_inv: np.ndarray) -> None:
+        """``G`` and ``A_inv`` formed, with no pending low-rank terms."""
+        self._G0, self._A0, self._A0v, self._pending = G, A_inv, A_inv @ _probe(G.shape[0]), ()
+        self._G, self._A = G, A_inv
+
+    def _set_weights(self, W: np.ndarray) -> None:
         self.W = np.asarray(W, dtype=np.float64)  # (M, C) ridge solution
         self.weights = self.W.astype(np.float32)  # what scores use
+
+    def _derived(self, Q, counts, W, pending: tuple | None = None) -> "RidgeHead":
+        """A head sharing this one's ``G0``/``A0`` (never copied), with ``pending`` low-rank terms."""
+        new = object.__new__(type(self))
+        new.Q, new.lam, new._counts, new.W_rand = Q, self.lam, counts, self.W_rand
+        new._G0, new._A0, new._A0v = self._G0, self._A0, self._A0v
+        new._pending = self._pending if pending is None else pending
+        new._G, new._A = (self._G, self._A) if pending is None else (None, None)
+        new._set_weights(W)
+        return new
+
+    # ------------------------------------------------------ G and A_inv
+    @property
+    def G(self) -> np.ndarray:
+        """The Gram matrix ``(M, M)`` (formed from the pending updates on first use)."""
+        if self._G is None:
+            if self._pending:
+                H = np.vstack([h for h, _, _, _ in self._pending])
+                s = np.concatenate([np.full(h.shape[0], float(sign)) for h, sign, _, _ in self._pending])
+                self._G = self._G0 + (H.T * s) @ H
+            else:
+                self._G = self._G0
+        return self._G
+
+    @property
+    def A_inv(self) -> np.ndarray:
+        """``(G + lam I)^-1`` ``(M, M)`` (formed from the pending Woodbury terms on first use)."""
+        if self._A is None:
+            if self._pending:
+                U = np.hstack([u for _, _, u, _ in self._pending])
+                V = np.hstack([u @ s_inv for _, _, u, s_inv in self._pending])
+                self._A = self._A0 - V @ U.T
+                self._A = (self._A + self._A.T) * 0.5
+            else:
+                self._A = self._A0
+        return self._A
+
+    def _inv_times(self, X: np.ndarray) -> np.ndarray:
+        """``A_inv @ X`` without forming ``A_inv``."""
+        if self._A is not None:
+            return self._A @ X
+        out = self._A0v.copy() if X is _probe(self._A0.shape[0]) else self._A0 @ X
+        for _, _, U, S_inv in self._pending:
+            out -= U @ (S_inv @ (U.T @ X))
+        return out
+
+    def _gram_times(self, X: np.ndarray) -> np.ndarray:
+        """``G @ X`` without forming ``G``."""
+        if self._G is not None:
+            return self._G @ X
+        out = self._G0 @ X
+        for H, sign, _, _ in self._pending:
+            out += sign * (H.T @ (H @ X))
+        return out
+
+    def _drift(self) -> tuple[float, float]:
+        """``inverse_residual`` and ``weights_residual`` of the head, in O(M^2 + M r), forming nothing."""
+        m = self._G0.shape[0]
+        G, A = _Operator(self._gram_times, m), _Operator(self._inv_times, m)  # matrix-vector products: O(M^2)
+        return inverse_residual(G, self.lam, A), weights_residual(G, self.lam, self.Q, self.W)
 
     # ------------------------------------------------------------------ file
     @classmethod
@@ -158,7 +258,7 @@ class RidgeHead(Head):
     @property
     def dim(self) -> int:
         """Embedding dimension ``D`` the head takes."""
-        return int(self.G.shape[0] if self.W_rand is None else self.W_rand.shape[0])
+        return int(self._G0.shape[0] if self.W_rand is None else self.W_rand.shape[0])
 
     # ------------------------------------------------------------- inference
     def features(self, embeddings: np.ndarray) -> np.ndarray:
@@ -177,8 +277,7 @@ class RidgeHead(Head):
     def _updated(self, index: int | None, embeddings: np.ndarray, sign: int) -> "RidgeHead":
         H = self.features(check_examples(embeddings, self.dim)).astype(np.float64)
         k = H.shape[0]
-        G, Q, W, counts = self.G.copy(), self.Q.copy(), self.W, self._counts.copy()
-        G += (H.T * float(sign)) @ H  # O(M^2 k), one M x M temporary
+        Q, W, counts = self.Q, self.W, self._counts.copy()
         total = H.sum(axis=0)
         if index is None:
             Q, W, counts = np.column_stack([Q, total]), np.column_stack([W, np.zeros(len(total))]), np.append(counts, k)
@@ -187,18 +286,35 @@ class RidgeHead(Head):
             index = self._check_index(index)
             if counts[index] + sign * k < 1:
                 raise InvalidInputError(f"cannot remove {k} examples from a class that has {counts[index]}")
+            Q = Q.copy()
             Q[:, index] += sign * total
             counts[index] += sign * k
         # Woodbury costs ~4 M^2 k flops, a fresh inverse ~2 M^3: refactorise when that is cheaper.
-        if 2 * k >= G.shape[0]:
-            return RidgeHead(G, Q, self.lam, counts, self.W_rand)
-        A_inv, U, S_inv = woodbury(self.A_inv, H, sign)
+        if 2 * k >= H.shape[1]:
+            return RidgeHead(self.G + (H.T * float(sign)) @ H, Q, self.lam, counts, self.W_rand)
+        U = self._inv_times(H.T)  # (M, k) = A^-1 H^T
+        try:
+            S_inv = np.linalg.inv(sign * np.eye(k) + H @ U)
+        except np.linalg.LinAlgError:
+            raise InvalidInputError("removing these examples would leave a singular ridge system") from None
         # W' = A'^-1 (Q + dQ) with dQ = sign H^T 1 e_c^T and A'^-1 = A^-1 - U S^-1 U^T (U^T = H A^-1):
         # W' = W - U S^-1 H W + (A'^-1 dQ), and A'^-1 dQ = sign (U 1 - U S^-1 (H U) 1) e_c^T.  O(M k C).
         W = W - U @ (S_inv @ (H @ W))
         u1 = U.sum(axis=1) - U @ (S_inv @ (H @ U).sum(axis=1))
         W[:, index] += sign * u1
-        return RidgeHead(G, Q, self.lam, counts, self.W_rand, A_inv, W)
+        if self._pending and self._G is not None and self._A is not None:
+            self._set_base(self._G, self._A)  # formed since (e.g. written to a head file): start the terms from there
+        new = self._derived(Q, counts, W, self._pending + ((H, sign, U, S_inv),))
+        inv_res, w_res = new._drift()
+        if inv_res > INVERSE_TOL or sum(u.shape[1] for _, _, u, _ in new._pending) > MAX_PENDING_RANK:
+            G = new.G
+            A = new.A_inv if inv_res <= INVERSE_TOL else ridge_inverse(G, self.lam)
+            new._set_base(G, A)
+            if inv_res > INVERSE_TOL:
+                w_res = weights_residual(G, self.lam, Q, W)
+        if w_res > INVERSE_TOL:
+            new._set_weights(new._inv_times(Q))
+        return new
 
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "RidgeHead":
         return self._updated(index, embeddings, +1)
@@ -208,4 +324,4 @@ class RidgeHead(Head):
 
     def without_class(self, index: int) -> "RidgeHead":
         keep = np.arange(self.num_classes) != self._check_index(index)
-        return RidgeHead(self.G, self.Q[:, keep], self.lam, self._counts[keep], self.W_rand, self.A_inv, self.W[:, keep])
+        return self._derived(self.Q[:, keep], self._counts[keep], self.W[:, keep])
