@@ -61,6 +61,7 @@ class Bundle:
         self.path = path
         self.manifest = manifest
         self.head = head
+        self.seq = manifest.get("journal", {}).get("seq", 0)  # last journaled update in ``head`` (set by load)
         self.session = session
         self.session_source = session_source  # cached | built | direct (see runtime.session)
         self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
@@ -94,7 +95,9 @@ class Bundle:
             raise DeviceUnavailableError(
                 "onnxruntime lists CUDA but could not start it (CUDA/cuDNN libraries missing?)"
             )
-        return cls(path, manifest, head, session, source)
+        bundle = cls(path, manifest, head, session, source)
+        bundle.seq = state.seq
+        return bundle
 
     # -------------------------------------------------------------- properties
     @property
@@ -237,13 +240,13 @@ class Bundle:
         """
         state = store.read_state(self.path, verify="state", full=False)
         changed = (state.manifest["journal"], state.seq, state.classes) != (
-            self.manifest.get("journal"), self.manifest.get("journal", {}).get("seq"), self.classes
+            self.manifest.get("journal"), self.seq, self.classes
         ) or state.manifest["head"]["file"] != self.manifest["head"]["file"]
         self._set_state(state)
         return changed
 
     def _set_state(self, state) -> None:
-        self.manifest, self.head = state.manifest, state.head
+        self.manifest, self.head, self.seq = state.manifest, state.head, state.seq
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
@@ -263,5 +266,5 @@ class Bundle:
             "opset": m["backbone"].get("opset"),
             "added_on_device": [h["class"] for h in m.get("history", []) if h.get("event") == "add_class"],
             "bundle_id": m.get("bundle_id"),
-            "updates": m.get("journal", {}).get("seq", 0),  # journaled on-device updates (see `edgecl history`)
+            "updates": self.seq,  # journaled on-device updates (see `edgecl history`)
         }

@@ -161,6 +161,11 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
                     if rec.seq != out.seq + 1:
                         problem = f"sequence number {rec.seq} after {out.seq}"
         if problem:
+            if _followed_by_chain(data, pos, out.digest):
+                raise CorruptBundleError(
+                    f"journal {path}: the record at byte {start + pos} is damaged ({problem}) but later records "
+                    "continue the chain, so it was written completely: the journal is corrupt or tampered"
+                )
             out.discarded, out.problem = len(data) - pos, f"{problem} at byte {start + pos}"
             break
         pos += _PREFIX.size + n
@@ -168,6 +173,29 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
         out.records.append(rec)
         out.end, out.digest, out.seq = rec.end, rec.digest, rec.seq
     return out
+
+
+def _followed_by_chain(data: bytes, pos: int, prev_digest: str, limit: int = 1000) -> bool:
+    """Whether a valid record chained to the (damaged) record at ``pos`` follows it in ``data``.
+
+    A torn write only damages the end of the last append; a damaged record that a later, valid record
+    chains from was complete (it was fsync'd before that one was appended), so it is corruption. The later
+    record chains from the damaged one's stored digest, or from the digest of its actual bytes.
+    """
+    stored = data[pos + 8 : pos + _PREFIX.size] if len(data) - pos >= _PREFIX.size else b""
+    q = pos
+    for _ in range(limit):
+        q = data.find(MAGIC, q + 1)
+        if q < 0 or len(data) - q < _PREFIX.size:
+            return False
+        _, n, digest = _PREFIX.unpack_from(data, q)
+        payload = data[q + _PREFIX.size : q + _PREFIX.size + n]
+        if n > MAX_PAYLOAD or len(payload) < n:
+            continue
+        actual = hashlib.sha256(bytes.fromhex(prev_digest) + data[pos + _PREFIX.size : q]).digest()
+        if any(hashlib.sha256(d + payload).digest() == digest for d in (stored, actual) if d):
+            return True
+    return False
 
 
 def read_committed(path: Path, committed_bytes: int, committed_seq: int, committed_digest: str,

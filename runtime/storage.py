@@ -1,9 +1,10 @@
 """Crash-safe writes of a bundle's mutable state, and the update lock.
 
 A bundle update first appends its record to the journal (fsync: the
-write-ahead step, see ``runtime.journal``), then writes a *new* head file under
+write-ahead step and commit point, see ``runtime.journal``); when a head
+snapshot is due (``runtime.store``) it then writes a *new* head file under
 a new name, then replaces ``manifest.json`` (temp file + fsync + rename +
-directory fsync). The manifest rename is the commit point of the head state:
+directory fsync). The manifest rename is the commit point of the head snapshot:
 before it the old manifest still names the old, untouched head file (and the
 journal record is replayed on load); after it the new manifest names the new,
 complete one. Leftovers of an interrupted update (temp files, unreferenced

@@ -2,10 +2,11 @@
 
 What a bundle's state is: the *base* head (the export, or the last
 compaction) plus the *journal* of updates since (``runtime.journal``). The
-*head file* is a snapshot of base + journal up to the manifest's commit point;
-journal records after it (a crash between the journal fsync and the manifest
-rename) are replayed on every read, so a head state that lags the journal is
-never a lost update.
+*head file* is a snapshot of base + journal up to the manifest's
+``journal.seq``. An update is committed by its fsync'd journal record; the
+head file and manifest are rewritten only every ``SNAPSHOT_EVERY`` records (a
+*head snapshot*), and the records after the snapshot are replayed on every
+read, so a head state that lags the journal is never a lost update.
 
 Every function here works on a bundle directory and only through the ``Head``
 interface (``with_examples``, ``without_class``, ``arrays``, ``from_arrays``),
@@ -62,6 +63,13 @@ RECORD_IDS = "__edgecl_record_ids__"  # in a base file: ids of every update fold
 RESERVED_PREFIX = "__edgecl_"
 READ_RETRIES = 50
 
+# Head snapshots: an update is committed by its fsync'd journal record; the head file (and the manifest
+# naming it) is rewritten only when this many records, or this many journal bytes, lag behind it, so an
+# update costs one append + fsync instead of a head file and a manifest (measured in
+# benchmarks/bench_update.py; see docs/bundle-format.md). Loads replay at most this much. 1 = every update.
+SNAPSHOT_EVERY = 32
+SNAPSHOT_BYTES = 1 << 20
+
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -100,6 +108,7 @@ class State:
     full: bool = False
     journal_ok: bool = True
     trusted: list = field(default_factory=list)  # (file, manifest entry, actual entry) accepted as modified
+    raw: bytes = b""  # the manifest bytes this state was read from (or written as)
 
     @property
     def bundle_id(self) -> str:
@@ -242,7 +251,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
     classes = list(m["classes"])
     head, classes = replay(head, classes, lagging, str(jpath))
     m = {**m, "classes": classes}
-    return State(path, m, version, head, classes, s, lagging, full, journal_ok, trusted)
+    return State(path, m, version, head, classes, s, lagging, full, journal_ok, trusted, raw)
 
 
 def read_state(path: str | Path, verify=True, trust_modified: bool = False, full: bool | None = None) -> State:
@@ -343,22 +352,102 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
     files[head_file] = file_entry(path / head_file)
     new["files"] = files
     new = seal(new)
-    storage.atomic_write_bytes(path / MANIFEST_NAME, storage.json_bytes(new))
+    raw = storage.json_bytes(new)
+    storage.atomic_write_bytes(path / MANIFEST_NAME, raw)
     storage.crash_point("after-manifest")
     storage.remove_stale(path, keep={head_file, base["file"], journal_entry["file"]})
-    return State(path, new, FORMAT_VERSION, head, list(classes),
-                 Scan([], journal_entry["bytes"], journal_entry["digest"], journal_entry["seq"]))
+    return _remember(State(path, new, FORMAT_VERSION, head, list(classes),
+                           Scan([], journal_entry["bytes"], journal_entry["digest"], journal_entry["seq"]), raw=raw))
 
 
-def _locked_state(path: Path, timeout: float | None, full: bool = False, trust_modified: bool = False) -> State:
-    st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
-    if not st.journal_ok and not trust_modified:
-        raise CorruptBundleError(f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
+# A writer's last state of each bundle, with the signatures of the files it was verified from: the next
+# update under the lock reuses it when the manifest bytes and the head/base files are unchanged, and only
+# reads (and replays) the journal records appended since, instead of re-reading and re-hashing the head.
+_WRITER_CACHE: dict[Path, tuple[State, tuple]] = {}
+_WRITER_CACHE_SIZE = 4
+
+
+def _signature(st: State) -> tuple:
+    """Identity of the files a state was verified from: a replaced or rewritten file changes its ctime/inode."""
+    sig = []
+    for name in (st.manifest["head"]["file"], st.manifest["base"]["file"], st.manifest["journal"]["file"]):
+        try:
+            s = (st.path / name).stat()
+        except FileNotFoundError:
+            sig.append(None)
+            continue
+        sig.append((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
+    return tuple(sig)
+
+
+def _remember(st: State) -> State:
+    if st.raw and st.disk_version >= 2 and st.journal_ok and not st.trusted:
+        key = st.path.resolve()
+        _WRITER_CACHE.pop(key, None)
+        while len(_WRITER_CACHE) >= _WRITER_CACHE_SIZE:
+            _WRITER_CACHE.pop(next(iter(_WRITER_CACHE)))
+        _WRITER_CACHE[key] = (st, _signature(st))
     return st
 
 
-def commit_records(st: State, records: list[Record], head, classes: list[str]) -> State:
-    """Write-ahead commit of ``records`` (already applied to give ``head``/``classes``) on a locked state."""
+def _cached_state(path: Path) -> State | None:
+    """The remembered state of ``path`` brought up to date with the journal, if nothing else changed on disk."""
+    hit = _WRITER_CACHE.get(path.resolve())
+    if hit is None:
+        return None
+    st, sig = hit
+    try:
+        if read_manifest_bytes(path) != st.raw:
+            return None
+        now = _signature(st)
+    except (EdgeclRuntimeError, OSError):
+        return None
+    if now == sig:
+        return st
+    if now[:2] != sig[:2]:
+        return None  # head or base file replaced or modified: a full, verified read
+    # The journal changed (another process appended, or it was damaged): re-read what follows the head
+    # snapshot; the records this process knows must still be there, unchanged.
+    j, b = st.manifest["journal"], st.manifest["base"]
+    jpath = path / j["file"]
+    s = journal.read_committed(jpath, j["bytes"], j["seq"], j["digest"], b["id"], b["seq"], full=False)
+    known = len(st.lagging)
+    if [r.digest for r in s.records[:known]] != [r.digest for r in st.lagging]:
+        return None
+    if s.discarded:
+        log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
+    new = s.records[known:]
+    head, classes = replay(st.head, st.classes, new, str(jpath))
+    scan = Scan(st.scan.records + new, s.end, s.digest, s.seq, s.discarded, s.problem)
+    return State(path, {**st.manifest, "classes": classes}, st.disk_version, head, classes, scan,
+                 st.lagging + new, st.full, True, [], st.raw)
+
+
+def _locked_state(path: Path, timeout: float | None, full: bool = False, trust_modified: bool = False) -> State:
+    if not full and not trust_modified and (st := _cached_state(path)) is not None:
+        return st
+    st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
+    if not st.journal_ok and not trust_modified:
+        raise CorruptBundleError(f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
+    return _remember(st)
+
+
+def _snapshot_due(st: State, lagging: list[Record], end: int) -> bool:
+    # The first record of a journal file is always snapshotted, so the manifest vouches for the file from then
+    # on: a journal deleted later is a MissingFileError, not an empty journal.
+    committed = int(st.manifest["journal"]["bytes"])
+    return (st.disk_version < 2 or committed == 0 or len(lagging) >= SNAPSHOT_EVERY
+            or end - committed >= SNAPSHOT_BYTES)
+
+
+def commit_records(st: State, records: list[Record], head, classes: list[str], snapshot: bool | None = None) -> State:
+    """Write-ahead commit of ``records`` (already applied to give ``head``/``classes``) on a locked state.
+
+    The fsync'd journal append is the commit point. The head file and the manifest are rewritten
+    (a snapshot) when ``snapshot`` is true, or by default when the records after the head file reach
+    ``SNAPSHOT_EVERY`` / ``SNAPSHOT_BYTES``, for the first record of a journal file, and on the first
+    update of a version-1 bundle.
+    """
     j = st.manifest["journal"]
     jpath = st.path / j["file"]
     end, digest = st.scan.end, st.scan.digest
@@ -366,7 +455,23 @@ def commit_records(st: State, records: list[Record], head, classes: list[str]) -
         end, digest = journal.append(jpath, st.scan.end, records, st.scan.digest)
         storage.crash_point("after-journal")
     seq = records[-1].seq if records else st.scan.seq
-    return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+    lagging = st.lagging + records
+    if snapshot or (snapshot is None and _snapshot_due(st, lagging, end)):
+        return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+    scan = Scan(st.scan.records + records, end, digest, seq)
+    return _remember(State(st.path, {**st.manifest, "classes": list(classes)}, st.disk_version, head, list(classes),
+                           scan, lagging, st.full, True, [], st.raw))
+
+
+def snapshot(path: str | Path, timeout: float | None = None) -> State:
+    """Write the current state as the head file now (the journal records it lags are folded in); journaled updates
+    do this every ``SNAPSHOT_EVERY`` records. A no-op when the head file is current."""
+    path = Path(path)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        if not st.lagging and st.disk_version >= 2:
+            return st
+        return commit_records(st, [], st.head, st.classes, snapshot=True)
 
 
 def _new_record(st: State, seq_offset: int, op: str, name: str, embeddings=None, **extra) -> Record:
@@ -598,5 +703,6 @@ def snapshot_files(path: str | Path) -> dict[str, str]:
 
 __all__ = [
     "State", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
-    "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot_files", "bundle_bytes",
+    "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot", "snapshot_files",
+    "bundle_bytes",
 ]

@@ -25,7 +25,8 @@ ADDS_PER_CHILD = 4
 ZYGOTE = r"""
 import os, sys
 import numpy as np
-from runtime import Bundle
+from runtime import Bundle, store
+store.SNAPSHOT_EVERY = 3  # kills land in journal-only updates and in head snapshots
 path, report, adds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for line in sys.stdin:
     trial = int(line)

@@ -27,7 +27,7 @@ from runtime import (
 )
 from runtime.manifest import seal
 from tests.conftest import ROOT
-from tests.fixtures import VERSIONS, copy_fixture, images, snapshot
+from tests.fixtures import VERSIONS, copy_fixture, embeddings, images, snapshot
 
 
 class Crash(BaseException):
@@ -160,6 +160,67 @@ def test_head_state_lagging_the_journal_is_replayed(tmp_path, monkeypatch, point
     assert sorted(p.name for p in d.iterdir() if p.name.startswith("head-")) == ["head-000000.npz", "head-000001.npz"]
 
 
+def test_updates_commit_in_the_journal_and_snapshot_periodically(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "SNAPSHOT_EVERY", 3)
+    d = copy_fixture(tmp_path / "b")
+    manifest = lambda: json.loads((d / "manifest.json").read_text())  # noqa: E731
+    seqs = []
+    for i in range(7):
+        store.add_examples(d, f"c{i}", embeddings(i))
+        seqs.append(manifest()["journal"]["seq"])
+        assert store.read_state(d).classes[-1] == f"c{i}"  # committed by the journal record alone
+    assert seqs == [1, 1, 1, 4, 4, 4, 7]  # the first record of the journal, then every 3rd lagging record
+    st = store.read_state(d)
+    assert [r.seq for r in st.lagging] == [] and len(st.classes) == 10
+    store.add_examples(d, "c7", embeddings(1))
+    assert store.snapshot(d).lagging == [] and manifest()["journal"]["seq"] == 8
+
+
+def test_damaged_record_followed_by_valid_ones_is_corruption(tmp_path):
+    d = copy_fixture(tmp_path / "b")
+    for i in range(3):  # record 1 is in the head snapshot, records 2 and 3 only in the journal
+        store.add_examples(d, f"c{i}", embeddings(i))
+    j = d / "journal-000000.log"
+    data = bytearray(j.read_bytes())
+    second = json.loads((d / "manifest.json").read_text())["journal"]["bytes"]
+    for at in (second + 2, second + 20, second + 60):  # magic, digest, payload of record 2
+        bad = bytearray(data)
+        bad[at] ^= 0x04
+        j.write_bytes(bytes(bad))
+        with pytest.raises(CorruptBundleError, match="later records continue the chain"):
+            Bundle.load(d)
+        with pytest.raises(CorruptBundleError):
+            store.add_examples(d, "x", embeddings(9))
+        assert j.read_bytes() == bytes(bad)  # nothing truncated
+    j.write_bytes(bytes(data))
+    assert store.read_state(d).classes[-3:] == ["c0", "c1", "c2"]
+
+
+def test_writer_reuses_its_verified_state_but_sees_changes(tmp_path, monkeypatch):
+    from runtime import manifest as manifest_mod
+
+    d = copy_fixture(tmp_path / "b")
+    store.add_examples(d, "a", embeddings(1))
+    hashed = []
+    real = manifest_mod.sha256_file
+    monkeypatch.setattr(manifest_mod, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    store.add_examples(d, "b", embeddings(2))
+    assert hashed == []  # no re-read or re-hash of the head file on the hot path
+    other = subprocess.run([sys.executable, "-c", "import sys, numpy as np; from runtime import store; "
+                            "store.add_examples(sys.argv[1], 'c', np.ones((1, 8), np.float32))", str(d)],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    st = store.add_examples(d, "d", embeddings(3))[0]
+    assert st.classes[-4:] == ["a", "b", "c", "d"]  # another process's journal record is replayed
+    head = d / json.loads((d / "manifest.json").read_text())["head"]["file"]
+    with np.load(head) as z:
+        arrays = dict(z)
+    arrays["prototypes"] = arrays["prototypes"] * 2
+    np.savez(head, **arrays)
+    with pytest.raises(TamperedFileError):
+        store.add_examples(d, "e", embeddings(4))
+
+
 def test_torn_last_record_is_discarded(tmp_path, monkeypatch):
     d = copy_fixture(tmp_path / "b")
     b = Bundle.load(d)
@@ -225,7 +286,8 @@ def test_compact_folds_the_journal(tmp_path):
     before = head_arrays(b)
     b.compact()
     names = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != ".lock")
-    assert names == ["backbone.onnx", "base-000006.npz", "manifest.json"]
+    # head generations: the first update's snapshot (1), then this base (2); updates 2-5 were journal-only
+    assert names == ["backbone.onnx", "base-000002.npz", "manifest.json"]
     again = Bundle.load(d)
     assert_same_head(head_arrays(again), before, exact=True)
     assert again.manifest["base"]["seq"] == 5
@@ -393,7 +455,9 @@ def test_many_classes_one_by_one_keep_size_linear_and_compact(tmp_path, monkeypa
             sizes[i] = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
     seconds = time.perf_counter() - t0
     files = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != ".lock")
-    assert files == ["backbone.onnx", "head-000000.npz", f"head-{n:06d}.npz", "journal-000000.log", "manifest.json"]
+    head = json.loads((d / "manifest.json").read_text())["head"]["file"]  # the last periodic head snapshot
+    assert head != "head-000000.npz"
+    assert files == ["backbone.onnx", "head-000000.npz", head, "journal-000000.log", "manifest.json"]
     per_class = [(sizes[b] - sizes[a]) / (b - a) for a, b in [marks[:2], marks[1:]]]
     assert 0.9 < per_class[1] / per_class[0] < 1.1, per_class  # linear: constant bytes per class
     store.compact(d)
