@@ -41,13 +41,13 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import runtime  # noqa: E402
-from runtime import store  # noqa: E402
-from runtime.heads import head_class  # noqa: E402
-from runtime.manifest import array_spec, file_entry, seal  # noqa: E402
-from runtime.storage import json_bytes, npz_bytes  # noqa: E402
+import runtime
+from runtime import store
+from runtime.heads import head_class
+from runtime.manifest import file_entry, seal
+from runtime.storage import json_bytes, npz_bytes
 
 D = 512
 FIXTURE = ROOT / "tests" / "fixtures" / "bundle-v2"
@@ -167,7 +167,7 @@ def machine(where: Path) -> dict:
         info = ""
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
                  platform.processor())
-    fs = subprocess.run(["df", "-T", str(where)], capture_output=True, text=True).stdout.split("\n")[-2:]
+    fs = subprocess.run(["df", "-T", str(where)], capture_output=True, text=True, check=False).stdout.split("\n")[-2:]
     return {"cpu": model, "cores": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version(),
             "numpy": np.__version__, "blas_threads": BLAS_THREADS, "platform": platform.platform(),
             "bundle_filesystem": " ".join(fs).split()[1] if fs and fs[0] else "?"}
@@ -175,7 +175,7 @@ def machine(where: Path) -> dict:
 
 def git_commit() -> str:
     out = subprocess.run(["git", "-C", str(Path(runtime.__file__).parent), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     return out.stdout.strip() or "not a git checkout"
 
 
