@@ -242,3 +242,20 @@ def test_gaussian_single_example_class_and_round_trip():
         mutate(a)
         with pytest.raises(CorruptBundleError, match=msg):
             HEADS["gaussian"].from_arrays(a, 2, D)
+
+
+def test_prototype_heads_share_rows_but_stay_immutable():
+    from runtime.heads.prototype import PrototypeCosineHead
+
+    rng = np.random.default_rng(0)
+    head = PrototypeCosineHead(rng.standard_normal((3, D)).astype(np.float32), np.ones(3, np.int64))
+    heads = [head]
+    for i in range(20):  # appends into a shared, growing buffer
+        heads.append(heads[-1].with_examples(None, np.full((2, D), float(i))))
+    sibling = heads[10].with_examples(None, np.full((1, D), -1.0))  # branches off an older head
+    assert heads[11].prototypes[13, 0] == 10.0 and sibling.prototypes[13, 0] == -1.0
+    assert [h.num_classes for h in heads] == list(range(3, 24)) and heads[0].prototypes.shape == (3, D)
+    extended = heads[-1].with_examples(0, np.zeros((1, D)))  # extending a class copies; the old head is unchanged
+    assert extended.counts[0] == 2 and heads[-1].counts[0] == 1
+    with pytest.raises(ValueError):
+        heads[-1].prototypes[0, 0] = 1.0  # read-only views

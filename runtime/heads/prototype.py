@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
 from .base import Head, check_examples, l2_normalize, register_head, require_arrays
+
+
+_APPEND = threading.Lock()  # the check-and-append on a shared row buffer
 
 
 @register_head
@@ -38,17 +43,18 @@ class PrototypeCosineHead(Head):
         return view
 
     def _appended(self, proto: np.ndarray, count: int) -> "PrototypeCosineHead":
-        buf = self._buffer
-        if buf[2] != self._n:  # another head appended after our rows: start a buffer of our own
-            buf = [self._buffer[0][: self._n], self._buffer[1][: self._n], self._n]
-        if buf[2] == len(buf[1]):  # full: grow by half (amortised O(D) per class)
-            cap = max(8, buf[2] + buf[2] // 2)
-            protos, cnt = np.empty((cap, buf[0].shape[1]), np.float32), np.empty(cap, np.int64)
-            protos[: buf[2]], cnt[: buf[2]] = buf[0][: buf[2]], buf[1][: buf[2]]
-            buf = [protos, cnt, buf[2]]
-        buf[0][buf[2]], buf[1][buf[2]] = proto, count
-        buf[2] += 1
-        return PrototypeCosineHead(None, None, (buf, buf[2]))
+        with _APPEND:
+            buf = self._buffer
+            if buf[2] != self._n:  # another head appended after our rows: start a buffer of our own
+                buf = [self._buffer[0][: self._n], self._buffer[1][: self._n], self._n]
+            if buf[2] == len(buf[1]):  # full: grow by half (amortised O(D) per class)
+                cap = max(8, buf[2] + buf[2] // 2)
+                protos, cnt = np.empty((cap, buf[0].shape[1]), np.float32), np.empty(cap, np.int64)
+                protos[: buf[2]], cnt[: buf[2]] = buf[0][: buf[2]], buf[1][: buf[2]]
+                buf = [protos, cnt, buf[2]]
+            buf[0][buf[2]], buf[1][buf[2]] = proto, count
+            buf[2] += 1
+            return PrototypeCosineHead(None, None, (buf, buf[2]))
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int, dim: int) -> "PrototypeCosineHead":
