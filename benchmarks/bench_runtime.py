@@ -50,33 +50,45 @@ def vit_available() -> bool:
     return any("vit" in p.name for p in weights.glob("*")) if weights.is_dir() else False
 
 
-def prepare(model: str, work: Path, log) -> tuple[Path, dict[str, Path]]:
-    """Run directory and one bundle per precision (reused when present)."""
+def prepare(model: str, cfg: dict, work: Path, log, allow_divergence: bool = False) -> tuple[Path, dict[str, Path]]:
+    """Run directory and one bundle per precision (reused when present).
+
+    Training and export use one torch thread: on a shared machine, OpenMP
+    barriers made two threads many times slower (measured); timing uses ``--threads``.
+    """
+    import torch
+
     from edgecl.experiment import RunConfig, run_experiment
     from export import export_run
 
-    cfg = MODELS[model]
-    run_dir = work / model / "run"
-    if not (run_dir / "run.json").is_file():
-        log(f"[{model}] training SimpleCIL on {cfg['dataset']} with {cfg['backbone']}")
-        run_experiment(RunConfig(dataset=cfg["dataset"], backbone=cfg["backbone"], init_cls=cfg["init_cls"],
-                                 increment=cfg["increment"]), out_dir=run_dir, log=log)
-    bundles = {}
-    for precision in PRECISIONS:
-        path = work / model / precision
-        if not (path / "manifest.json").is_file():
-            log(f"[{model}] exporting {precision}")
-            export_run(run_dir, path, precision=precision, overwrite=True)
-        bundles[precision] = path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tag = f"{model}-{cfg['dataset'].replace(':', '_')}-B{cfg['init_cls']}-Inc{cfg['increment']}"
+        run_dir = work / tag / "run"
+        if not (run_dir / "run.json").is_file():
+            log(f"[{model}] training SimpleCIL on {cfg['dataset']} with {cfg['backbone']}")
+            run_experiment(RunConfig(dataset=cfg["dataset"], backbone=cfg["backbone"], init_cls=cfg["init_cls"],
+                                     increment=cfg["increment"]), out_dir=run_dir, log=log)
+        bundles = {}
+        for precision in PRECISIONS:
+            path = work / tag / precision
+            if not (path / "manifest.json").is_file():
+                log(f"[{model}] exporting {precision}")
+                export_run(run_dir, path, precision=precision, overwrite=True,
+                           precision_options={"allow_divergence": allow_divergence})
+            bundles[precision] = path
+    finally:
+        torch.set_num_threads(threads)
     return run_dir, bundles
 
 
-def bench_model(model: str, work: Path, threads: int, repeats: int, compile: bool, log) -> dict:
+def bench_model(model: str, cfg: dict, work: Path, threads: int, repeats: int, compile: bool, log,
+                allow_divergence: bool = False) -> dict:
     from edgecl.cli.bench import bundle_accuracy, compare_torch, device_benchmark
     from runtime import Bundle
 
-    run_dir, bundles = prepare(model, work, log)
-    cfg = MODELS[model]
+    run_dir, bundles = prepare(model, cfg, work, log, allow_divergence)
     out: dict = {"model": model, **cfg, "bundles": {}}
     for precision, path in bundles.items():
         log(f"[{model}] {precision}: device process")
@@ -163,7 +175,14 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/edgecl-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="A remark written with the results (e.g. 'machine shared').")
+    ap.add_argument("--dataset", default=None, help="Override the data set of every model (e.g. glyphs:20:cross).")
+    ap.add_argument("--init-cls", type=int, default=None)
+    ap.add_argument("--increment", type=int, default=None)
+    ap.add_argument("--allow-divergence", action="store_true",
+                    help="Keep an INT8 export that the exporter flags as diverging from fp32 (recorded).")
     args = ap.parse_args()
+    overrides = {k: v for k, v in (("dataset", args.dataset), ("init_cls", args.init_cls),
+                                   ("increment", args.increment)) if v is not None}
 
     import torch
 
@@ -176,8 +195,8 @@ def main() -> None:
     result = {"command": " ".join(["python", *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": machine(), "torch": torch.__version__, "threads": args.threads, "note": args.note,
               "skipped": [] if "vit-tiny" in models else ["vit-tiny: no shipped weights (edgecl/backbones/weights)"],
-              "models": [bench_model(m, Path(args.work), args.threads, args.repeats, not args.no_compile, log)
-                         for m in models]}
+              "models": [bench_model(m, {**MODELS[m], **overrides}, Path(args.work), args.threads, args.repeats,
+                                     not args.no_compile, log, args.allow_divergence) for m in models]}
     result["elapsed_s"] = time.time() - t0
     result["targets"] = targets(result)
     out = Path(args.out)
