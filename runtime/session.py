@@ -14,7 +14,7 @@ What is chosen for the device, and why:
   time at every load. The optimised graph is saved once under
   ``BUNDLE/.ort-cache/`` and later loads open it with optimisation disabled.
   The cache key is the onnxruntime version, the providers, the optimisation
-  level, the CPU architecture and the sha256 of the source model, so an
+  level, the CPU architecture and instruction-set flags and the sha256 of the source model, so an
   upgraded onnxruntime, another device or a new backbone never reuse it. The
   cache file is written to a temporary name and renamed (atomic), and its own
   sha256 is recorded next to it: a stale, truncated or corrupt cache is
@@ -92,9 +92,20 @@ def session_options(threads: int | None = None, level: str = "all") -> ort.Sessi
     return so
 
 
+def _cpu_features() -> str:
+    """The CPU's instruction-set flags (Linux), so that NCHWc/AVX-specific graphs are not reused on another CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return hashlib.sha256(line.split(":", 1)[1].strip().encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def cache_key(model_sha256: str, providers: Sequence[str], level: str) -> str:
     """What an optimised graph depends on; a change of any part makes a new cache file."""
-    parts = [ort.__version__, ",".join(providers), level, platform.machine(), model_sha256]
+    parts = [ort.__version__, ",".join(providers), level, platform.machine(), _cpu_features(), model_sha256]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
