@@ -227,3 +227,5 @@ def test_glyphs_task_with_teacher_distils(tmp_path):
     res = pretrain(recipe, threads=1)
     assert {"loss_teacher", "cos_teacher", "acc_glyph"} <= set(res.metrics)
     assert -1.0 <= res.metrics["cos_teacher"] <= 1.0
+    again = _state(pretrain(recipe, threads=1).model)  # glyph stream and teacher are deterministic too
+    assert all(torch.equal(v, again[k]) for k, v in _state(res.model).items())
