@@ -42,7 +42,8 @@ def exported(trained, tmp_path_factory):
 def bundle_dir(exported, tmp_path):
     """A private copy of the exported bundle that a test may modify."""
     dst = tmp_path / "bundle"
-    shutil.copytree(exported[1], dst)
+    # Without the optimised-graph cache other tests' loads of the shared bundle left behind.
+    shutil.copytree(exported[1], dst, ignore=shutil.ignore_patterns(".ort-cache"))
     return dst
 
 
