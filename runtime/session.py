@@ -41,6 +41,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import CorruptBundleError, DeviceUnavailableError, InvalidInputError
+from .manifest import sha256_file
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA_EP = "CUDAExecutionProvider"
@@ -109,14 +110,6 @@ def cache_key(model_sha256: str, providers: Sequence[str], level: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cached_model(cache_dir: Path, key: str) -> Path | None:
     """The cached optimised model for ``key`` if it exists and its recorded sha256 matches, else None."""
     model, meta = cache_dir / f"{key}.onnx", cache_dir / f"{key}.json"
@@ -124,7 +117,7 @@ def _cached_model(cache_dir: Path, key: str) -> Path | None:
         return None
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
-        if info.get("bytes") == model.stat().st_size and info.get("sha256") == _sha256(model):
+        if info.get("bytes") == model.stat().st_size and info.get("sha256") == sha256_file(model):
             return model
     except (OSError, ValueError):
         pass
@@ -165,7 +158,7 @@ def _write_cache(model_path: Path, providers: list[str], threads: int | None, le
             "level": level,
             "machine": platform.machine(),
             "bytes": tmp.stat().st_size,
-            "sha256": _sha256(tmp),
+            "sha256": sha256_file(tmp),
         }
         meta_tmp = cache_dir / f".{key}.{os.getpid()}.json.tmp"
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -58,13 +58,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            crash_point(f"mid-write:{path.name}")
-            f.write(data[half:])
-            f.flush()
-            fsync_fd(f.fileno())
+        _write_fsynced(tmp, data, crash_name=path.name)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -79,10 +73,15 @@ def write_new_file(path: Path, data: bytes) -> None:
     Only the manifest rename makes it part of the bundle; a crash mid-write
     leaves an unreferenced file that the next update removes.
     """
+    _write_fsynced(path, data, crash_name=path.name)
+
+
+def _write_fsynced(path: Path, data: bytes, crash_name: str) -> None:
+    """Write ``data`` to ``path`` and fsync it (with a crash point half-way, for the tests)."""
     with open(path, "wb") as f:
         half = len(data) // 2
         f.write(data[:half])
-        crash_point(f"mid-write:{path.name}")
+        crash_point(f"mid-write:{crash_name}")
         f.write(data[half:])
         f.flush()
         fsync_fd(f.fileno())

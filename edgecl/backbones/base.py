@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from runtime.manifest import sha256_file
 
 from .._compat import import_timm
 
@@ -72,12 +73,7 @@ class Backbone(nn.Module):
         return self.model(x)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+sha256_of = sha256_file  # one implementation for training and device side
 
 
 def _create(timm, timm_name: str, kwargs: dict[str, Any], **extra) -> nn.Module:

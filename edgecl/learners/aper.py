@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..peft import PEFT_METHODS, ParallelEmbedding, PeftModel
