@@ -54,7 +54,12 @@ import numpy as np
 
 # Learners whose training and inference only call the frozen backbone's forward:
 # their embeddings can be cached across runs. Add a learner here only if that holds.
-FROZEN_BACKBONE_LEARNERS = {"simplecil"}
+FROZEN_BACKBONE_LEARNERS = {"simplecil", "fecam", "ranpac"}
+
+
+def frozen_backbone(learner: str, hparams: dict[str, Any]) -> bool:
+    """True if this learner with these hyper-parameters only calls the frozen backbone (RanPAC: no first-session PEFT)."""
+    return learner in FROZEN_BACKBONE_LEARNERS and hparams.get("first_session", "none") == "none"
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -259,7 +264,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             report["runs"].append(done[run_key(stub)])
                             log(f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: done before")
                             continue
-                        use_cache = args.cache and learner in FROZEN_BACKBONE_LEARNERS
+                        use_cache = args.cache and frozen_backbone(learner, cfg.learner_args)
                         t0 = time.perf_counter()
                         with cache.installed() if use_cache else contextlib.nullcontext():
                             result = run_experiment(cfg, log=lambda s: None)
