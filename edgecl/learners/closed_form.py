@@ -12,30 +12,23 @@ its per-task update, shared with SLCA's closed-form classifier alignment.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from .base import Learner
-from .hparams import resolve_hparams
+from .hparams import ConfiguredLearner
 
 LAMBDA_GRID = [10.0**k for k in range(-8, 9)]  # RanPAC's grid
 RIDGE_DEFAULTS: dict[str, Any] = {"lambda_min_exp": -8, "lambda_max_exp": 8, "val_fraction": 0.2, "seed": 0}
 
 
-class HeadLearner(Learner):
+class HeadLearner(ConfiguredLearner):
     """A ``Learner`` whose classifier is a runtime head ``self.head``; subclasses set ``defaults`` (and
     ``choices``, ``positive``: see ``edgecl.learners.hparams``)."""
 
-    defaults: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple]] = {}
-    positive: ClassVar[tuple[str, ...]] = ()
-
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        hp = resolve_hparams(self.name, hparams, self.defaults, self.choices, self.positive)
-        super().__init__(backbone, device, **hp)
-        self.hp = hp
+        super().__init__(backbone, device, **hparams)
         self.head = None
 
     @torch.no_grad()

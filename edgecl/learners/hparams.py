@@ -10,7 +10,9 @@ set so that a saved run records every value it used.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
+
+from .base import Learner
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -64,3 +66,18 @@ def resolve_hparams(
     if bad:
         raise ValueError(f"{learner}: hyper-parameter(s) {', '.join(bad)} must be > 0")
     return hp
+
+
+class ConfiguredLearner(Learner):
+    """A ``Learner`` whose hyper-parameters are declared as class attributes and validated on
+    construction: ``defaults`` (every allowed key), ``choices`` and ``positive`` (see
+    ``resolve_hparams``). The validated values are ``self.hp`` (and ``self.hparams``)."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    positive: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbone, device: str = "cpu", **hparams: Any):
+        hp = resolve_hparams(self.name, hparams, self.defaults, self.choices, self.positive)
+        super().__init__(backbone, device, **hp)
+        self.hp = hp

@@ -15,25 +15,19 @@ a class is ``m <- (n m + sum) / (n + k)``, the same update the device applies.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Learner
-from .hparams import resolve_hparams
+from .hparams import ConfiguredLearner
 
 
-class PrototypeLearner(Learner):
+class PrototypeLearner(ConfiguredLearner):
     head_kind = "prototype_cosine"
-    defaults: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple]] = {}
-    positive: ClassVar[tuple[str, ...]] = ()
-
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        hp = resolve_hparams(self.name, hparams, self.defaults, self.choices, self.positive)
-        super().__init__(backbone, device, **hp)
+        super().__init__(backbone, device, **hparams)
         self.means = torch.zeros(0, 0, dtype=torch.float64)
         self.counts = torch.zeros(0, dtype=torch.int64)
 
