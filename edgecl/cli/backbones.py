@@ -14,11 +14,11 @@ def backbones():
     Any other timm model works too with --weights FILE (loaded strictly).
     """
     from ..backbones import EMBEDDED, NAMED
-    from ..backbones.embedded import weights_path
+    from ..backbones.embedded import weights_path, weights_status
 
     rows = []
     for name, recipe in EMBEDDED.items():
-        status = "cached" if weights_path(name).is_file() else "made on first use"
+        status = weights_status(name)
         size = recipe.input_size[1]
         rows.append((name, recipe.timm_name, f"{size}px", status, f"embedded: made offline by edgecl ({weights_path(name)})"))
     for name, entry in NAMED.items():
