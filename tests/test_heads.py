@@ -259,3 +259,8 @@ def test_prototype_heads_share_rows_but_stay_immutable():
     assert extended.counts[0] == 2 and heads[-1].counts[0] == 1
     with pytest.raises(ValueError):
         heads[-1].prototypes[0, 0] = 1.0  # read-only views
+    # scores use the cached normalised rows: equal to normalising the head's own prototypes now
+    x = rng.standard_normal((4, D)).astype(np.float32)
+    for h in (heads[0], heads[11], sibling, heads[-1], extended):
+        p = h.prototypes / np.maximum(np.linalg.norm(h.prototypes, axis=1, keepdims=True), 1e-12)
+        np.testing.assert_allclose(h.scores(x), (x / np.linalg.norm(x, axis=1, keepdims=True)) @ p.T, atol=1e-6)

@@ -23,7 +23,9 @@ class PrototypeCosineHead(Head):
     Adding a class does not copy the ``(C, D)`` prototypes: heads share a row
     buffer with spare capacity, and a head whose rows end where the buffer's
     filled part ends appends in place (rows a head can see are never written),
-    so a new class costs O(D) amortised, also at 10,000 classes.
+    so a new class costs O(D) amortised, also at 10,000 classes. The buffer
+    also keeps the L2-normalised rows, so scoring does not re-normalise all
+    ``C`` prototypes on every call.
     """
 
     kind = "prototype_cosine"
@@ -32,8 +34,9 @@ class PrototypeCosineHead(Head):
         if _shared is None:
             protos = np.asarray(prototypes, dtype=np.float32)
             cnt = np.asarray(counts, dtype=np.int64)
-            _shared = ([protos, cnt, len(cnt)], len(cnt))
-        self._buffer, self._n = _shared  # [prototype rows, count rows, rows filled], rows of this head
+            _shared = ([protos, cnt, len(cnt), l2_normalize(protos)], len(cnt))
+        # [prototype rows, count rows, rows filled, normalised prototype rows], rows of this head
+        self._buffer, self._n = _shared
 
     @property
     def prototypes(self) -> np.ndarray:
@@ -46,13 +49,15 @@ class PrototypeCosineHead(Head):
         with _APPEND:
             buf = self._buffer
             if buf[2] != self._n:  # another head appended after our rows: start a buffer of our own
-                buf = [self._buffer[0][: self._n], self._buffer[1][: self._n], self._n]
+                buf = [self._buffer[0][: self._n], self._buffer[1][: self._n], self._n, self._buffer[3][: self._n]]
             if buf[2] == len(buf[1]):  # full: grow by half (amortised O(D) per class)
                 cap = max(8, buf[2] + buf[2] // 2)
                 protos, cnt = np.empty((cap, buf[0].shape[1]), np.float32), np.empty(cap, np.int64)
-                protos[: buf[2]], cnt[: buf[2]] = buf[0][: buf[2]], buf[1][: buf[2]]
-                buf = [protos, cnt, buf[2]]
+                normed = np.empty_like(protos)
+                protos[: buf[2]], cnt[: buf[2]], normed[: buf[2]] = buf[0][: buf[2]], buf[1][: buf[2]], buf[3][: buf[2]]
+                buf = [protos, cnt, buf[2], normed]
             buf[0][buf[2]], buf[1][buf[2]] = proto, count
+            buf[3][buf[2]] = l2_normalize(proto[None].astype(np.float32))[0]
             buf[2] += 1
             return PrototypeCosineHead(None, None, (buf, buf[2]))
 
@@ -81,7 +86,7 @@ class PrototypeCosineHead(Head):
         return view
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        return l2_normalize(embeddings.astype(np.float32)) @ l2_normalize(self.prototypes).T
+        return l2_normalize(embeddings.astype(np.float32)) @ self._buffer[3][: self._n].T
 
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "PrototypeCosineHead":
         if index is None:
