@@ -28,8 +28,11 @@ def _parse_learner_args(ctx, param, values) -> dict:
 
 @main.command()
 @click.option("--dataset", default="shapes", show_default=True,
-              help="'shapes' / 'shapes:N' (embedded), an image folder (one sub-folder per class) or a .npz file.")
-@click.option("--backbone", default=None, help="timm model name; default: the embedded edgecl-resnet10t.")
+              help="'shapes' / 'shapes:N' (embedded), 'glyphs:N[:within|cross][:SIZE]' (rendered from "
+                   "matplotlib's fonts, cached), an image folder (one sub-folder per class) or a .npz file.")
+@click.option("--backbone", default=None, help="Backbone: an embedded or named one (see `edgecl backbones`: edgecl-resnet10t, "
+                   "edgecl-resnet10t-glyphs, edgecl-vit-tiny, mobilenetv2-imagenet, ...) or any timm model name "
+                   "with --weights; default: the embedded edgecl-resnet10t.")
 @click.option("--weights", default=None, help="Local timm checkpoint / .safetensors for --backbone, or 'random'.")
 @click.option("--img-size", type=int, default=None, help="Input resolution override for timm backbones.")
 @click.option("--learner", default="simplecil", show_default=True, help="Continual learner (see `edgecl learners`).")
