@@ -124,8 +124,10 @@ def targets(result: dict) -> list[dict]:
         add(m["model"], f"INT8 top-1 drop vs fp32 on {m['dataset']} test", drop, 0.5, drop <= 0.5, "pt")
         for p, b in bs.items():
             d = b["device"]
-            add(m["model"], f"{p} peak RSS <= 2 x ONNX + 100 MiB", d["peak_rss_mib"], d["rss_target_mib"],
-                d["peak_rss_mib"] <= d["rss_target_mib"], "MiB")
+            add(m["model"], f"{p} peak RSS <= 2 x ONNX + 100 MiB, batch 1", d["peak_rss_batch1_mib"], d["rss_target_mib"],
+                d["peak_rss_batch1_mib"] <= d["rss_target_mib"], "MiB")
+            add(m["model"], f"{p} peak RSS after batch {d['batch_size']} (activations of the batch; not the target)",
+                d["peak_rss_mib"], d["rss_target_mib"], d["peak_rss_mib"] <= d["rss_target_mib"], "MiB")
         a = bs["fp32"]["device"]["add_class"]
         add(m["model"], "add-class head update, 5 examples (prototypes)", a["head_update_ms"], 5.0,
             a["head_update_ms"] <= 5.0, "ms")
@@ -145,7 +147,7 @@ def markdown(result: dict) -> str:
         f"torch {result['torch']}, {result['threads']} threads for both. {result['note']}", "",
         "ONNX vs torch columns: speed-up at batch 1 / batch 32, p50 (fastest calls in brackets).", "",
         "| model | bundle | top-1 | predict b1 p50 / p95 (ms) | b32 images/s | ONNX vs eager b1 / b32 | "
-        "vs torch.compile b1 / b32 | cold start (ms) | peak RSS (MiB) | ONNX (MiB) | add-class embed + update (ms) |",
+        "vs torch.compile b1 / b32 | cold start (ms) | peak RSS b1 / b32 (MiB) | ONNX (MiB) | add-class embed + update (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mod in result["models"]:
@@ -156,7 +158,7 @@ def markdown(result: dict) -> str:
                 f"| {mod['model']} | {p} | {100 * b['accuracy']['top1']:.2f}% | {d['predict_b1']['p50_ms']:.2f} / "
                 f"{d['predict_b1']['p95_ms']:.2f} | {d['throughput_images_per_s']:.0f} | "
                 + " / ".join(f"x{t[n]['speedup_vs_eager']:.2f} (x{t[n]['speedup_vs_eager_min']:.2f})" for n in t)
-                + f" | {comp} | {1e3 * d['cold_start_s']:.0f} | {d['peak_rss_mib']:.0f} | {d['onnx_bytes'] / 2**20:.1f} | "
+                + f" | {comp} | {1e3 * d['cold_start_s']:.0f} | {d['peak_rss_batch1_mib']:.0f} / {d['peak_rss_mib']:.0f} | {d['onnx_bytes'] / 2**20:.1f} | "
                 f"{d['add_class']['embed_ms']:.1f} + {d['add_class']['update_ms']:.1f} |"
             )
     lines += ["", "| model | target | measured | limit | met |", "|---|---|---|---|---|"]

@@ -151,6 +151,7 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
         "device": b.device,
         "providers": b.providers,
         "threads": threads,
+        "batch_size": batch_size,
         "session_source": b.session_source,
         "cold_start_s": cold,
         "load_s": t_load,
@@ -162,12 +163,15 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
     out["preprocess_b1"] = timings(lambda: b.preprocess(one), repeats)
     frame = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
     out["preprocess_480x640_b1"] = timings(lambda: b.preprocess(frame), max(5, repeats // 5))
+    # the device case (one camera frame at a time): the process's peak so far, before any batch
+    out["peak_rss_batch1_mib"] = peak_rss_mib()
     nb = max(5, repeats // 5)
     out[f"predict_b{batch_size}"] = timings(lambda: b.predict(batch), nb)
     out[f"embed_b{batch_size}"] = timings(lambda: b._run(xb), nb)
     out[f"preprocess_b{batch_size}"] = timings(lambda: b.preprocess(batch), nb)
     out["throughput_images_per_s"] = batch_size / (out[f"predict_b{batch_size}"]["p50_ms"] / 1e3)
-    out["peak_rss_mib"] = peak_rss_mib()  # before add-class loads a second copy
+    # after the batch too (activations of batch_size images), before add-class loads a second copy
+    out["peak_rss_mib"] = peak_rss_mib()
     out["rss_at_start_mib"] = rss_start
     out.update(bundle_sizes(path))
     out["rss_target_mib"] = 2 * out["onnx_bytes"] / (1 << 20) + 100

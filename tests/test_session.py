@@ -177,7 +177,8 @@ def test_bench_cli_prints_and_writes_every_field(bundle_dir, tmp_path):
     r = json.loads(out.read_text())["device"]
     assert r["threads"] == 1 and r["device"] == "cpu" and r["precision"] == "fp32"
     assert 0 < r["predict_b1"]["p50_ms"] <= r["predict_b1"]["p95_ms"]
-    assert r["throughput_images_per_s"] > 0 and r["peak_rss_mib"] > 10 and r["import_runtime_s"] > 0
+    assert r["throughput_images_per_s"] > 0 and r["import_runtime_s"] > 0
+    assert 10 < r["peak_rss_batch1_mib"] <= r["peak_rss_mib"]
     assert r["bundle_bytes"] > r["onnx_bytes"] > 1e6
     a = r["add_class"]
     assert a["examples"] == 5 and a["embed_ms"] > 0 and a["update_ms"] > 0 and a["head_update_ms"] > 0

@@ -139,7 +139,8 @@ def print_report(r: dict, echo=click.echo) -> None:
     echo(f"  predict batch {bs[9:]:<9} {_fmt(d[bs]['p50_ms'])} p50  -> {d['throughput_images_per_s']:.0f} images/s"
          f"  (preprocess {d['preprocess_' + bs[8:]]['p50_ms']:.2f} ms)")
     echo(f"  preprocess 480x640 frame{_fmt(d['preprocess_480x640_b1']['p50_ms'])}")
-    echo(f"  peak RSS                {d['peak_rss_mib']:8.1f} MiB  (target <= 2 x ONNX + 100 = {d['rss_target_mib']:.1f})")
+    echo(f"  peak RSS, batch 1       {d['peak_rss_batch1_mib']:8.1f} MiB  (target <= 2 x ONNX + 100 = {d['rss_target_mib']:.1f})")
+    echo(f"  peak RSS, batch {d['batch_size']:<7d} {d['peak_rss_mib']:8.1f} MiB  (activations of the whole batch)")
     echo(f"  bundle on disk          {d['bundle_bytes'] / 2**20:8.2f} MiB  (ONNX {d['onnx_bytes'] / 2**20:.2f} MiB, "
          f"optimised-graph cache {d['cache_bytes'] / 2**20:.2f} MiB)")
     a = d["add_class"]
