@@ -75,6 +75,8 @@ def test_manifest_records_precision_and_calibration_hash(bundles, trained):
     assert p["backbone"] == "int8" and p["head"] == "fp32"
     assert p["conversion"]["method"] == "static" and p["conversion"]["format"] == "QDQ"
     assert p["conversion"]["per_channel"] and p["conversion"]["quantized_nodes"] > 10
+    assert p["conversion"]["calibrate_method"] == "percentile" and p["conversion"]["percentile"] == q.CALIBRATION_PERCENTILE
+    assert p["conversion"]["fp32_leading_convs"] == q.FP32_LEADING_CONVS and p["conversion"]["fp32_nodes"]
     run = json.loads((run_dir / "run.json").read_text())
     cal, _, _, _ = q.run_precision_data(run["config"], run["class_names"], (32, 32), 64)
     assert p["calibration"] == {"sha256": q.calibration_sha256(cal), "images": 64, "source": p["calibration"]["source"]}
@@ -151,3 +153,42 @@ def test_cli_export_precision_reports_the_check(trained, tmp_path):
     assert "int8 backbone (static)" in res.output and "top-1 agreement" in res.output
     assert _manifest(tmp_path / "b")["precision"]["calibration"]["images"] == 32
 
+
+
+def _conv_chain(tmp_path, n_convs, tail=("GlobalAveragePool",)):
+    """images -> n_convs x (Conv 1x1 + Relu) -> tail ops; returns the saved path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, inits, x = [], [], "images"
+    for i in range(n_convs):
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [3, 3, 1, 1], np.eye(3, dtype=np.float32).ravel()))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}"),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    for j, op in enumerate(tail):
+        nodes.append(helper.make_node(op, [x], [f"t{j}"], name=f"tail{j}"))
+        x = f"t{j}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    path = tmp_path / f"c{n_convs}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_leading_convs_stay_fp32_from_the_graph_structure(tmp_path):
+    # the first two convs and their activations, not the third conv
+    assert q.leading_conv_nodes(_conv_chain(tmp_path, 4), 2) == ["conv0", "relu0", "conv1", "relu1"]
+    # a single conv (a ViT's patch embedding): that conv only, never what follows it
+    assert q.leading_conv_nodes(_conv_chain(tmp_path, 1), 2) == ["conv0"]
+    assert q.leading_conv_nodes(_conv_chain(tmp_path, 0), 2) == []
+    assert q.leading_conv_nodes(_conv_chain(tmp_path, 4), 0) == []
+
+
+def test_calibration_reader_reads_in_ranges():
+    x = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    r = q._Batches(x, batch_size=16)
+    assert len(r) == 3
+    assert [len(b[q.INPUT_NAME]) for b in iter(r.get_next, None)] == [16, 16, 8]
+    r.set_range(1, 2)
+    assert r.get_next()[q.INPUT_NAME][0, 0, 0, 0] == 16 and r.get_next() is None
