@@ -41,8 +41,12 @@ def _ensure_torchvision() -> None:
 
 
 def import_timm():
-    """Return the ``timm`` module, working around a CUDA-only torchvision."""
+    """Return the ``timm`` module, working around a CUDA-only torchvision, with edgecl's own
+    architectures registered (``edgecl.backbones.vit_hybrid``)."""
     _ensure_torchvision()
     import timm
 
+    from .backbones.vit_hybrid import register
+
+    register()
     return timm

@@ -44,6 +44,7 @@ def test_hash_changes_with_every_field():
         "task_kwargs": {"holdout_size": 201}, "input_size": (3, 20, 20), "mean": (0.4, 0.5, 0.5),
         "std": (0.5, 0.5, 0.6), "seed": 1, "steps": 61, "batch_size": 33, "lr": 1.1e-2, "weight_decay": 0.04,
         "warmup_frac": 0.2, "label_smoothing": 0.1, "clip_grad": 1.0, "data_seed": 7,
+        "init": {"patch_embed": "edgecl-resnet10t"},
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Recipe)}  # a new field must be tested here
     hashes = {config_hash(TINY.with_(**{k: v})) for k, v in changed.items()}
@@ -52,6 +53,31 @@ def test_hash_changes_with_every_field():
         TINY.with_(warmup_frac=1.5)
     with pytest.raises(ValueError, match="unknown recipe fields"):
         Recipe.from_dict({**TINY.to_dict(), "typo": 1})
+
+
+def test_recipe_init_loads_a_submodule_by_name(monkeypatch):
+    import edgecl.backbones as backbones
+    from edgecl._compat import import_timm
+    from edgecl.pretrain.trainer import apply_init, build_model, init_states
+
+    assert "init" not in TINY.to_dict()  # recipes without it keep their hash (and cached / committed files)
+    assert config_hash(embedded.EMBEDDED["edgecl-resnet10t"]) == "345a3892e618"
+    recipe = TINY.with_(timm_name="edgecl_vit_tiny_r10t", init={"patch_embed.backbone": "cnn"},
+                        model_kwargs={"img_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2})
+    torch.manual_seed(1)
+    cnn = import_timm().create_model("resnet10t", num_classes=0)
+    monkeypatch.setattr(backbones, "create_backbone", lambda name: type("B", (), {"model": cnn})())
+    states = init_states(recipe)
+    model = build_model(recipe)
+    assert not torch.equal(model.patch_embed.backbone.conv1[0].weight, cnn.conv1[0].weight)
+    apply_init(model, states)
+    stem = model.patch_embed.backbone.state_dict()
+    assert stem and all(torch.equal(v, cnn.state_dict()[k]) for k, v in stem.items())
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 32)  # 2x2 tokens of the stride-8 stem
+    with pytest.raises(ValueError, match="no submodule 'stem'"):
+        apply_init(model, {"stem": cnn.state_dict()})
+    with pytest.raises(ValueError, match="entries not found"):
+        apply_init(model, {"patch_embed.backbone": {"conv1.0.weight": cnn.conv1[0].weight}})
 
 
 def test_tiny_recipe_learns():

@@ -28,7 +28,9 @@ class Recipe:
     which labels), configured by ``task_kwargs``. Optimisation: AdamW,
     linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0;
     cross-entropy with optional ``label_smoothing``; gradients clipped to
-    ``clip_grad`` (0: off).
+    ``clip_grad`` (0: off). ``init`` maps a submodule of the model (e.g.
+    ``patch_embed.backbone``) to an embedded backbone whose weights initialise it
+    before training (every parameter of the submodule must be found by name).
     """
 
     timm_name: str
@@ -47,6 +49,8 @@ class Recipe:
     label_smoothing: float = 0.0
     clip_grad: float = 0.0
     data_seed: int = 1_000_003  # disjoint from the evaluation data seeds (small ints)
+    # submodule prefix -> embedded backbone whose weights initialise it (matching parameter names)
+    init: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -67,6 +71,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"], d["mean"], d["std"] = list(self.input_size), list(self.mean), list(self.std)
+        if not d["init"]:
+            del d["init"]  # recipes without it keep the config hash they had before the field existed
         return d
 
     @classmethod

@@ -63,6 +63,32 @@ def build_model(recipe: Recipe) -> nn.Module:
     return import_timm().create_model(recipe.timm_name, pretrained=False, num_classes=0, **recipe.model_kwargs)
 
 
+def init_states(recipe: Recipe) -> dict[str, dict[str, torch.Tensor]]:
+    """``recipe.init``'s state dicts, per submodule prefix (made before seeding: a backbone made on
+    first use here must not change the random stream of the run)."""
+    from ..backbones import create_backbone
+
+    return {prefix: create_backbone(name).model.state_dict() for prefix, name in recipe.init.items()}
+
+
+def apply_init(model: nn.Module, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Load each state dict into the submodule at its prefix; every parameter there must be covered."""
+    for prefix, state in states.items():
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            raise ValueError(f"recipe init: the model has no submodule {prefix!r}") from None
+        own = module.state_dict()
+        picked = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(picked))
+        if missing:
+            raise ValueError(f"recipe init of {prefix!r}: {len(missing)} of {len(own)} entries not found, e.g. {missing[:3]}")
+        bad = [k for k, v in picked.items() if v.shape != own[k].shape]
+        if bad:
+            raise ValueError(f"recipe init of {prefix!r}: shape mismatch for {bad[:3]}")
+        module.load_state_dict(picked)
+
+
 def lr_factor(recipe: Recipe, step: int) -> float:
     """Linear warm-up over ``recipe.warmup_steps``, then cosine decay to 0 at ``recipe.steps``."""
     warm = recipe.warmup_steps
@@ -114,10 +140,12 @@ def pretrain(
 ) -> PretrainResult:
     """Train ``recipe``'s backbone; ``progress`` wraps the step iterator (e.g. a progress bar)."""
     task = make_task(recipe)
+    states = init_states(recipe)
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     with deterministic(recipe.seed, threads):
         model = build_model(recipe)
+        apply_init(model, states)
         dim = int(model.num_features)
         heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in {**task.heads, **task.targets}.items()})
         params = list(model.parameters()) + list(heads.parameters())
