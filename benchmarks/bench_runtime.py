@@ -14,8 +14,8 @@ on the same preprocessed images with the same number of threads.
 * ``resnet10t``: the embedded 32 px default on ``shapes`` (a floor);
 * ``mobilenetv2``: ``mobilenetv2-imagenet`` at 224 px on ``glyphs:100:cross``
   (train on upright fonts, test on italic ones);
-* ``vit-tiny``: the embedded ``edgecl-vit-tiny`` (32 px) on ``glyphs:100:cross``,
-  only when its shipped weights exist (it is not pre-trained here: ~40 min).
+* ``vit-tiny``: the embedded hybrid ViT ``edgecl-vit-tiny`` (32 px, committed weights)
+  on ``glyphs:100:cross``, only when its shipped weights exist.
 
 Runs and bundles are kept in ``--work`` and reused. Writes
 ``runtime-<models>.json`` (everything, with the command and machine) and
@@ -43,7 +43,7 @@ PRECISIONS = ("fp32", "int8")
 
 
 def vit_available() -> bool:
-    """The embedded ViT is benchmarked only with shipped weights (pre-training it takes ~40 min)."""
+    """The embedded ViT is benchmarked only with its shipped weights (re-making them takes ~17 min)."""
     from edgecl.backbones import embedded
 
     weights = Path(embedded.__file__).parent / "weights"
