@@ -134,6 +134,18 @@ def test_save_checkpoint_validates(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_same_weights_give_the_same_file_bytes(tmp_path):
+    # safetensors writes its metadata map in a varying order; the wall time is not in the file
+    model = torch.nn.Linear(3, 2)
+    files = [
+        checkpoint_mod.save_checkpoint(model, tmp_path / f"w{i}.safetensors", TINY, {"loss": 1.5, "seconds": float(i)})
+        for i in range(6)
+    ]
+    assert len({f.read_bytes() for f in files}) == 1
+    meta = read_metadata(files[0])
+    assert "seconds" not in meta["edgecl_metrics"] and "loss" in meta["edgecl_metrics"]
+
+
 def test_cli_pretrain_writes_checkpoint_and_refuses_overwrite(tmp_path):
     from edgecl.cli import main
 

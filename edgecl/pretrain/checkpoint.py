@@ -47,7 +47,12 @@ def save_checkpoint(
     model: nn.Module, path: str | Path, recipe: Recipe, metrics: dict[str, float] | None = None, dtype: str = "fp32",
     threads: int | None = None,
 ) -> Path:
-    """Atomically write ``model``'s state dict (floating tensors cast to ``dtype``) with its recipe."""
+    """Atomically write ``model``'s state dict (floating tensors cast to ``dtype``) with its recipe.
+
+    The metadata holds nothing that depends on the machine's speed (the metrics' wall time
+    ``seconds`` is left out), so the same recipe, threads, torch build and CPU type give the
+    same file byte for byte.
+    """
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
@@ -62,7 +67,7 @@ def save_checkpoint(
     metadata = {
         "edgecl_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
         "edgecl_config_hash": config_hash(recipe),
-        "edgecl_metrics": json.dumps(metrics or {}, sort_keys=True),
+        "edgecl_metrics": json.dumps({k: v for k, v in (metrics or {}).items() if k != "seconds"}, sort_keys=True),
         "edgecl_threads": str(threads),
         "torch_version": torch.__version__,
     }
@@ -71,6 +76,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        _sort_metadata(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
@@ -81,6 +87,31 @@ def save_checkpoint(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _sort_metadata(path: str | Path) -> None:
+    """Rewrite the safetensors header with its metadata keys sorted, in place.
+
+    safetensors writes ``__metadata__`` from a hash map whose order changes from one process to
+    the next (measured: two bit-identical trainings gave files that differed only there), so
+    without this the same weights would not give the same file. Only the order changes: the
+    header keeps its length, so the tensor offsets stay valid.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        text = raw.decode("utf-8")
+        header = json.loads(text, object_pairs_hook=dict)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = {k: meta[k] for k in sorted(meta)}
+        body = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        new = body.encode("utf-8") + b" " * (n - len(body.encode("utf-8")))
+        if len(new) != n or json.loads(new.decode("utf-8")) != header:
+            raise RuntimeError(f"could not canonicalise the safetensors header of {path}")
+        f.seek(8)
+        f.write(new)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
