@@ -231,6 +231,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
     if args.resume and out_json.is_file():
         previous = json.loads(out_json.read_text())["runs"]
     done = {run_key(r): r for r in previous}
+    reached: set[str] = set()
     report = {
         "name": args.name,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
@@ -260,6 +261,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             test_per_class=args.test_per_class,
                         )
                         stub = {"config": asdict(cfg), "backbone": bb.label, "protocol": proto.label}
+                        reached.add(run_key(stub))
                         if run_key(stub) in done:
                             report["runs"].append(done[run_key(stub)])
                             log(f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: done before")
@@ -291,9 +293,16 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             f"avg-inc {m.average_incremental:.2f} last {m.last:.2f} forgetting {m.forgetting:.2f} "
                             f"({wall:.1f} s{', cached embeddings' if use_cache else ''})"
                         )
-                        write_json(report, out_json)
+                        write_json(with_previous(report, done, reached), out_json)
+    report = with_previous(report, done, reached)
     write_json(report, out_json)
     return report
+
+
+def with_previous(report: dict[str, Any], done: dict[str, dict], reached: set[str]) -> dict[str, Any]:
+    """The report plus the resumed runs the grid has not reached (yet, or at all): an interrupted
+    ``--resume`` must not drop runs that were in the file."""
+    return {**report, "runs": report["runs"] + [r for k, r in done.items() if k not in reached]}
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
