@@ -110,10 +110,10 @@ def targets(result: dict) -> list[dict]:
     """Each target of the issue: measured value, limit, met?"""
     rows = []
 
-    def add(model, name, value, limit, ok, unit=""):
-        applies = model not in FLOOR and "not a target" not in name and "not the target" not in name
+    def add(model, name, value, limit, ok, unit="", target=True):
+        """``target=False``: a figure shown beside a target, not one of the issue's targets."""
         rows.append({"model": model, "target": name, "value": value, "limit": limit, "met": bool(ok), "unit": unit,
-                     "applies": applies})
+                     "applies": target and model not in FLOOR})
 
     for m in result["models"]:
         bs = m["bundles"]
@@ -130,12 +130,12 @@ def targets(result: dict) -> list[dict]:
             add(m["model"], f"{p} peak RSS <= 2 x ONNX + 100 MiB, batch 1", d["peak_rss_batch1_mib"], d["rss_target_mib"],
                 d["peak_rss_batch1_mib"] <= d["rss_target_mib"], "MiB")
             add(m["model"], f"{p} peak RSS after batch {d['batch_size']} (activations of the batch; not the target)",
-                d["peak_rss_mib"], d["rss_target_mib"], d["peak_rss_mib"] <= d["rss_target_mib"], "MiB")
+                d["peak_rss_mib"], d["rss_target_mib"], d["peak_rss_mib"] <= d["rss_target_mib"], "MiB", target=False)
         a = bs["fp32"]["device"]["add_class"]
         add(m["model"], "add-class head update, 5 examples (prototypes)", a["head_update_ms"], 5.0,
             a["head_update_ms"] <= 5.0, "ms")
         add(m["model"], "add-class update incl. journal + fsync, 5 examples (not a target: disk)", a["update_ms"], 5.0,
-            a["update_ms"] <= 5.0, "ms")
+            a["update_ms"] <= 5.0, "ms", target=False)
     imp = result["models"][0]["bundles"]["fp32"]["device"]["import_runtime_s"]
     add("-", "import runtime", imp, 0.5, imp < 0.5, "s")
     return rows

@@ -99,15 +99,13 @@ def _sort_metadata(path: str | Path) -> None:
     """
     with open(path, "r+b") as f:
         n = int.from_bytes(f.read(8), "little")
-        raw = f.read(n)
-        text = raw.decode("utf-8")
-        header = json.loads(text, object_pairs_hook=dict)
+        header = json.loads(f.read(n).decode("utf-8"))
         meta = header.get("__metadata__")
         if not meta:
             return
-        header["__metadata__"] = {k: meta[k] for k in sorted(meta)}
-        body = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
-        new = body.encode("utf-8") + b" " * (n - len(body.encode("utf-8")))
+        header["__metadata__"] = dict(sorted(meta.items()))
+        body = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        new = body.ljust(n)  # safetensors pads its header with spaces
         if len(new) != n or json.loads(new.decode("utf-8")) != header:
             raise RuntimeError(f"could not canonicalise the safetensors header of {path}")
         f.seek(8)
