@@ -27,6 +27,8 @@ import os, sys
 import numpy as np
 from runtime import Bundle, store
 store.SNAPSHOT_EVERY = 3  # kills land in journal-only updates and in head snapshots
+def say(msg):  # one write(2) of < PIPE_BUF bytes: atomic, so a kill never leaves half a line
+    os.write(1, (msg + "\n").encode())  # (print() writes twice under PYTHONUNBUFFERED=1)
 path, report, adds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for line in sys.stdin:
     trial = int(line)
@@ -37,23 +39,23 @@ for line in sys.stdin:
             b = Bundle.load(path, verify=False)
             rng = np.random.default_rng(trial)
             b.embed(rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))  # warm up onnxruntime (reads only)
-            print("ready", flush=True)
+            say("ready")
             fd = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             for i in range(adds):
                 name = f"t{trial}-{i}" if i % 3 else f"t{max(trial - 1, 0)}-0"  # every 3rd call extends a class
                 b.add_class(name, rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
                 os.write(fd, (name + "\n").encode())
                 os.fsync(fd)
-                print("added", flush=True)
+                say("added")
         except BaseException as exc:
             sys.stderr.write(f"child error: {exc!r}\n")
-            print("error", flush=True)  # never leave the test waiting for an "added" line
+            say("error")  # never leave the test waiting for an "added" line
             code = 3
         os._exit(code)
-    print(pid, flush=True)
+    say(str(pid))
     sys.stdin.readline()  # reap only once the test has sent its SIGKILL: the pid cannot be reused before
     _, status = os.waitpid(pid, 0)
-    print(status, flush=True)
+    say(str(status))
 """
 
 
