@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
-from edgecl.learners.ease import complement
+from edgecl.learners.ease import complement, subspace_weights
 from edgecl.rundir import load_run, save_run
 from export import export_run
 from peft_helpers import small_vit, train_learner
@@ -39,6 +39,43 @@ def test_complement_is_the_similarity_weighted_mix_of_reference_prototypes():
     # With the pre-trained block first (use_init_ptm), block 0 is left alone and subspaces shift by one.
     ptm = torch.cat([torch.randn(7, d, generator=g, dtype=torch.float64), means], dim=1)
     torch.testing.assert_close(complement(ptm, tasks, d, offset=1)[:, d:], out)
+
+
+def test_subspace_weights_follow_the_reference_reweighting():
+    tasks = torch.tensor([0, 0, 1, 2, 2])
+    w = subspace_weights(tasks, 3, alpha=0.1, beta=0.0, offset=0)
+    other = 0.1 / 2  # alpha / (T - 1)
+    assert torch.equal(w, torch.tensor([[1, other, other]] * 2 + [[other, 1, other]] + [[other, other, 1]] * 3, dtype=torch.float64))
+    # the last row (a class added on the device) is the newest task's; with the pre-trained block, beta weighs it
+    w = subspace_weights(tasks, 3, alpha=0.1, beta=0.5, offset=1)
+    assert w.shape == (6, 4) and torch.all(w[:, 0] == 0.5) and torch.equal(w[:, 1:], subspace_weights(tasks, 3, 0.1, 0, 0))
+    assert torch.equal(subspace_weights(torch.tensor([0, 0]), 1, 0.1, 0.0, 0), torch.ones(3, 1, dtype=torch.float64))
+
+
+def test_ease_scores_reweighted_subspaces(ease):
+    learner = ease.learner
+    x = torch.from_numpy(
+        preprocess(ease.test.images[:8], learner.backbone.spec.input_size, learner.backbone.spec.mean, learner.backbone.spec.std)
+    )
+    with torch.no_grad():
+        f = learner.embedding_module()(x).float()
+    blocks, d = 3, learner.backbone.embedding_dim
+    expected = torch.zeros(8, 15)
+    w = subspace_weights(learner.task_of_class, 3, 0.1, 0.0, 0)
+    for c in range(15):
+        for j in range(blocks):
+            cos = F.cosine_similarity(f[:, j * d : (j + 1) * d], learner.prototypes[c, j * d : (j + 1) * d][None], dim=1)
+            expected[:, c] += float(w[c, j]) * cos
+    torch.testing.assert_close(learner.logits(x), expected, atol=1e-5, rtol=1e-5)
+    kind, arrays = learner.export_head()
+    assert kind == "subspace_cosine" and np.array_equal(arrays["new_class_weights"], w[-1].float().numpy())
+    # reweight=false: plain cosine over the concatenation, the prototype head
+    learner.hparams["reweight"] = False
+    try:
+        torch.testing.assert_close(learner.logits(x), F.normalize(f, dim=1) @ F.normalize(learner.prototypes, dim=1).T)
+        assert learner.export_head()[0] == "prototype_cosine"
+    finally:
+        learner.hparams["reweight"] = True
 
 
 def test_ease_grows_one_frozen_adapter_per_task_and_learns(ease):
@@ -85,3 +122,10 @@ def test_ease_exports_all_adapters_in_one_graph_and_adds_classes_on_the_device(e
         feats = ease.learner.embedding_module()(torch.from_numpy(preprocess(examples, spec.input_size, spec.mean, spec.std)))
     np.testing.assert_allclose(head.prototypes[-1], feats.mean(0).numpy(), atol=1e-4)
     assert head.prototypes.shape == (16, 3 * spec.embedding_dim)
+    assert bundle.manifest["head"]["kind"] == "subspace_cosine"
+    np.testing.assert_array_equal(head.weights[-1], head.weights[-2])  # weighted as the newest task's classes
+    # it scores its own examples higher than the test images of the other classes
+    bundle = Bundle.load(report.path)
+    on_own = head.scores(bundle.embed(examples))[:, -1].mean()
+    others = head.scores(bundle.embed(ease.test.images))[:, -1]
+    assert on_own > others.mean()  # (a small test ViT: every cosine is close to 1)

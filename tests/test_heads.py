@@ -264,3 +264,58 @@ def test_prototype_heads_share_rows_but_stay_immutable():
     for h in (heads[0], heads[11], sibling, heads[-1], extended):
         p = h.prototypes / np.maximum(np.linalg.norm(h.prototypes, axis=1, keepdims=True), 1e-12)
         np.testing.assert_allclose(h.scores(x), (x / np.linalg.norm(x, axis=1, keepdims=True)) @ p.T, atol=1e-6)
+
+
+# ------------------------------------------------------------------- subspace cosine (EASE)
+def test_subspace_cosine_scores_updates_and_validation():
+    from runtime.heads.subspace import SubspaceCosineHead
+
+    S, d = 3, D // 3
+    rng = np.random.default_rng(0)
+    protos, counts = rng.standard_normal((4, D)).astype(np.float32), np.array([2, 3, 1, 5])
+    weights = rng.uniform(0.05, 1.0, (4, S)).astype(np.float32)
+    new_row = np.array([0.05, 0.05, 1.0], np.float32)
+    head = SubspaceCosineHead(protos, counts, weights, new_row)
+    x = rng.standard_normal((6, D)).astype(np.float32)
+
+    def reference(h):  # sum over subspaces of the class's weight times the cosine in that subspace
+        xs, ps = x.reshape(6, S, d), h.prototypes.reshape(h.num_classes, S, d)
+        cos = np.einsum("nsd,csd->ncs", xs, ps) / (
+            np.linalg.norm(xs, axis=2)[:, None, :] * np.linalg.norm(ps, axis=2)[None, :, :]
+        )
+        return (cos * h.weights[None]).sum(axis=2)
+
+    np.testing.assert_allclose(head.scores(x), reference(head), atol=1e-5)
+    # A device class: the mean of its examples, with the newest task's weights; the old head is unchanged.
+    e = rng.standard_normal((3, D)).astype(np.float32)
+    grown = head.with_examples(None, e)
+    np.testing.assert_allclose(grown.prototypes[-1], e.mean(0), atol=1e-6)
+    assert np.array_equal(grown.weights[-1], new_row) and grown.counts[-1] == 3 and head.num_classes == 4
+    np.testing.assert_allclose(grown.scores(x), reference(grown), atol=1e-5)
+    # Extending a class is a running mean that keeps its weights; removing the examples is its inverse.
+    ext = head.with_examples(1, e)
+    np.testing.assert_allclose(ext.prototypes[1], (protos[1] * 3 + e.sum(0)) / 6, atol=1e-5)
+    back = ext.without_examples(1, e)
+    np.testing.assert_allclose(back.prototypes, protos, atol=1e-5)
+    assert np.array_equal(back.counts, counts) and np.array_equal(back.weights, weights)
+    gone = grown.without_class(1)
+    assert gone.num_classes == 4 and np.array_equal(gone.weights, np.vstack([weights[[0, 2, 3]], new_row[None]]))
+    with pytest.raises(InvalidInputError, match="cannot remove"):
+        head.without_examples(2, e)  # class 2 has 1 example
+    with pytest.raises(InvalidInputError, match="dimension"):
+        head.with_examples(None, e[:, :-1])
+    # Round trip and validation of the head file.
+    arrays = head.arrays()
+    again = HEADS["subspace_cosine"].from_arrays(arrays, 4, D)
+    np.testing.assert_array_equal(again.scores(x), head.scores(x))
+    for mutate, msg in [
+        (lambda a: a.pop("weights"), "lacks array 'weights'"),
+        (lambda a: a.__setitem__("weights", a["weights"][:, :2]), "'weights' has shape"),
+        (lambda a: a.__setitem__("new_class_weights", np.ones(5, np.float32)), "do not divide"),
+        (lambda a: a.__setitem__("counts", np.zeros(4, np.int64)), "values < 1"),
+        (lambda a: a["prototypes"].__setitem__((0, 0), np.nan), "non-finite"),
+    ]:
+        a = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        mutate(a)
+        with pytest.raises(CorruptBundleError, match=msg):
+            HEADS["subspace_cosine"].from_arrays(a, 4, D)

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from runtime import Bundle, IncompatibleBundleError, store
 from tests.fixtures import copy_fixture, embeddings, images, with_head_kind
 
-KINDS = ["prototype_cosine", "ridge", "gaussian"]
+KINDS = ["prototype_cosine", "ridge", "gaussian", "subspace_cosine"]
 
 # (device, op, class, seed): the updates each device makes, in order
 A_OPS = [("add", "cat", 1), ("add", "alpha", 2), ("add", "dog", 3)]

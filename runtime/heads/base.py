@@ -61,6 +61,19 @@ def check_examples(embeddings: np.ndarray, dim: int) -> np.ndarray:
     return embeddings
 
 
+def shifted_mean(protos: np.ndarray, counts: np.ndarray, index: int, total: np.ndarray, k: int, sign: int):
+    """Copies of ``protos``/``counts`` with ``k`` examples summing to ``total`` added (``sign=+1``)
+    to or removed (``-1``) from the running mean of class ``index``."""
+    protos, counts = protos.copy(), counts.copy()
+    n = int(counts[index])
+    left = n + sign * k
+    if left < 1:
+        raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
+    protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
+    counts[index] = left
+    return protos, counts
+
+
 class Head(abc.ABC):
     kind: ClassVar[str]
 

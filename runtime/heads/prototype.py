@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from ..errors import CorruptBundleError, InvalidInputError
-from .base import Head, check_examples, l2_normalize, register_head, require_arrays
+from ..errors import CorruptBundleError
+from .base import Head, check_examples, l2_normalize, register_head, require_arrays, shifted_mean
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
@@ -91,14 +91,7 @@ class PrototypeCosineHead(Head):
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "PrototypeCosineHead":
         if index is None:
             return self._appended((total / k).astype(np.float32), k)
-        protos, counts = self.prototypes.copy(), self.counts.copy()
-        n = int(counts[index])
-        left = n + sign * k
-        if left < 1:
-            raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
-        protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
-        counts[index] = left
-        return PrototypeCosineHead(protos, counts)
+        return PrototypeCosineHead(*shifted_mean(self.prototypes, self.counts, index, total, k, sign))
 
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "PrototypeCosineHead":
         emb = check_examples(embeddings, self.prototypes.shape[1])
