@@ -2,10 +2,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from edgecl.backbones import create_backbone
-from edgecl.learners import create_learner
 from export import ExportError, export_learner
 from export.onnx_graph import export_onnx, parity
 from runtime.manifest import sha256_file

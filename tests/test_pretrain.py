@@ -1,8 +1,6 @@
 """edgecl.pretrain: recipe hash, hash-keyed atomic cache, training, determinism; the embedded ViT."""
 
 import dataclasses
-import os
-import shutil
 
 import numpy as np
 import pytest

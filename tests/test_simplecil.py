@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from edgecl.backbones import create_backbone
-from edgecl.data import BatchLoader, make_shapes
+from edgecl.data import BatchLoader
 from edgecl.experiment import evaluate
 from edgecl.learners import LEARNERS, create_learner
 from edgecl.rundir import load_run
