@@ -312,6 +312,38 @@ def write_json(report: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def merge_reports(name: str, sources: list[str], out: Path, notes: list[str]) -> dict[str, Any]:
+    """One report from the runs of several result files (``--merge``): grids united, each source's
+    command kept, runs deduplicated by ``run_key`` (the first source wins)."""
+    reports = []
+    for source in sources:
+        path = out / f"{source}.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge: no results file {path}")
+        reports.append(json.loads(path.read_text()))
+    grid: dict[str, list] = {}
+    for r in reports:
+        for k, values in r["grid"].items():
+            grid.setdefault(k, [])
+            grid[k] += [v for v in values if v not in grid[k]]
+    runs: dict[str, dict] = {}
+    for r in reports:
+        for run in r["runs"]:
+            runs.setdefault(run_key(run), run)
+    merged_notes = list(notes)
+    for r in reports:
+        merged_notes += [n for n in r.get("notes", []) if n not in merged_notes]
+    return {
+        "name": name,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "sources": [{"name": s, "command": r["command"]} for s, r in zip(sources, reports)],
+        "machine": reports[0]["machine"],
+        "grid": grid,
+        "notes": merged_notes,
+        "runs": list(runs.values()),
+    }
+
+
 # ------------------------------------------------------------ table and plot
 def _groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict]]:
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
@@ -340,6 +372,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
+        *[f"Runs of `{src['name']}.json`, made by: `{src['command']}`\n" for src in report.get("sources", [])],
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         "",
@@ -426,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
     p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")
+    p.add_argument("--merge", default=None, metavar="NAME,NAME...",
+                   help="write <name> from the runs of these result files (no training)")
     p.add_argument("--note", action="append", default=[], help="a paragraph for the .md (kept in the .json)")
     return p
 
@@ -438,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.note:
             report["notes"] = list(args.note)
             write_json(report, out / f"{args.name}.json")
+    elif args.merge:
+        report = merge_reports(args.name, _split(args.merge), out, args.note)
+        write_json(report, out / f"{args.name}.json")
     else:
         report = run_grid(args, log=lambda s: print(s, flush=True))
     for path in write_outputs(report, out):
