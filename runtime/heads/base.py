@@ -110,3 +110,25 @@ class Head(abc.ABC):
     @abc.abstractmethod
     def without_class(self, index: int) -> "Head":
         """New head without class ``index`` (later classes shift down by one)."""
+
+
+class RunningMeanHead(Head):
+    """A head whose classes are running means of their examples (``prototypes`` with ``counts``):
+    adding or removing examples is one ``_shifted`` by their sum (see ``shifted_mean``)."""
+
+    @property
+    @abc.abstractmethod
+    def prototypes(self) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "RunningMeanHead":
+        """The head with ``k`` examples summing to ``total`` added (``sign=+1``; ``index=None``: a new
+        last class) or removed (``-1``)."""
+
+    def with_examples(self, index: int | None, embeddings: np.ndarray) -> "RunningMeanHead":
+        emb = check_examples(embeddings, self.prototypes.shape[1])
+        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], +1)
+
+    def without_examples(self, index: int, embeddings: np.ndarray) -> "RunningMeanHead":
+        emb = check_examples(embeddings, self.prototypes.shape[1])
+        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], -1)

@@ -7,14 +7,14 @@ import threading
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import Head, check_examples, l2_normalize, register_head, require_arrays, shifted_mean
+from .base import RunningMeanHead, l2_normalize, register_head, require_arrays, shifted_mean
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
 
 
 @register_head
-class PrototypeCosineHead(Head):
+class PrototypeCosineHead(RunningMeanHead):
     """Class prototypes (mean embeddings) scored by cosine similarity.
 
     ``prototypes`` holds raw (unnormalised) means and ``counts`` the number of
@@ -92,14 +92,6 @@ class PrototypeCosineHead(Head):
         if index is None:
             return self._appended((total / k).astype(np.float32), k)
         return PrototypeCosineHead(*shifted_mean(self.prototypes, self.counts, index, total, k, sign))
-
-    def with_examples(self, index: int | None, embeddings: np.ndarray) -> "PrototypeCosineHead":
-        emb = check_examples(embeddings, self.prototypes.shape[1])
-        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], +1)
-
-    def without_examples(self, index: int, embeddings: np.ndarray) -> "PrototypeCosineHead":
-        emb = check_examples(embeddings, self.prototypes.shape[1])
-        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], -1)
 
     def without_class(self, index: int) -> "PrototypeCosineHead":
         keep = np.arange(self.num_classes) != index

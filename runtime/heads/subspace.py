@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import Head, check_examples, l2_normalize, register_head, shifted_mean
+from .base import RunningMeanHead, l2_normalize, register_head, shifted_mean
 from .validate import float_array, int_array
 
 
@@ -35,7 +35,7 @@ def block_normalize(x: np.ndarray, blocks: int) -> np.ndarray:
 
 
 @register_head
-class SubspaceCosineHead(Head):
+class SubspaceCosineHead(RunningMeanHead):
     """``prototypes (C, S*d)``, ``counts (C,)``, ``weights (C, S)`` and ``new_class_weights (S,)``."""
 
     kind = "subspace_cosine"
@@ -98,14 +98,6 @@ class SubspaceCosineHead(Head):
             )
         protos, counts = shifted_mean(self._protos, self._counts, index, total, k, sign)
         return SubspaceCosineHead(protos, counts, self._weights, self._new)
-
-    def with_examples(self, index: int | None, embeddings: np.ndarray) -> "SubspaceCosineHead":
-        emb = check_examples(embeddings, self._protos.shape[1])
-        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], +1)
-
-    def without_examples(self, index: int, embeddings: np.ndarray) -> "SubspaceCosineHead":
-        emb = check_examples(embeddings, self._protos.shape[1])
-        return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], -1)
 
     def without_class(self, index: int) -> "SubspaceCosineHead":
         keep = np.arange(self.num_classes) != index
