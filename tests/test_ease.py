@@ -50,6 +50,10 @@ def test_subspace_weights_follow_the_reference_reweighting():
     w = subspace_weights(tasks, 3, alpha=0.1, beta=0.5, offset=1)
     assert w.shape == (6, 4) and torch.all(w[:, 0] == 0.5) and torch.equal(w[:, 1:], subspace_weights(tasks, 3, 0.1, 0, 0))
     assert torch.equal(subspace_weights(torch.tensor([0, 0]), 1, 0.1, 0.0, 0), torch.ones(3, 1, dtype=torch.float64))
+    from edgecl.learners import create_learner
+
+    with pytest.raises(ValueError, match="alpha and beta must be >= 0"):
+        create_learner("ease", small_vit(), alpha=-0.1)
 
 
 def test_ease_scores_reweighted_subspaces(ease):

@@ -26,7 +26,7 @@ has real prototypes in every subspace, like the newest task's classes, and
 gets their weights. ``reweight=false`` scores plain cosine over the whole
 concatenation (``prototype_cosine``), which lets later classes, real in every
 subspace, outscore old ones: on glyphs:200 B50%-Inc10 with the embedded ViT
-it forgot 33-41 points (benchmarks/results/representation-glyphs200-vit.md).
+it forgot 33-41 points (benchmarks/results/ease-glyphs200-vit-plain.md).
 
 The exported graph carries all adapters as parallel branches over one shared
 patch embedding (``edgecl.peft.ParallelEmbedding``). Needs a ViT.
@@ -104,6 +104,8 @@ class EASE(PrototypeLearner):
 
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
+        if self.hparams["alpha"] < 0 or self.hparams["beta"] < 0:
+            raise ValueError(f"ease: alpha and beta must be >= 0, got {self.hparams['alpha']} and {self.hparams['beta']}")
         self.adapters: list[PeftModel] = []
         self.task_of_class = torch.zeros(0, dtype=torch.int64)
         self._embedding: nn.Module | None = None
