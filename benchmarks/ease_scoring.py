@@ -38,7 +38,7 @@ VARIANTS = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--protocol", default="B50%-Inc10", choices=["B50%-Inc10", "B0-Inc10"])
+    p.add_argument("--protocol", default="B50%-Inc10", help="B<base>[%%]-Inc<n>, as in cil_table.py")
     p.add_argument("--dataset", default="glyphs:200:within:96")
     p.add_argument("--backbone", default="edgecl-vit-tiny")
     p.add_argument("--seed", type=int, default=1993, help="class-order seed")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecl.experiment import RunConfig, run_experiment
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cil_table import machine_info
+    from cil_table import Protocol, _num_classes, machine_info
 
     torch.set_num_threads(args.threads)
     curves: dict[str, list[float]] = {k: [] for k in VARIANTS}
@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     experiment.evaluate = evaluate_all
-    init, inc = (100, 10) if args.protocol == "B50%-Inc10" else (10, 10)
-    cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, learner="ease", init_cls=init, increment=inc,
-                    order_seed=args.seed)
+    proto, defaults = Protocol.parse(args.protocol), RunConfig()
+    classes = _num_classes(args.dataset, defaults.data_seed, defaults.train_per_class, defaults.test_per_class)
+    cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, learner="ease", init_cls=proto.init_cls(classes),
+                    increment=proto.increment, order_seed=args.seed)
     t0 = time.time()
     result = run_experiment(cfg)
     report = {

@@ -166,11 +166,11 @@ class EASE(PrototypeLearner):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if not self.hparams["reweight"]:
             return super().logits(x)
-        blocks = self.offset + len(self.adapters)
-        feats = self.embedding_module()(x.to(self.device)).float().cpu()
-        f = F.normalize(feats.reshape(len(feats), blocks, -1), dim=2)
-        p = F.normalize(self.prototypes.reshape(self.num_classes, blocks, -1), dim=2)
-        return torch.einsum("nsd,csd,cs->nc", f, p, self._weights()[:-1].float())
+        from runtime.heads.subspace import SubspaceCosineHead  # the exported head scores here too
+
+        _, arrays = self.export_head()
+        feats = self.embedding_module()(x.to(self.device)).float().cpu().numpy()
+        return torch.from_numpy(SubspaceCosineHead(**arrays).scores(feats))
 
     def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
         kind, arrays = super().export_head()

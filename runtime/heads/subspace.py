@@ -34,6 +34,12 @@ def block_normalize(x: np.ndarray, blocks: int) -> np.ndarray:
     return l2_normalize(x.reshape(n, blocks, dim // blocks)).reshape(n, dim)  # (no -1: n may be 0)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @register_head
 class SubspaceCosineHead(RunningMeanHead):
     """``prototypes (C, S*d)``, ``counts (C,)``, ``weights (C, S)`` and ``new_class_weights (S,)``."""
@@ -51,8 +57,6 @@ class SubspaceCosineHead(RunningMeanHead):
         dim = self._protos.shape[1]
         unit = block_normalize(self._protos, self.blocks).reshape(c, self.blocks, dim // self.blocks)
         self._effective = (unit * self._weights[:, :, None]).reshape(c, dim)
-        for a in (self._protos, self._counts, self._weights, self._new):
-            a.flags.writeable = False
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int, dim: int) -> "SubspaceCosineHead":
@@ -65,7 +69,8 @@ class SubspaceCosineHead(RunningMeanHead):
         return cls(protos, counts, weights, new)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"prototypes": self._protos, "counts": self._counts, "weights": self._weights, "new_class_weights": self._new}
+        return {"prototypes": self.prototypes, "counts": self.counts, "weights": self.weights,
+                "new_class_weights": _read_only(self._new)}
 
     @property
     def num_classes(self) -> int:
@@ -73,17 +78,17 @@ class SubspaceCosineHead(RunningMeanHead):
 
     @property
     def counts(self) -> np.ndarray:
-        return self._counts
+        return _read_only(self._counts)
 
     @property
     def prototypes(self) -> np.ndarray:
-        """``(C, S*d)`` float32 raw prototypes (read-only)."""
-        return self._protos
+        """``(C, S*d)`` float32 raw prototypes (a read-only view)."""
+        return _read_only(self._protos)
 
     @property
     def weights(self) -> np.ndarray:
-        """``(C, S)`` weight of every class's cosine in every subspace (read-only)."""
-        return self._weights
+        """``(C, S)`` weight of every class's cosine in every subspace (a read-only view)."""
+        return _read_only(self._weights)
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return block_normalize(embeddings.astype(np.float32), self.blocks) @ self._effective.T
