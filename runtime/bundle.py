@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import inputs, store
+from . import blas, inputs, store
 from .errors import (
     DeviceUnavailableError,
     InvalidInputError,
@@ -57,7 +57,7 @@ class Bundle:
     """An exported model on the device: ONNX backbone + numpy head + manifest."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], head, session: ort.InferenceSession,
-                 session_source: str = "direct"):
+                 session_source: str = "direct", blas_threads: int | None = 1):
         self.path = path
         self.manifest = manifest
         self.head = head
@@ -65,12 +65,13 @@ class Bundle:
         self.session = session
         self.session_source = session_source  # cached | built | direct (see runtime.session)
         self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
+        self.blas_threads = blas_threads  # numpy's BLAS threads during the runtime's numpy work (runtime.blas)
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(
         cls, path: str | Path, device: str = "auto", verify: bool = True, threads: int | None = None,
-        optimize: str = "all", cache: bool = True, trust_modified: bool = False,
+        optimize: str = "all", cache: bool = True, trust_modified: bool = False, blas_threads: int | None = 1,
     ) -> "Bundle":
         """Open a bundle; ``device`` is ``auto`` (CUDA when onnxruntime has it), ``cpu`` or ``cuda``.
 
@@ -81,7 +82,13 @@ class Bundle:
         (see ``runtime.session``).
         ``trust_modified``: accept files whose checksum differs from the manifest
         (warning + a ``trust_log`` record in the manifest) instead of refusing them.
+        ``blas_threads``: numpy's BLAS threads while the bundle preprocesses,
+        scores and updates its head (default 1, so that idle BLAS workers do not
+        spin on the cores onnxruntime needs; see ``runtime.blas``; None: leave
+        numpy's setting alone).
         """
+        if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
+            raise InvalidInputError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
         path = Path(path)
         providers = select_providers(device)
         state = store.read_state(path, verify=verify, trust_modified=trust_modified)
@@ -95,7 +102,7 @@ class Bundle:
             raise DeviceUnavailableError(
                 "onnxruntime lists CUDA but could not start it (CUDA/cuDNN libraries missing?)"
             )
-        bundle = cls(path, manifest, head, session, source)
+        bundle = cls(path, manifest, head, session, source, blas_threads)
         bundle.seq = state.seq
         return bundle
 
@@ -126,13 +133,15 @@ class Bundle:
         """Images -> backbone embeddings ``(N, D)`` float32 (what ``add_class`` learns from)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        x = self.preprocess(images)
-        if x.shape[0] <= batch_size:
-            return self._run(x)
-        return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        with blas.limit(self.blas_threads):
+            x = self.preprocess(images)
+            if x.shape[0] <= batch_size:
+                return self._run(x)
+            return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
     def scores(self, images) -> np.ndarray:
-        return self.head.scores(self.embed(images))
+        with blas.limit(self.blas_threads):
+            return self.head.scores(self.embed(images))
 
     def predict(self, images, top_k: int = 1) -> Prediction:
         if top_k < 1:
@@ -190,7 +199,8 @@ class Bundle:
         t0 = time.perf_counter()
         emb = self.embed(images)
         t_embed = time.perf_counter() - t0
-        state, created = store.add_examples(self.path, name, emb, timeout=timeout)
+        with blas.limit(self.blas_threads):
+            state, created = store.add_examples(self.path, name, emb, timeout=timeout)
         self._set_state(state)
         idx = state.classes.index(name)
         return AddClassResult(

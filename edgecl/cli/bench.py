@@ -67,6 +67,7 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     import numpy as np
     import torch
 
+    from runtime import blas
     from runtime.benchmark import interleaved
 
     from ..rundir import load_run
@@ -82,7 +83,10 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
                  "onnx_threads": threads, "batch_sizes": {}}
 
     def onnx_fn(xb):
-        return lambda: b.head.scores(b._run(xb)).argmax(1)
+        def run():
+            with blas.limit(b.blas_threads):  # as Bundle.predict does
+                return b.head.scores(b._run(xb)).argmax(1)
+        return run
 
     def torch_fn(fn, xt):
         def run():
