@@ -128,9 +128,13 @@ def machine() -> dict:
         pass
     model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), platform.processor())
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp") if f" {f}" in flags]
+    from . import blas
+
+    lib = blas.backend()
     return {"cpu": model, "cpu_count": os.cpu_count(), "isa": isa, "machine": platform.machine(),
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__,
-            "providers": ort.get_available_providers()}
+            "providers": ort.get_available_providers(),
+            "numpy_blas": os.path.basename(lib) if lib else "not controlled by runtime.blas"}
 
 
 def measure(path: str | Path, device: str = "auto", threads: int | None = None, repeats: int = 50,
