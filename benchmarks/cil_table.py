@@ -407,6 +407,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     panels: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for (dataset, proto, learner, backbone), runs in _groups(report).items():
         panels.setdefault((dataset, proto), {})[f"{learner} / {backbone}"] = runs
+    # one colour per learner / backbone in every panel (panels list their lines in different orders)
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {label: (cycle[i] if i < len(cycle) else plt.cm.tab20(i % 20)) for i, label in enumerate(labels)}
     n = len(panels)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
@@ -416,8 +420,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             x = runs[0]["classes_seen"]
             acc = np.array([r["accuracy_per_task"] for r in runs])
             mean, std = acc.mean(0), acc.std(0)
-            ax.plot(x, mean, marker="o", ms=3, label=label)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+            ax.plot(x, mean, marker="o", ms=3, label=label, color=colour[label])
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=colour[label])
         ax.set_title(f"{dataset}, {proto}")
         ax.set_xlabel("classes seen")
         ax.set_ylabel("top-1 on seen classes (%)")
