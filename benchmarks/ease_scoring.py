@@ -2,6 +2,7 @@
 
     python benchmarks/ease_scoring.py [--protocol B50%-Inc10] [--dataset glyphs:200:within:96]
                                       [--backbone edgecl-vit-tiny] [--seed 1993] [--threads 1]
+                                      [--use-init-ptm]
 
 Trains EASE once (defaults) and, after every task, scores the same learner
 four ways on the test images of the classes seen so far:
@@ -12,8 +13,15 @@ four ways on the test images of the classes seen so far:
 * ``alpha0``: own task's subspace only;
 * ``alpha1``: every subspace weighted 1 (per-subspace cosines summed).
 
-Prints the curves and writes ``benchmarks/results/ease-scoring.json`` with the
-command and machine.
+With ``--use-init-ptm`` the learner also carries the pre-trained embedding as
+a block (``use_init_ptm=true``; the adapters train the same), the four scorings
+above weigh it ``beta = 0`` as the default does, and two more weigh it 1:
+
+* ``alpha0.1_beta1``: the default re-weighting plus the pre-trained block;
+* ``alpha0_beta1``: own task's subspace plus the pre-trained block.
+
+Prints the curves and writes ``benchmarks/results/ease-scoring.json``
+(``ease-scoring-ptm.json`` with ``--use-init-ptm``) with the command and machine.
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ VARIANTS = {
     "alpha0": {"reweight": True, "alpha": 0.0},
     "alpha1": {"reweight": True, "alpha": 1.0},
 }
+PTM_VARIANTS = {
+    "alpha0.1_beta1": {"reweight": True, "alpha": 0.1, "beta": 1.0},
+    "alpha0_beta1": {"reweight": True, "alpha": 0.0, "beta": 1.0},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="edgecl-vit-tiny")
     p.add_argument("--seed", type=int, default=1993, help="class-order seed")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--use-init-ptm", action="store_true", help="carry the pre-trained block; add beta=1 scorings")
     args = p.parse_args(argv)
+    variants = dict(VARIANTS, **(PTM_VARIANTS if args.use_init_ptm else {}))
 
     import torch
 
@@ -54,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     from cil_table import Protocol, _num_classes, machine_info
 
     torch.set_num_threads(args.threads)
-    curves: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    curves: dict[str, list[float]] = {k: [] for k in variants}
     evaluate = experiment.evaluate
 
     def evaluate_all(learner, ds, spec, batch_size=256):
         """Every scoring on the same learner; the default's predictions go on to the protocol."""
         keep, out = dict(learner.hparams), None
         try:
-            for name, hp in VARIANTS.items():
+            for name, hp in variants.items():
                 learner.hparams.update(hp)
                 pred = evaluate(learner, ds, spec, batch_size)
                 curves[name].append(round(float(np.mean(pred == ds.labels) * 100), 2))
@@ -76,20 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     proto, defaults = Protocol.parse(args.protocol), RunConfig()
     classes = _num_classes(args.dataset, defaults.data_seed, defaults.train_per_class, defaults.test_per_class)
     cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, learner="ease", init_cls=proto.init_cls(classes),
-                    increment=proto.increment, order_seed=args.seed)
+                    increment=proto.increment, order_seed=args.seed,
+                    learner_args={"use_init_ptm": True} if args.use_init_ptm else {})
     t0 = time.time()
     result = run_experiment(cfg)
     report = {
         "command": shlex.join(["python", *sys.argv]),
         "machine": machine_info(args.threads),
         "protocol": args.protocol, "dataset": args.dataset, "backbone": args.backbone, "order_seed": args.seed,
+        "use_init_ptm": args.use_init_ptm,
         "classes_seen": np.cumsum([len(t) for t in result.scenario.tasks]).tolist(),
         "accuracy_per_task": curves,
         "last": {k: c[-1] for k, c in curves.items()},
         "wall_time_s": round(time.time() - t0, 1),
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ease-scoring.json").write_text(json.dumps(report, indent=1) + "\n")
+    name = "ease-scoring-ptm.json" if args.use_init_ptm else "ease-scoring.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["last"]))
     return 0
 
