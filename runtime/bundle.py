@@ -131,17 +131,20 @@ class Bundle:
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
         """Images -> backbone embeddings ``(N, D)`` float32 (what ``add_class`` learns from)."""
+        with blas.limit(self.blas_threads):
+            return self._embed(images, batch_size)
+
+    def _embed(self, images, batch_size: int = 64) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        with blas.limit(self.blas_threads):
-            x = self.preprocess(images)
-            if x.shape[0] <= batch_size:
-                return self._run(x)
-            return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        x = self.preprocess(images)
+        if x.shape[0] <= batch_size:
+            return self._run(x)
+        return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
     def scores(self, images) -> np.ndarray:
-        with blas.limit(self.blas_threads):
-            return self.head.scores(self.embed(images))
+        with blas.limit(self.blas_threads):  # one limit around the whole path (embed's own would nest)
+            return self.head.scores(self._embed(images))
 
     def predict(self, images, top_k: int = 1) -> Prediction:
         if top_k < 1:
