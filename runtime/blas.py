@@ -42,8 +42,18 @@ _saved = 0
 
 
 def _candidates() -> list[str]:
-    """Paths of OpenBLAS libraries loaded in this process (Linux), else those shipped with numpy."""
+    """OpenBLAS libraries to try: the one numpy's wheel ships first, then those loaded in this process.
+
+    numpy's own comes first because other libraries in the process (torch on
+    aarch64, for one) may bring an OpenBLAS of their own; the loaded list
+    (Linux) finds a system OpenBLAS that a distribution's numpy links to.
+    """
+    import numpy
+
+    root = os.path.dirname(os.path.dirname(numpy.__file__))
     paths: list[str] = []
+    for pattern in ("numpy.libs/*openblas*", "numpy/.dylibs/*openblas*"):
+        paths += sorted(glob.glob(os.path.join(root, pattern)))
     try:
         with open("/proc/self/maps") as f:
             for line in f:
@@ -52,20 +62,12 @@ def _candidates() -> list[str]:
                     paths.append(p)
     except OSError:
         pass
-    if not paths:
-        import numpy
-
-        root = os.path.dirname(os.path.dirname(numpy.__file__))
-        for pattern in ("numpy.libs/*openblas*", "numpy/.dylibs/*openblas*", "numpy.libs/*openblas*.dll"):
-            paths += sorted(glob.glob(os.path.join(root, pattern)))
     return paths
 
 
 def _library() -> tuple:
     global _found
     if _found is None:
-        import numpy  # noqa: F401 - numpy's BLAS must be loaded before it can be found
-
         _found = ()
         for path in _candidates():
             try:
