@@ -265,3 +265,20 @@ def test_glyphs_task_with_teacher_distils(tmp_path):
     assert -1.0 <= res.metrics["cos_teacher"] <= 1.0
     again = _state(pretrain(recipe, threads=1).model)  # glyph stream and teacher are deterministic too
     assert all(torch.equal(v, again[k]) for k, v in _state(res.model).items())
+
+
+def test_first_use_checkpoint_does_not_depend_on_the_callers_threads(cache):
+    """The cache key is the recipe: a checkpoint made on first use trains on CACHE_THREADS whatever the caller set."""
+    recipe = TINY.with_(steps=20)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path = ensure_pretrained("tiny", recipe)
+    finally:
+        torch.set_num_threads(before)
+    assert read_metadata(path)["edgecl_threads"] == str(checkpoint_mod.CACHE_THREADS) == "1"
+    from safetensors.torch import load_file
+
+    made = load_file(str(path))
+    ref = _state(pretrain(recipe, threads=1).model)
+    assert made.keys() == ref.keys() and all(torch.equal(made[k], ref[k]) for k in made)

@@ -120,8 +120,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def ensure_pretrained(name: str, recipe: Recipe, progress: Callable | None = None, threads: int | None = None) -> Path:
-    """The cached checkpoint of ``name`` for ``recipe``, training and caching it if absent."""
+CACHE_THREADS = 1  # torch threads of a checkpoint made on first use (see ensure_pretrained)
+
+
+def ensure_pretrained(name: str, recipe: Recipe, progress: Callable | None = None, threads: int = CACHE_THREADS) -> Path:
+    """The cached checkpoint of ``name`` for ``recipe``, training and caching it if absent.
+
+    The cache key is the recipe alone, so the weights must not depend on the caller:
+    they are trained with ``CACHE_THREADS`` torch threads whatever the process uses
+    (float sums split over another number of threads round differently, and the
+    weights drift apart over training). Other checkpoints are made from them (the
+    embedded ViT's stem and distillation target come from ``edgecl-resnet10t-glyphs``),
+    so this is what makes ``edgecl pretrain --threads 1`` on a fresh machine give the
+    committed file byte for byte.
+    """
     from .trainer import pretrain
 
     path = cache_path(name, recipe)
