@@ -112,6 +112,13 @@ class Head(abc.ABC):
         """New head without class ``index`` (later classes shift down by one)."""
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (what heads hand out: their arrays are shared between heads)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 class RunningMeanHead(Head):
     """A head whose classes are running means of their examples (``prototypes`` with ``counts``):
     adding or removing examples is one ``_shifted`` by their sum (see ``shifted_mean``)."""

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import RunningMeanHead, l2_normalize, register_head, require_arrays, shifted_mean
+from .base import RunningMeanHead, l2_normalize, read_only, register_head, require_arrays, shifted_mean
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
@@ -41,9 +41,7 @@ class PrototypeCosineHead(RunningMeanHead):
     @property
     def prototypes(self) -> np.ndarray:
         """``(C, D)`` float32 prototypes (a read-only view)."""
-        view = self._buffer[0][: self._n]
-        view.flags.writeable = False
-        return view
+        return read_only(self._buffer[0][: self._n])
 
     def _appended(self, proto: np.ndarray, count: int) -> "PrototypeCosineHead":
         with _APPEND:
@@ -81,9 +79,7 @@ class PrototypeCosineHead(RunningMeanHead):
 
     @property
     def counts(self) -> np.ndarray:
-        view = self._buffer[1][: self._n]
-        view.flags.writeable = False
-        return view
+        return read_only(self._buffer[1][: self._n])
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return l2_normalize(embeddings.astype(np.float32)) @ self._buffer[3][: self._n].T

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import RunningMeanHead, l2_normalize, register_head, shifted_mean
+from .base import RunningMeanHead, l2_normalize, read_only, register_head, shifted_mean
 from .validate import float_array, int_array
 
 
@@ -32,12 +32,6 @@ def block_normalize(x: np.ndarray, blocks: int) -> np.ndarray:
     """``(N, S*d)`` -> each of the ``S`` blocks of every row scaled to unit L2 norm."""
     n, dim = x.shape
     return l2_normalize(x.reshape(n, blocks, dim // blocks)).reshape(n, dim)  # (no -1: n may be 0)
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 @register_head
@@ -70,7 +64,7 @@ class SubspaceCosineHead(RunningMeanHead):
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"prototypes": self.prototypes, "counts": self.counts, "weights": self.weights,
-                "new_class_weights": _read_only(self._new)}
+                "new_class_weights": read_only(self._new)}
 
     @property
     def num_classes(self) -> int:
@@ -78,17 +72,17 @@ class SubspaceCosineHead(RunningMeanHead):
 
     @property
     def counts(self) -> np.ndarray:
-        return _read_only(self._counts)
+        return read_only(self._counts)
 
     @property
     def prototypes(self) -> np.ndarray:
         """``(C, S*d)`` float32 raw prototypes (a read-only view)."""
-        return _read_only(self._protos)
+        return read_only(self._protos)
 
     @property
     def weights(self) -> np.ndarray:
         """``(C, S)`` weight of every class's cosine in every subspace (a read-only view)."""
-        return _read_only(self._weights)
+        return read_only(self._weights)
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return block_normalize(embeddings.astype(np.float32), self.blocks) @ self._effective.T
