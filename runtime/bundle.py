@@ -146,6 +146,11 @@ class Bundle:
         with blas.limit(self.blas_threads):  # one limit around the whole path (embed's own would nest)
             return self.head.scores(self._embed(images))
 
+    def _scores_preprocessed(self, x: np.ndarray) -> np.ndarray:
+        """Scores of an already preprocessed batch in one backbone run (for side-by-side timing)."""
+        with blas.limit(self.blas_threads):
+            return self.head.scores(self._run(x))
+
     def predict(self, images, top_k: int = 1) -> Prediction:
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")

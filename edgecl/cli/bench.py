@@ -67,7 +67,6 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     import numpy as np
     import torch
 
-    from runtime import blas
     from runtime.benchmark import interleaved
 
     from ..rundir import load_run
@@ -83,10 +82,7 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
                  "onnx_threads": threads, "batch_sizes": {}}
 
     def onnx_fn(xb):
-        def run():
-            with blas.limit(b.blas_threads):  # as Bundle.predict does
-                return b.head.scores(b._run(xb)).argmax(1)
-        return run
+        return lambda: b._scores_preprocessed(xb).argmax(1)
 
     def torch_fn(fn, xt):
         def run():
@@ -108,7 +104,7 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     out["torch_compile"] = compile_info
     with torch.inference_mode():
         ref = learner.logits(torch.from_numpy(x)).argmax(1).numpy()
-    out["agreement"] = float(np.mean(ref == b.head.scores(b._run(x)).argmax(1)[: len(ref)]))
+    out["agreement"] = float(np.mean(ref == b._scores_preprocessed(x).argmax(1)[: len(ref)]))
     for n in sorted({1, len(x)}):
         xb, xt = x[:n], torch.from_numpy(x[:n])
         fns = {"onnx": onnx_fn(xb), "torch_eager": torch_fn(learner.logits, xt)}
