@@ -6,7 +6,7 @@
 For each backbone: train SimpleCIL (B-m Inc-n over the data set), export an fp32
 and an INT8 bundle (static QDQ, 128 calibration images from the training data),
 then per bundle run ``edgecl bench``'s measurements: the device process
-(``runtime.benchmark`` in a fresh interpreter: cold start, p50/p95, throughput,
+(``edgecl_runtime.benchmark`` in a fresh interpreter: cold start, p50/p95, throughput,
 peak RSS, add-class split), top-1 on the data set's test split, and ONNX vs the
 torch learner (eager, and ``torch.compile`` for the fp32 bundle) timed in turn
 on the same preprocessed images with the same number of threads.
@@ -60,7 +60,7 @@ def prepare(model: str, cfg: dict, work: Path, log, allow_divergence: bool = Fal
     import torch
 
     from edgecl.experiment import RunConfig, run_experiment
-    from export import export_run
+    from edgecl_export import export_run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -86,8 +86,9 @@ def prepare(model: str, cfg: dict, work: Path, log, allow_divergence: bool = Fal
 
 def bench_model(model: str, cfg: dict, work: Path, threads: int, repeats: int, compile: bool, log,
                 allow_divergence: bool = False) -> dict:
-    from edgecl.cli.bench import bundle_accuracy, compare_torch, device_benchmark
-    from runtime import Bundle
+    from edgecl.evaluation import compare_torch
+    from edgecl_runtime.cli.bench import bundle_accuracy, device_benchmark
+    from edgecl_runtime import Bundle
 
     run_dir, bundles = prepare(model, cfg, work, log, allow_divergence)
     out: dict = {"model": model, **cfg, "bundles": {}}
@@ -193,7 +194,7 @@ def main() -> None:
 
     import torch
 
-    from runtime.benchmark import machine
+    from edgecl_runtime.benchmark import machine
 
     torch.set_num_threads(args.threads)
     models = args.models.split(",") if args.models else [m for m in MODELS if m != "vit-tiny" or vit_available()]

@@ -16,7 +16,7 @@ Measured per C (median over ``--repeats``):
   the head's scores + argmax alone;
 * ``add_head_ms``: the head update for 5 examples (``head.with_examples``,
   in memory, each add applied to the head the previous add returned, as the store does), ``add_persist_ms``: the journaled, fsynced update on disk
-  (``runtime.store.add_examples``), ``add_embed_ms``: the embedding pass.
+  (``edgecl_runtime.store.add_examples``), ``add_embed_ms``: the embedding pass.
 
 Writes ``scaling.json`` (with the command and machine) and ``scaling.png``.
 """
@@ -66,7 +66,7 @@ def prototype_arrays(c: int, d: int, rng) -> dict:
 
 
 def ridge_arrays(c: int, d: int, m: int, rng) -> dict:
-    from runtime.heads.ridge import RidgeHead
+    from edgecl_runtime.heads.ridge import RidgeHead
 
     w_rand = rng.standard_normal((d, m)).astype(np.float32)
     h = np.maximum(rng.standard_normal((min(4 * m, 4096), d)).astype(np.float32) @ w_rand, 0).astype(np.float64)
@@ -75,8 +75,8 @@ def ridge_arrays(c: int, d: int, m: int, rng) -> dict:
 
 
 def measure(bundle_path: Path, threads: int, repeats: int, rng) -> dict:
-    from runtime import Bundle, store
-    from runtime.benchmark import timings
+    from edgecl_runtime import Bundle, store
+    from edgecl_runtime.benchmark import timings
 
     b = Bundle.load(bundle_path, device="cpu", threads=threads)
     _, h, w = b.input_size
@@ -142,9 +142,9 @@ def main() -> None:
     import torch
 
     from edgecl.backbones import create_backbone
-    from export import export_learner
-    from runtime.benchmark import machine
-    from runtime.heads import HEADS
+    from edgecl_export import export_learner
+    from edgecl_runtime.benchmark import machine
+    from edgecl_runtime.heads import HEADS
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

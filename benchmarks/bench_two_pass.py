@@ -72,7 +72,7 @@ def export_all(tmp: Path, backbone) -> dict[str, Path]:
     """One bundle per learner on ``backbone``; prompt learners fitted for one epoch on 10 shapes classes."""
     from edgecl.data import BatchLoader, make_shapes
     from edgecl.learners import create_learner
-    from export import export_learner
+    from edgecl_export import export_learner
 
     spec = backbone.spec
     train, _ = make_shapes(10, 5, 1, seed=0)

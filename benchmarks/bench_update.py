@@ -6,14 +6,14 @@
 Each case is a synthetic bundle (the tiny fixture backbone, a head of random
 statistics with D = 512): prototypes at 100, 1,000 and 10,000 classes, RanPAC's
 ``ridge`` head with M = 2048 at 100 classes, FeCAM's ``gaussian`` at 100
-classes. The update is ``runtime.store.add_examples`` with 5 given embeddings
+classes. The update is ``edgecl_runtime.store.add_examples`` with 5 given embeddings
 (lock, journal append + fsync, head update, whatever the store persists),
 timed per call over ``--repeats`` new classes in one process, as
 ``Bundle.add_class`` runs it after embedding: wall time (``update_ms``) and
 CPU time of the process (``update_cpu_ms``: on a shared machine, wall times of
 anything longer than a few ms include waiting for the CPU, and the fsync waits
 for the disk). ``load`` is
-``runtime.store.read_state(path)`` (what ``Bundle.load`` does besides creating
+``edgecl_runtime.store.read_state(path)`` (what ``Bundle.load`` does besides creating
 the onnxruntime session: every checksum, the journal chain, replay) after the
 updates. ``append_fsync_ms``: appending 10 KB to a file + fsync in the same
 directory, before and after the cases (the floor of any durable update there). Results go under ``--label`` in the JSON, so runs of two versions of
@@ -43,11 +43,11 @@ sys.path.append(str(ROOT))
 
 import numpy as np
 
-import runtime
-from runtime import store
-from runtime.heads import head_class
-from runtime.manifest import file_entry, seal
-from runtime.storage import json_bytes, npz_bytes
+import edgecl_runtime
+from edgecl_runtime import store
+from edgecl_runtime.heads import head_class
+from edgecl_runtime.manifest import file_entry, seal
+from edgecl_runtime.storage import json_bytes, npz_bytes
 
 D = 512
 FIXTURE = ROOT / "tests" / "fixtures" / "bundle-v2"
@@ -174,7 +174,7 @@ def machine(where: Path) -> dict:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "-C", str(Path(runtime.__file__).parent), "rev-parse", "--short", "HEAD"],
+    out = subprocess.run(["git", "-C", str(Path(edgecl_runtime.__file__).parent), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False)
     return out.stdout.strip() or "not a git checkout"
 
@@ -203,7 +203,7 @@ def main() -> None:
     doc = json.loads(out.read_text()) if out.is_file() else {}
     doc[a.label] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "runtime": str(Path(runtime.__file__).parent), "commit": git_commit(),
+        "runtime": str(Path(edgecl_runtime.__file__).parent), "commit": git_commit(),
         "snapshot_policy": {k: getattr(store, k) for k in ("SNAPSHOT_EVERY", "SNAPSHOT_BYTES") if hasattr(store, k)},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(Path(a.dir or tempfile.gettempdir())), "note": a.note,
         "results": results,

@@ -68,8 +68,8 @@ def main() -> None:
     from edgecl.backbones import create_backbone
     from edgecl.data import load_dataset
     from edgecl.experiment import RunConfig, run_experiment
-    from export import export_run
-    from runtime import Bundle
+    from edgecl_export import export_run
+    from edgecl_runtime import Bundle
 
     torch.set_num_threads(args.threads)
     spec = create_backbone(args.backbone, args.weights, args.img_size).spec

@@ -4,14 +4,14 @@ import shutil
 
 import numpy as np
 
-from runtime import Bundle
+from edgecl_runtime import Bundle
 from tests.conftest import class_images
 
 
 def train_and_export(learner, args, tmp_path_factory, dataset="shapes:20"):
     """A saved B10-Inc10 run of ``learner`` on ``dataset`` and its exported bundle."""
     from edgecl.experiment import RunConfig, run_experiment
-    from export import export_run
+    from edgecl_export import export_run
 
     run_dir = tmp_path_factory.mktemp(f"{learner}-run") / "run"
     result = run_experiment(RunConfig(dataset=dataset, learner=learner, learner_args=args), out_dir=run_dir,

@@ -9,9 +9,9 @@ from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
 from edgecl.learners import LEARNERS, create_learner
 from edgecl.rundir import load_run, save_run
-from export import export_run
+from edgecl_export import export_run
 from peft_helpers import small_vit, train_learner
-from runtime import Bundle
+from edgecl_runtime import Bundle
 
 FAST = {"epochs": 2}
 

@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import Bundle
+from edgecl_runtime import Bundle
 from tests.conftest import ROOT, class_images
 
 CRASH_SCRIPT = """
 import os, sys, numpy as np
-import runtime.storage as storage
-from runtime import Bundle
+import edgecl_runtime.storage as storage
+from edgecl_runtime import Bundle
 point = sys.argv[2]
 def crash(name):
     if name == point:

@@ -1,15 +1,15 @@
-"""runtime.blas: numpy's BLAS threads held to one while the runtime works, and restored after."""
+"""edgecl_runtime.blas: numpy's BLAS threads held to one while the runtime works, and restored after."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from runtime import Bundle, blas
-from runtime.benchmark import interleaved
-from runtime.errors import InvalidInputError
+from edgecl_runtime import Bundle, blas
+from edgecl_runtime.benchmark import interleaved
+from edgecl_runtime.errors import InvalidInputError
 
-needs_openblas = pytest.mark.skipif(blas.backend() is None, reason="numpy's BLAS is not an OpenBLAS runtime.blas controls")
+needs_openblas = pytest.mark.skipif(blas.backend() is None, reason="numpy's BLAS is not an OpenBLAS edgecl_runtime.blas controls")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from runtime import Bundle, store
+from edgecl_runtime import Bundle, store
 from tests.conftest import ROOT
 from tests.fixtures import copy_fixture
 
@@ -25,7 +25,7 @@ ADDS_PER_CHILD = 4
 ZYGOTE = r"""
 import os, sys
 import numpy as np
-from runtime import Bundle, store
+from edgecl_runtime import Bundle, store
 store.SNAPSHOT_EVERY = 3  # kills land in journal-only updates and in head snapshots
 def say(msg):  # one write(2) of < PIPE_BUF bytes: atomic, so a kill never leaves half a line
     os.write(1, (msg + "\n").encode())  # (print() writes twice under PYTHONUNBUFFERED=1)

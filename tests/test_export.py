@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from edgecl.backbones import create_backbone
-from export import ExportError, export_learner
-from export.onnx_graph import export_onnx, parity
-from runtime.manifest import sha256_file
-from runtime.preprocess import preprocess
+from edgecl_export import ExportError, export_learner
+from edgecl_export.onnx_graph import export_onnx, parity
+from edgecl_runtime.manifest import sha256_file
+from edgecl_runtime.preprocess import preprocess
 
 
 def test_bundle_layout_manifest_and_checksums(exported, trained):
@@ -62,7 +62,7 @@ def test_export_refuses_non_empty_dir_and_bad_opset(trained, tmp_path):
 
 
 def test_parity_failure_is_reported(trained, tmp_path, monkeypatch):
-    import export.bundle as eb
+    import edgecl_export.bundle as eb
 
     result, _ = trained
     monkeypatch.setattr(eb, "parity", lambda *a, **k: 0.5)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgecl.learners import create_learner
-from runtime.heads.gaussian import tukey
+from edgecl_runtime.heads.gaussian import tukey
 from tests.closed_form_runs import check_add_class, check_runtime_matches_torch, train_and_export
 
 

@@ -1,6 +1,6 @@
 """Fuzzed input at every boundary of the bundle store (hypothesis).
 
-Every case must end in a documented exception (``runtime.errors``) with a
+Every case must end in a documented exception (``edgecl_runtime.errors``) with a
 message, and leave every file of the bundle byte-for-byte unchanged.
 Example counts are modest so the whole file runs in seconds.
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime import (
+from edgecl_runtime import (
     Bundle,
     CorruptBundleError,
     EdgeclRuntimeError,
@@ -22,7 +22,7 @@ from runtime import (
     MissingFileError,
     store,
 )
-from runtime.inputs import MAX_NAME_CHARS
+from edgecl_runtime.inputs import MAX_NAME_CHARS
 from tests.fixtures import copy_fixture, embeddings, images, snapshot
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -131,7 +131,7 @@ def test_bad_class_names_are_refused_and_change_nothing(bundle, name):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(min_size=1, max_size=40))
 def test_every_accepted_name_round_trips_exactly(grown, tmp_path_factory, name):
-    from runtime.inputs import class_name
+    from edgecl_runtime.inputs import class_name
 
     try:
         valid = class_name(name)

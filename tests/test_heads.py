@@ -6,10 +6,10 @@ Every update is checked against a from-scratch computation on all examples.
 import numpy as np
 import pytest
 
-from runtime import CorruptBundleError, InvalidInputError
-from runtime.heads import HEADS
-from runtime.heads.gaussian import GaussianHead, tukey
-from runtime.heads.ridge import RidgeHead
+from edgecl_runtime import CorruptBundleError, InvalidInputError
+from edgecl_runtime.heads import HEADS
+from edgecl_runtime.heads.gaussian import GaussianHead, tukey
+from edgecl_runtime.heads.ridge import RidgeHead
 
 D, M, LAM = 24, 96, 3.0
 
@@ -46,7 +46,7 @@ def empty_ridge(W_rand):
 
 @pytest.mark.parametrize("projected", [True, False])
 def test_ridge_updates_equal_from_scratch_solve_after_many_updates(W_rand, projected, monkeypatch):
-    import runtime.heads.ridge as ridge
+    import edgecl_runtime.heads.ridge as ridge
 
     fresh, w_resid = [], []
     real, real_w = ridge.ridge_inverse, ridge.weights_residual
@@ -245,7 +245,7 @@ def test_gaussian_single_example_class_and_round_trip():
 
 
 def test_prototype_heads_share_rows_but_stay_immutable():
-    from runtime.heads.prototype import PrototypeCosineHead
+    from edgecl_runtime.heads.prototype import PrototypeCosineHead
 
     rng = np.random.default_rng(0)
     head = PrototypeCosineHead(rng.standard_normal((3, D)).astype(np.float32), np.ones(3, np.int64))
@@ -268,7 +268,7 @@ def test_prototype_heads_share_rows_but_stay_immutable():
 
 # ------------------------------------------------------------------- subspace cosine (EASE)
 def test_subspace_cosine_scores_updates_and_validation():
-    from runtime.heads.subspace import SubspaceCosineHead
+    from edgecl_runtime.heads.subspace import SubspaceCosineHead
 
     S, d = 3, D // 3
     rng = np.random.default_rng(0)

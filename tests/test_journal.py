@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import (
+from edgecl_runtime import (
     Bundle,
     CorruptBundleError,
     IncompatibleBundleError,
@@ -25,7 +25,7 @@ from runtime import (
     storage,
     store,
 )
-from runtime.manifest import seal
+from edgecl_runtime.manifest import seal
 from tests.conftest import ROOT
 from tests.fixtures import VERSIONS, copy_fixture, embeddings, images, snapshot
 
@@ -199,7 +199,7 @@ def test_damaged_record_followed_by_valid_ones_is_corruption(tmp_path):
 
 
 def test_writer_reuses_its_verified_state_but_sees_changes(tmp_path, monkeypatch):
-    from runtime import manifest as manifest_mod
+    from edgecl_runtime import manifest as manifest_mod
 
     d = copy_fixture(tmp_path / "b")
     store.add_examples(d, "a", embeddings(1))
@@ -208,7 +208,7 @@ def test_writer_reuses_its_verified_state_but_sees_changes(tmp_path, monkeypatch
     monkeypatch.setattr(manifest_mod, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
     store.add_examples(d, "b", embeddings(2))
     assert hashed == []  # no re-read or re-hash of the head file on the hot path
-    code = "import sys, numpy as np; from runtime import store; store.add_examples(sys.argv[1], 'c', np.ones((1, 8), np.float32))"
+    code = "import sys, numpy as np; from edgecl_runtime import store; store.add_examples(sys.argv[1], 'c', np.ones((1, 8), np.float32))"
     other = subprocess.run([sys.executable, "-c", code, str(d)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert other.returncode == 0, other.stderr
     st = store.add_examples(d, "d", embeddings(3))[0]
@@ -348,7 +348,7 @@ def test_tampered_file_needs_explicit_logged_override(tmp_path, caplog, fname):
 # --------------------------------------------------------------- concurrency
 WRITER = """
 import sys, numpy as np
-from runtime import Bundle
+from edgecl_runtime import Bundle
 b = Bundle.load(sys.argv[1])
 w = int(sys.argv[2])
 for i in range(int(sys.argv[3])):
@@ -375,7 +375,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from runtime import storage
+from edgecl_runtime import storage
 with storage.locked(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -406,7 +406,7 @@ def test_readers_see_old_or_new_state_never_a_mix(tmp_path):
     d = copy_fixture(tmp_path / "b")
     n = 40
     code = (
-        "import sys, numpy as np\nfrom runtime import store\n"
+        "import sys, numpy as np\nfrom edgecl_runtime import store\n"
         f"for i in range({n}):\n"
         "    e = np.zeros((1, 8), np.float32); e[0, i % 8] = 1.0 + i\n"
         "    store.add_examples(sys.argv[1], f'k{i}', e)\n"

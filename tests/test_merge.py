@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import Bundle, IncompatibleBundleError, store
+from edgecl_runtime import Bundle, IncompatibleBundleError, store
 from tests.fixtures import copy_fixture, embeddings, images, with_head_kind
 
 KINDS = ["prototype_cosine", "ridge", "gaussian", "subspace_cosine"]

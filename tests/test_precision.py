@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from export import ExportError, export_run
-from export import quantize as q
-from runtime import Bundle
+from edgecl_export import ExportError, export_run
+from edgecl_export import quantize as q
+from edgecl_runtime import Bundle
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime import InvalidInputError
-from runtime.preprocess import preprocess, resize
+from edgecl_runtime import InvalidInputError
+from edgecl_runtime.preprocess import preprocess, resize
 
 SIZE, MEAN, STD = (3, 8, 8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -204,7 +204,7 @@ def test_embedded_vit_refuses_tampered_weights(tmp_path, monkeypatch):
 
 @needs_vit
 def test_embedded_vit_onnx_parity(tmp_path):
-    from export.onnx_graph import export_onnx, parity
+    from edgecl_export.onnx_graph import export_onnx, parity
 
     bb = create_backbone("edgecl-vit-tiny")
     path = tmp_path / "vit.onnx"

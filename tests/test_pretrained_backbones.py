@@ -20,7 +20,7 @@ from edgecl._compat import import_timm
 from edgecl.backbones import BackboneError, create_backbone
 from edgecl.backbones.base import read_state_dict
 from edgecl.backbones.pretrained import NAMED
-from runtime.preprocess import preprocess
+from edgecl_runtime.preprocess import preprocess
 
 MBV2, LITE0 = NAMED["mobilenetv2-imagenet"], NAMED["efficientnet-lite0-imagenet"]
 MILITARY_UNIFORM = 652  # ImageNet class of the Grace Hopper portrait (her navy uniform)
@@ -160,7 +160,7 @@ def test_sha256_mismatch_and_missing_package_are_clear(tmp_path):
 
 @pytest.mark.parametrize("entry", [pytest.param(MBV2, marks=needs_mbv2), pytest.param(LITE0, marks=needs_lite0)], ids=lambda e: e.name)
 def test_onnx_parity_at_small_size(entry, tmp_path):
-    from export.onnx_graph import export_onnx, parity
+    from edgecl_export.onnx_graph import export_onnx, parity
 
     bb = create_backbone(entry.name, img_size=48)
     export_onnx(bb, bb.spec.input_size, tmp_path / "b.onnx")
@@ -171,7 +171,7 @@ def test_onnx_parity_at_small_size(entry, tmp_path):
 @needs_mbv2
 def test_train_and_export_with_named_backbone(tmp_path):
     from edgecl.experiment import RunConfig, run_experiment
-    from export import export_run
+    from edgecl_export import export_run
 
     cfg = RunConfig(dataset="shapes:20", backbone=MBV2.name, img_size=32, train_per_class=10, test_per_class=5)
     result = run_experiment(cfg, out_dir=tmp_path / "run", log=lambda s: None)

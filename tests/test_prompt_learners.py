@@ -47,8 +47,8 @@ def colours(tmp_path_factory):
 def run(request, colours, tmp_path_factory):
     """A learner trained on the 9 circle classes (B5-Inc4, 1 epoch), saved and exported."""
     from edgecl.experiment import RunConfig, run_experiment
-    from export import export_run
-    from runtime.preprocess import preprocess
+    from edgecl_export import export_run
+    from edgecl_runtime.preprocess import preprocess
 
     torch.set_num_threads(1)
     learner, hp = CASES[request.param]
@@ -86,8 +86,8 @@ def test_one_graph_with_selection_inside(run):
 
 def test_runtime_matches_torch_on_test_split(run):
     from edgecl.experiment import evaluate
-    from runtime import Bundle
-    from runtime.preprocess import preprocess
+    from edgecl_runtime import Bundle
+    from edgecl_runtime.preprocess import preprocess
 
     _, result, report = run
     learner, test, spec = result.learner, result.test, result.learner.backbone.spec
@@ -104,7 +104,7 @@ def test_runtime_matches_torch_on_test_split(run):
 def test_linear_bundle_refuses_device_learning(run, tmp_path, colours):
     import shutil
 
-    from runtime import Bundle, InvalidInputError
+    from edgecl_runtime import Bundle, InvalidInputError
 
     case, _, report = run
     if case.endswith("proto"):
@@ -121,7 +121,7 @@ def test_linear_bundle_refuses_device_learning(run, tmp_path, colours):
 def test_prototype_bundle_adds_a_class_on_the_device(run, tmp_path, colours):
     import shutil
 
-    from runtime import Bundle
+    from edgecl_runtime import Bundle
 
     case, _, report = run
     if not case.endswith("proto"):
@@ -169,8 +169,8 @@ def test_prompt_learners_need_a_vit():
 
 
 def test_linear_head_scores_and_class_removal():
-    from runtime.errors import CorruptBundleError
-    from runtime.heads import head_class
+    from edgecl_runtime.errors import CorruptBundleError
+    from edgecl_runtime.heads import head_class
 
     rng = np.random.default_rng(0)
     w, bias, counts = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal(4).astype(np.float32), np.ones(4)

@@ -68,7 +68,7 @@ def test_bundle_matches_torch_and_learns_a_class_on_the_device(ranpac_run, tmp_p
     b, reloaded, new = check_add_class(bundle_dir, tmp_path, shapes_new)
     from tests.conftest import class_images
 
-    from runtime import blas
+    from edgecl_runtime import blas
 
     with blas.limit(b.blas_threads):  # the update's float32 projection ran so; another BLAS split rounds differently
         H = np.maximum(b.embed(class_images(shapes_new[0], new, 5)) @ before.W_rand, 0).astype(np.float64)

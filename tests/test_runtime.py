@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import (
+from edgecl_runtime import (
     Bundle,
     CorruptBundleError,
     DeviceUnavailableError,
@@ -23,7 +23,7 @@ def _snapshot(path):
 def test_runtime_never_imports_torch(exported):
     code = (
         "import sys, numpy as np\n"
-        "from runtime import Bundle\n"
+        "from edgecl_runtime import Bundle\n"
         f"b = Bundle.load({str(exported[1])!r})\n"
         "b.predict(np.zeros((2, 32, 32, 3), np.uint8))\n"
         "bad = [m for m in ('torch', 'timm', 'torchvision', 'edgecl') if m in sys.modules]\n"

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from runtime import Bundle, DeviceUnavailableError, InvalidInputError
-from runtime import session as rs
-from runtime.manifest import read_manifest, verify_files
+from edgecl_runtime import Bundle, DeviceUnavailableError, InvalidInputError
+from edgecl_runtime import session as rs
+from edgecl_runtime.manifest import read_manifest, verify_files
 
 from conftest import class_images
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.manifest import sha256_file
+from edgecl_runtime.manifest import sha256_file
 
 from .._compat import import_timm
 

@@ -1,17 +1,15 @@
-"""``edgecl`` command line, one module per group of commands.
+"""The training verbs of ``edgecl``, one module per group of commands (torch).
 
-* ``train``: train, export, learners, demo (torch)
-* ``pretrain``: pre-train the embedded backbones (torch)
+* ``train``: train, export, learners, demo
+* ``pretrain``: pre-train the embedded backbones
 * ``backbones``: list embedded and named pre-trained backbones, installed or not
-* ``device``: predict, add-class, eval, info (runtime only: numpy + onnxruntime)
-* ``bench``: bench (runtime in a subprocess; torch only for --compare-torch / --dataset)
 * ``data``: data preview (numpy + Pillow)
-* ``store``: history, rollback, compact, merge, remove-class (runtime only: the bundle journal)
 
-A new command module defines commands on ``common.main`` and is imported here.
+The ``edgecl`` command itself belongs to the runtime distribution
+(``edgecl_runtime.cli``, device verbs); it finds these commands through the
+``edgecl.commands`` entry points in ``pyproject.toml``. ``main`` is that command.
 """
 
-from . import backbones, bench, data, device, pretrain, store, train  # noqa: F401  (registers the commands)
-from .common import main
+from edgecl_runtime.cli import main
 
 __all__ = ["main"]

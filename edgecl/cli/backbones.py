@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .common import main
 
 
-@main.command()
+@click.command()
 def backbones():
     """List the embedded and named pre-trained backbones and whether their weights are available.
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .common import fail, main
+from edgecl_runtime.cli.common import fail
 
 
-@main.group()
+@click.group()
 def data():
     """Inspect data sources."""
 

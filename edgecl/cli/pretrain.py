@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import fail, main, progress_bar
+from edgecl_runtime.cli.common import fail, progress_bar
 
 ARCH_ALIASES = {"vit": "edgecl-vit-tiny", "resnet10t": "edgecl-resnet10t"}
 
@@ -22,7 +22,7 @@ def resolve_arch(arch: str) -> str:
     return name
 
 
-@main.command()
+@click.command()
 @click.option("--arch", default="vit", show_default=True,
               help="Recipe to train: vit (edgecl-vit-tiny), resnet10t (edgecl-resnet10t) or an embedded backbone name.")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")

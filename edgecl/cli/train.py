@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import progress_bar, fail, main
+from edgecl_runtime.cli.common import fail, progress_bar
 
 
 def _parse_learner_args(ctx, param, values) -> dict:
@@ -26,7 +26,7 @@ def _parse_learner_args(ctx, param, values) -> dict:
     return out
 
 
-@main.command()
+@click.command()
 @click.option("--dataset", default="shapes", show_default=True,
               help="'shapes' / 'shapes:N' (embedded), 'glyphs:N[:within|cross][:SIZE]' (rendered from "
                    "matplotlib's fonts, cached), an image folder (one sub-folder per class) or a .npz file.")
@@ -64,7 +64,7 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
         fail(exc)
 
 
-@main.command(name="export")
+@click.command(name="export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 17).")
@@ -80,7 +80,7 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
               help="Write an fp16/int8 bundle even if its embeddings diverge from fp32 (recorded in the manifest).")
 def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence):
     """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
-    from export import ExportError, export_run
+    from edgecl_export import ExportError, export_run
 
     from ..rundir import RunDirError
 
@@ -112,7 +112,7 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
                        "the bundle is effectively fp32; give calibration images for static INT8")
 
 
-@main.command()
+@click.command()
 def learners():
     """List the registered continual learners."""
     from ..learners import LEARNERS
@@ -122,7 +122,7 @@ def learners():
         click.echo(f"{name:12} {doc[0] if doc else ''}")
 
 
-@main.command()
+@click.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default="edgecl-demo", show_default=True)
 @click.option("--holdout", type=int, default=5, show_default=True, help="Classes kept back to add on the device.")
 def demo(workdir, holdout):
@@ -131,8 +131,8 @@ def demo(workdir, holdout):
 
     import numpy as np
 
-    from export import export_run
-    from runtime import Bundle
+    from edgecl_export import export_run
+    from edgecl_runtime import Bundle
 
     from ..data import make_shapes
     from ..experiment import RunConfig, run_experiment

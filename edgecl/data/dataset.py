@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from runtime.preprocess import preprocess
+from edgecl_runtime.preprocess import preprocess
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.io import IMAGE_SUFFIXES, read_image
-from runtime.preprocess import resize
+from edgecl_runtime.io import IMAGE_SUFFIXES, read_image
+from edgecl_runtime.preprocess import resize
 
 from .synthetic import make_shapes
 

@@ -1,6 +1,6 @@
 """Shared parts of learners whose classifier is a closed-form runtime head (RanPAC, SLCA, FeCAM).
 
-``HeadLearner`` keeps its classifier as the very ``runtime.heads`` object the
+``HeadLearner`` keeps its classifier as the very ``edgecl_runtime.heads`` object the
 device will run (numpy): training accumulates statistics into it, ``logits``
 scores the backbone's embeddings with it, and ``export_head`` writes its
 arrays. The exported bundle therefore scores exactly like the torch learner;
@@ -108,7 +108,7 @@ def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_
     ``10^lambda_min_exp .. 10^lambda_max_exp`` and applied to the statistics
     accumulated over all tasks, in float64.
     """
-    from runtime.heads.ridge import RidgeHead, random_features
+    from edgecl_runtime.heads.ridge import RidgeHead, random_features
 
     H = random_features(feats, W_rand).astype(np.float64)
     _, new = task_classes(labels, num_classes)

@@ -166,7 +166,7 @@ class EASE(PrototypeLearner):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if not self.hparams["reweight"]:
             return super().logits(x)
-        from runtime.heads.subspace import SubspaceCosineHead  # the exported head scores here too
+        from edgecl_runtime.heads.subspace import SubspaceCosineHead  # the exported head scores here too
 
         _, arrays = self.export_head()
         feats = self.embedding_module()(x.to(self.device)).float().cpu().numpy()

@@ -9,7 +9,7 @@ so nothing is forgotten, and a class can be added (or extended) from a few
 examples exactly.
 
 The classifier is the runtime's ``gaussian`` head itself
-(``runtime.heads.gaussian``: per-class counts, means and scatter matrices,
+(``edgecl_runtime.heads.gaussian``: per-class counts, means and scatter matrices,
 merged with Welford's formulas; shrinkage applied at predict time), so the
 bundle scores exactly like this learner. It holds ``C x D x D`` float32
 values (1 MiB per class for D = 512).
@@ -36,7 +36,7 @@ class FeCAM(HeadLearner):
     defaults = {"beta": 0.5, "shrink1": 1.0, "shrink2": 1.0, "normalize_cov": True}
 
     def __init__(self, backbone, device: str = "cpu", **hparams):
-        from runtime.heads.gaussian import GaussianHead
+        from edgecl_runtime.heads.gaussian import GaussianHead
 
         super().__init__(backbone, device, **hparams)
         hp = self.hp
@@ -53,7 +53,7 @@ class FeCAM(HeadLearner):
         self.head, self.num_classes = head, head.num_classes
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        from runtime.heads.gaussian import GaussianHead
+        from edgecl_runtime.heads.gaussian import GaussianHead
 
         self._load_head(GaussianHead, state)
         hp = self.hp

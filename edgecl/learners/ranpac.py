@@ -12,7 +12,7 @@ validation MSE of an 80/20 split of that task's data, then applied to the
 accumulated statistics. ``M=0`` skips the projection (decorrelation of the
 raw features, RanPAC's "no RP" ablation).
 
-The classifier is the runtime's ``ridge`` head itself (``runtime.heads.ridge``),
+The classifier is the runtime's ``ridge`` head itself (``edgecl_runtime.heads.ridge``),
 so the bundle scores exactly like this learner, and the device adds classes
 with the same update: ``G += H^T H``, ``Q[:, c] += H^T 1``, re-solved in
 O(M^2 k) by a Woodbury update. With the default M = 2048 the head holds
@@ -96,7 +96,7 @@ class RanPAC(HeadLearner):
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        from runtime.heads.ridge import RidgeHead
+        from edgecl_runtime.heads.ridge import RidgeHead
 
         peft = {k[len(PEFT_PREFIX):]: v for k, v in state.items() if k.startswith(PEFT_PREFIX)}
         if bool(peft) != (self.peft is not None):

@@ -129,7 +129,7 @@ class SLCA(HeadLearner):
                 p.grad = None
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        from runtime.heads.ridge import RidgeHead
+        from edgecl_runtime.heads.ridge import RidgeHead
 
         self._load_head(RidgeHead, state)
         if self.head.W_rand is not None:

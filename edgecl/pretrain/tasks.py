@@ -121,7 +121,7 @@ class Glyphs(PretrainTask):
     def _teacher_features(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        from runtime.preprocess import preprocess
+        from edgecl_runtime.preprocess import preprocess
 
         spec = self.teacher.spec
         with torch.no_grad():

@@ -98,7 +98,7 @@ def lr_factor(recipe: Recipe, step: int) -> float:
 
 
 def _to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
-    from runtime.preprocess import preprocess
+    from edgecl_runtime.preprocess import preprocess
 
     return torch.from_numpy(preprocess(images, recipe.input_size, recipe.mean, recipe.std))
 

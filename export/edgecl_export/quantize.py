@@ -309,7 +309,7 @@ def apply_precision(onnx_path: Path, spec: PrecisionSpec, input_size, mean, std,
     them, on ``check_inputs``, preprocessed batches); a divergent conversion
     raises ``ExportError`` unless ``spec.allow_divergence``.
     """
-    from runtime.preprocess import preprocess
+    from edgecl_runtime.preprocess import preprocess
 
     section: dict = {"backbone": spec.precision, "head": spec.head_precision}
     if spec.precision == "fp32":

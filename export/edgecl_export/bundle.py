@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from edgecl import __version__
-from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry, seal
-from runtime.storage import json_bytes, npz_bytes
-from runtime.store import initial_fields
+from edgecl_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry, seal
+from edgecl_runtime.storage import json_bytes, npz_bytes
+from edgecl_runtime.store import initial_fields
 
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, parity
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
@@ -62,7 +62,7 @@ def export_learner(
 
     Parity: the ONNX backbone is run on random inputs plus ``check_inputs`` and
     compared with torch; a max abs difference above ``tolerance`` fails the export.
-    ``precision``: fp16 / int8 backbone (see ``export.quantize``); parity is
+    ``precision``: fp16 / int8 backbone (see ``edgecl_export.quantize``); parity is
     checked on the fp32 graph, the conversion against it.
     """
     import onnx
@@ -91,7 +91,7 @@ def export_learner(
         kind, arrays = learner.export_head()
         precision = precision or PrecisionSpec()
         if precision.precision != "fp32":
-            from runtime.heads import head_class
+            from edgecl_runtime.heads import head_class
 
             head = head_class(kind).from_arrays(arrays, len(class_names), dim)
             precision_section = apply_precision(
@@ -171,7 +171,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportRepo
     check = kwargs.pop("check_inputs", None)
     if check is None and str(run["config"].get("dataset", "")).startswith("shapes"):
         from edgecl.data import make_shapes
-        from runtime.preprocess import preprocess
+        from edgecl_runtime.preprocess import preprocess
 
         spec = learner.backbone.spec
         _, test = make_shapes(min(learner.num_classes, 100), 1, 1, seed=run["config"].get("data_seed", 0))

@@ -38,9 +38,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from .errors import CorruptBundleError, DeviceUnavailableError, InvalidInputError
+try:
+    import onnxruntime as ort
+except ImportError:  # the flavour is the installer's choice: edgecl-runtime[cpu] or [gpu]
+    ort = None
+
+from .errors import CorruptBundleError, DeviceUnavailableError, InvalidInputError, MissingDependencyError
 from .manifest import sha256_file
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,11 +59,21 @@ GRAPH_LEVELS = {
 }
 
 
+INSTALL_ORT = "pip install 'edgecl-runtime[cpu]' (CPU) or 'edgecl-runtime[gpu]' (CUDA; never both)"
+
+
+def require_onnxruntime():
+    """The ``onnxruntime`` module, or ``MissingDependencyError`` naming the install command."""
+    if ort is None:
+        raise MissingDependencyError(f"onnxruntime is not installed: {INSTALL_ORT}")
+    return ort
+
+
 def select_providers(device: str, available: Sequence[str] | None = None) -> list[str]:
     """Execution providers for ``device`` (``auto`` | ``cpu`` | ``cuda``), best first."""
     if device not in DEVICES:
         raise InvalidInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    available = list(ort.get_available_providers() if available is None else available)
+    available = list(require_onnxruntime().get_available_providers() if available is None else available)
     if device == "cpu":
         return [CPU_EP]
     if CUDA_EP in available:
@@ -67,7 +81,7 @@ def select_providers(device: str, available: Sequence[str] | None = None) -> lis
     if device == "cuda":
         raise DeviceUnavailableError(
             f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu "
-            "(pip install 'edgecl[gpu]') with a matching CUDA, or use device='cpu'"
+            "(pip install 'edgecl-runtime[gpu]' in place of [cpu]) with a matching CUDA, or use device='cpu'"
         )
     return [CPU_EP]
 

@@ -1,4 +1,4 @@
-"""torch -> ONNX bundle export (see ``export.bundle`` for the layout)."""
+"""torch -> ONNX bundle export (see ``edgecl_export.bundle`` for the layout)."""
 
 from .bundle import ExportReport, export_learner, export_run
 from .onnx_graph import ExportError

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from . import blas, inputs, store
 from .errors import (
@@ -56,7 +55,7 @@ _providers = select_providers  # kept for callers of the old private name
 class Bundle:
     """An exported model on the device: ONNX backbone + numpy head + manifest."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], head, session: ort.InferenceSession,
+    def __init__(self, path: Path, manifest: dict[str, Any], head, session,
                  session_source: str = "direct", blas_threads: int | None = 1):
         self.path = path
         self.manifest = manifest
@@ -79,12 +78,12 @@ class Bundle:
         ``threads``: intra-op threads of onnxruntime (None: one per physical core).
         ``optimize``: graph optimisation level (``all`` | ``extended`` | ``basic`` | ``disable``);
         the optimised graph is cached under ``.ort-cache/`` unless ``cache=False``
-        (see ``runtime.session``).
+        (see ``edgecl_runtime.session``).
         ``trust_modified``: accept files whose checksum differs from the manifest
         (warning + a ``trust_log`` record in the manifest) instead of refusing them.
         ``blas_threads``: numpy's BLAS threads while the bundle preprocesses,
         scores and updates its head (default 1, so that idle BLAS workers do not
-        spin on the cores onnxruntime needs; see ``runtime.blas``; None: leave
+        spin on the cores onnxruntime needs; see ``edgecl_runtime.blas``; None: leave
         numpy's setting alone).
         """
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
@@ -197,10 +196,10 @@ class Bundle:
         """Learn class ``name`` from a few example images and persist it (journaled, crash-safe).
 
         An existing ``name`` is extended (exact running statistics), not
-        duplicated. Names are validated (``runtime.inputs.class_name``) and
+        duplicated. Names are validated (``edgecl_runtime.inputs.class_name``) and
         NFC-normalised. Another process's concurrent update is waited for (up to
         ``timeout`` s) and kept. On any error the bundle on disk and in memory is
-        unchanged. See ``runtime.store`` for the update protocol.
+        unchanged. See ``edgecl_runtime.store`` for the update protocol.
         """
         name = inputs.class_name(name)
         inputs.image_budget(images)
@@ -230,7 +229,7 @@ class Bundle:
         """Merge the on-device updates of ``other`` (same export) into this bundle, or into a new one at ``out_path``.
 
         The result equals one device having seen both devices' examples; see
-        ``runtime.store.merge``. Returns the merged bundle (``self``, refreshed, when in place).
+        ``edgecl_runtime.store.merge``. Returns the merged bundle (``self``, refreshed, when in place).
         """
         other_path = other.path if isinstance(other, Bundle) else Path(other)
         state = store.merge(self.path, other_path, out_path)
@@ -240,7 +239,7 @@ class Bundle:
         return type(self).load(out_path, device=self.device)
 
     def history(self) -> dict[str, Any]:
-        """The bundle's base, journaled updates and events (``runtime.store.history``)."""
+        """The bundle's base, journaled updates and events (``edgecl_runtime.store.history``)."""
         return store.history(self.path)
 
     def rollback(self, to: int) -> None:

@@ -1,8 +1,8 @@
 """Crash-safe writes of a bundle's mutable state, and the update lock.
 
 A bundle update first appends its record to the journal (fsync: the
-write-ahead step and commit point, see ``runtime.journal``); when a head
-snapshot is due (``runtime.store``) it then writes a *new* head file under
+write-ahead step and commit point, see ``edgecl_runtime.journal``); when a head
+snapshot is due (``edgecl_runtime.store``) it then writes a *new* head file under
 a new name, then replaces ``manifest.json`` (temp file + fsync + rename +
 directory fsync). The manifest rename is the commit point of the head snapshot:
 before it the old manifest still names the old, untouched head file (and the

@@ -1,7 +1,7 @@
 """The update half of a bundle: consistent reads, journaled updates, history, rollback, compaction, merge.
 
 What a bundle's state is: the *base* head (the export, or the last
-compaction) plus the *journal* of updates since (``runtime.journal``). The
+compaction) plus the *journal* of updates since (``edgecl_runtime.journal``). The
 *head file* is a snapshot of base + journal up to the manifest's
 ``journal.seq``. An update is committed by its fsync'd journal record; the
 head file and manifest are rewritten only every ``SNAPSHOT_EVERY`` records (a
@@ -80,7 +80,7 @@ def new_id() -> str:
 
 
 def initial_fields(kind: str, head_file: str, arrays: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
-    """The version-2 manifest fields an export writes for a fresh bundle (``export.bundle`` uses this)."""
+    """The version-2 manifest fields an export writes for a fresh bundle (``edgecl_export.bundle`` uses this)."""
     bundle_id = new_id()
     spec = array_spec(arrays)
     return {

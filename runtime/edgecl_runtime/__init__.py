@@ -1,6 +1,6 @@
 """edgecl device runtime: numpy + onnxruntime only (no torch).
 
-    from runtime import Bundle
+    from edgecl_runtime import Bundle
     b = Bundle.load("bundle/")            # CUDA when onnxruntime has it, else CPU
     b.predict(images).labels              # images: uint8 (N, H, W, 3)
     b.add_class("mug", few_images)        # learned, journaled and persisted atomically
@@ -8,6 +8,8 @@
 
 Bundle format and guarantees: docs/bundle-format.md.
 """
+
+__version__ = "0.1.0"
 
 from .bundle import AddClassResult, Bundle, Prediction
 from .errors import (
@@ -18,6 +20,7 @@ from .errors import (
     IncompatibleBundleError,
     InvalidInputError,
     LockTimeoutError,
+    MissingDependencyError,
     MissingFileError,
     TamperedFileError,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "IncompatibleBundleError",
     "InvalidInputError",
     "LockTimeoutError",
+    "MissingDependencyError",
     "MissingFileError",
     "Prediction",
     "TamperedFileError",

@@ -1,6 +1,6 @@
 """Bundle-store commands (runtime only): history, rollback, compact, merge, remove-class.
 
-They act on the bundle's journal (``runtime.store``); none loads the backbone.
+They act on the bundle's journal (``edgecl_runtime.store``); none loads the backbone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .common import fail, main
 
 
 def _run(fn, *args, **kwargs):
-    from runtime import EdgeclRuntimeError
+    from edgecl_runtime import EdgeclRuntimeError
 
     try:
         return fn(*args, **kwargs)
@@ -26,7 +26,7 @@ def load_trusted(path: str, device: str):
     import logging
     import warnings
 
-    from runtime import Bundle
+    from edgecl_runtime import Bundle
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     with warnings.catch_warnings():
@@ -39,7 +39,7 @@ def load_trusted(path: str, device: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
 def history(bundle, as_json):
     """List BUNDLE's on-device updates (the journal) and events (rollbacks, compactions, trust overrides)."""
-    from runtime import store
+    from edgecl_runtime import store
 
     h = _run(store.history, bundle)
     if as_json:
@@ -65,7 +65,7 @@ def history(bundle, as_json):
 @click.option("--to", "to", type=int, required=True, help="Update number to return to (see `edgecl history`; the base is its first number).")
 def rollback(bundle, to):
     """Restore BUNDLE to its state after update --to, replaying the journal from the base."""
-    from runtime import store
+    from edgecl_runtime import store
 
     st = _run(store.rollback, bundle, to)
     click.echo(f"rolled back to update {st.seq}: {len(st.classes)} classes")
@@ -76,8 +76,8 @@ def rollback(bundle, to):
 @click.option("--trust-modified", is_flag=True, help="Accept files whose checksum changed, and a corrupt journal (logged).")
 def compact(bundle, trust_modified):
     """Fold BUNDLE's journal into a new base (rollback cannot go back past it)."""
-    from runtime import store
-    from runtime.store import bundle_bytes
+    from edgecl_runtime import store
+    from edgecl_runtime.store import bundle_bytes
 
     before = bundle_bytes(bundle)
     st = _run(store.compact, bundle, trust_modified=trust_modified)
@@ -90,7 +90,7 @@ def compact(bundle, trust_modified):
 @click.argument("out", type=click.Path())
 def merge(a, b, out):
     """Merge the on-device updates of bundle B into bundle A, writing OUT (A and B from the same export)."""
-    from runtime import store
+    from edgecl_runtime import store
 
     before = _run(store.read_state, a, verify="state").seq
     st = _run(store.merge, a, b, out)
@@ -102,7 +102,7 @@ def merge(a, b, out):
 @click.argument("name")
 def remove_class(bundle, name):
     """Forget class NAME on the device (journaled; `edgecl rollback` undoes it)."""
-    from runtime import store
+    from edgecl_runtime import store
 
     st = _run(store.remove_class, bundle, name)
     click.echo(f"removed class {name!r}; bundle now has {len(st.classes)} classes")

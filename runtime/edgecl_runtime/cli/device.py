@@ -8,7 +8,7 @@ import json
 
 import click
 
-from .common import progress_bar, fail, load_bundle, device_option, main, threads_option
+from .common import device_option, fail, load_bundle, load_plugin, main, progress_bar, threads_option
 
 
 @main.command()
@@ -20,8 +20,8 @@ from .common import progress_bar, fail, load_bundle, device_option, main, thread
 @threads_option
 def predict(bundle, images, top_k, as_json, device):
     """Classify IMAGES (image files, or .npy arrays of one or N images)."""
-    from runtime import EdgeclRuntimeError
-    from runtime.io import read_images
+    from edgecl_runtime import EdgeclRuntimeError
+    from edgecl_runtime.io import read_images
 
     b = load_bundle(bundle, device)
     try:
@@ -49,8 +49,8 @@ def predict(bundle, images, top_k, as_json, device):
 @threads_option
 def add_class(bundle, name, images, device):
     """Teach BUNDLE class NAME from a few IMAGES; the update is saved atomically."""
-    from runtime import EdgeclRuntimeError
-    from runtime.io import read_images
+    from edgecl_runtime import EdgeclRuntimeError
+    from edgecl_runtime.io import read_images
 
     b = load_bundle(bundle, device)
     try:
@@ -64,42 +64,58 @@ def add_class(bundle, name, images, device):
     )
 
 
-@main.command(name="eval")
-@click.argument("bundle", type=click.Path())
-@click.option("--dataset", default="shapes", show_default=True, help="Data source, as for `train`.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--data-seed", type=int, default=0, show_default=True)
-@device_option
-@threads_option
-def eval_cmd(bundle, dataset, split, data_seed, device):
-    """Top-1 accuracy of BUNDLE on a data set's classes that the bundle knows."""
+def known_images(b, dataset: str, split: str, data_seed: int):
+    """Images of ``dataset``'s ``split`` whose classes ``b`` knows, their class indices in ``b``, and the skip count.
+
+    Data sets are read by the training distribution's loader (entry point
+    ``edgecl.plugins: load_dataset``), so generated sets and image folders split
+    exactly as in training.
+    """
     import numpy as np
 
-    from runtime import EdgeclRuntimeError
-
-    from ..data import DataError, load_dataset
-
-    b = load_bundle(bundle, device)
+    load_dataset = load_plugin("load_dataset", f"--dataset {dataset}")
     try:
         ds = load_dataset(dataset, image_size=tuple(b.input_size[1:]), seed=data_seed)[split == "test"]
-    except DataError as exc:
+    except ValueError as exc:  # the loader's DataError is a ValueError
         fail(exc)
     known = {n: i for i, n in enumerate(b.classes)}
     mask = np.array([ds.class_names[y] in known for y in ds.labels])
     if not mask.any():
         fail(ValueError(f"none of the {ds.num_classes} classes of {dataset} is known to the bundle"))
     truth = np.array([known[ds.class_names[y]] for y in ds.labels[mask]])
-    images = ds.images[mask]
+    return ds.images[mask], truth, int((~mask).sum())
+
+
+@main.command(name="eval")
+@click.argument("bundle", type=click.Path())
+@click.option("--dataset", default="shapes", show_default=True, help="Data source, as for `train`.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--data-seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@device_option
+@threads_option
+def eval_cmd(bundle, dataset, split, data_seed, as_json, device):
+    """Top-1 accuracy of BUNDLE on a data set's classes that the bundle knows."""
+    import numpy as np
+
+    from edgecl_runtime import EdgeclRuntimeError
+
+    b = load_bundle(bundle, device)
+    images, truth, skipped = known_images(b, dataset, split, data_seed)
     correct = 0
     try:
         for i in progress_bar(f"eval on {len(images)} images")(range(0, len(images), 256)):
             correct += int(np.sum(b.predict(images[i : i + 256]).indices == truth[i : i + 256]))
     except EdgeclRuntimeError as exc:
         fail(exc)
-    skipped = int((~mask).sum())
+    result = {"dataset": dataset, "split": split, "images": len(images), "classes": len(set(truth.tolist())),
+              "top1": correct / len(images), "skipped_unknown": skipped, "device": b.device}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
     click.echo(
-        f"top-1 {100.0 * correct / len(images):.2f}% on {len(images)} images of "
-        f"{len(set(truth.tolist()))} classes ({b.device})" + (f"; {skipped} images of unknown classes skipped" if skipped else "")
+        f"top-1 {100.0 * result['top1']:.2f}% on {len(images)} images of "
+        f"{result['classes']} classes ({b.device})" + (f"; {skipped} images of unknown classes skipped" if skipped else "")
     )
 
 
@@ -108,11 +124,15 @@ def eval_cmd(bundle, dataset, split, data_seed, device):
 @device_option
 @click.option("--trust-modified", is_flag=True,
               help="Accept files whose checksum differs from the manifest: logged, and re-sealed in the manifest.")
-def info(bundle, device, trust_modified):
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON object.")
+def info(bundle, device, trust_modified, as_json):
     """Verify BUNDLE's checksums (and its journal) and describe it."""
     from .store import load_trusted
 
     b = load_trusted(bundle, device) if trust_modified else load_bundle(bundle, device)
+    if as_json:
+        click.echo(json.dumps({**b.info(), "checksums": "ok", "files": len(b.manifest["files"])}))
+        return
     for key, value in b.info().items():
         click.echo(f"{key:>16}: {value}")
     click.echo(f"{'checksums':>16}: ok ({len(b.manifest['files'])} files)")

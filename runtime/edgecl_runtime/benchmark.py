@@ -2,7 +2,7 @@
 
 Numpy + onnxruntime only, so it runs on the device itself::
 
-    python -m runtime.benchmark BUNDLE [--device cpu] [--threads 2] [--repeats 50]
+    python -m edgecl_runtime.benchmark BUNDLE [--device cpu] [--threads 2] [--repeats 50]
 
 prints one JSON object (see ``measure``). ``edgecl bench`` runs it in a fresh
 subprocess, so that cold start and peak RSS are those of a process that only
@@ -108,7 +108,7 @@ def bundle_sizes(path: str | Path) -> dict[str, int]:
     }
 
 
-def import_seconds(module: str = "runtime", python: str | None = None) -> float:
+def import_seconds(module: str = "edgecl_runtime", python: str | None = None) -> float:
     """Wall time of ``import module`` in a fresh interpreter (median of 3)."""
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
@@ -142,7 +142,7 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
     """Cold start, batch-1 latency, batch throughput, peak RSS, sizes and add-class of the bundle at ``path``.
 
     ``cold_start`` is load + first prediction in this process (the optimised-graph
-    cache is used if present, see ``runtime.session``); ``load_uncached`` /
+    cache is used if present, see ``edgecl_runtime.session``); ``load_uncached`` /
     ``load_cached`` time a load without / with that cache.
     """
     from .bundle import Bundle
@@ -229,7 +229,7 @@ def measure_add_class(path: Path, device: str, threads: int | None, k: int, rng,
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m runtime.benchmark", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m edgecl_runtime.benchmark", description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None)

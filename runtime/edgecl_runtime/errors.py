@@ -44,3 +44,7 @@ class LockTimeoutError(BundleError, TimeoutError):
 
 class DeviceUnavailableError(EdgeclRuntimeError):
     """The requested execution device (e.g. CUDA) is not available."""
+
+
+class MissingDependencyError(EdgeclRuntimeError, ImportError):
+    """A package the operation needs is not installed (the message names the install command)."""

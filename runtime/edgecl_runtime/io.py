@@ -22,7 +22,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - pillow is a dependency
-        raise InvalidInputError("reading image files needs Pillow (pip install pillow)") from exc
+        raise InvalidInputError("reading image files needs Pillow: pip install 'edgecl-runtime[image]'") from exc
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -1,0 +1,85 @@
+"""Training-side evaluation of bundles: the data-set loader and the torch comparison the device verbs call.
+
+``edgecl eval`` and ``edgecl bench`` belong to the runtime; when this
+distribution is installed they find these functions through the
+``edgecl.plugins`` entry points (``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .data import load_dataset
+
+__all__ = ["compare_torch", "load_dataset"]
+
+
+def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: int = 30, batch_size: int = 32,
+                  compile: bool = True, images=None) -> dict:
+    """ONNX bundle vs the run's torch learner (eager, ``torch.compile``) on the same images, in this process.
+
+    Both sides start from the same preprocessed float32 batch and end at the
+    top-1 class (backbone + head); ``speedup_*`` is torch time / ONNX time
+    (> 1: the bundle is faster). ``agreement`` is the share of images where
+    both pick the same class. ``threads`` sets both torch's and onnxruntime's
+    intra-op threads (the bundle ``b`` should have been loaded with the same).
+    """
+    import numpy as np
+    import torch
+
+    from edgecl_runtime.benchmark import interleaved
+
+    from .rundir import load_run
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    _, learner = load_run(Path(run_dir))
+    _, h, w = b.input_size
+    if images is None:
+        images = np.random.default_rng(0).integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8)
+    x = b.preprocess(images[:batch_size])
+    out: dict = {"run_dir": str(run_dir), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                 "onnx_threads": threads, "batch_sizes": {}}
+
+    def onnx_fn(xb):
+        return lambda: b._scores_preprocessed(xb).argmax(1)
+
+    def torch_fn(fn, xt):
+        def run():
+            with torch.inference_mode():
+                return fn(xt).argmax(1)
+        return run
+
+    compiled, compile_info = None, {"status": "disabled"}
+    if compile:
+        try:
+            t0 = time.perf_counter()
+            compiled = torch.compile(learner.logits, dynamic=False)
+            with torch.inference_mode():
+                for n in sorted({1, len(x)}):
+                    compiled(torch.from_numpy(x[:n]))  # compiles (once per batch size)
+            compile_info = {"status": "ok", "compile_s": time.perf_counter() - t0}
+        except Exception as exc:  # noqa: BLE001 - inductor needs a C compiler and more; report why not
+            compiled, compile_info = None, {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    out["torch_compile"] = compile_info
+    with torch.inference_mode():
+        ref = learner.logits(torch.from_numpy(x)).argmax(1).numpy()
+    out["agreement"] = float(np.mean(ref == b._scores_preprocessed(x).argmax(1)[: len(ref)]))
+    for n in sorted({1, len(x)}):
+        xb, xt = x[:n], torch.from_numpy(x[:n])
+        fns = {"onnx": onnx_fn(xb), "torch_eager": torch_fn(learner.logits, xt)}
+        if compiled is not None:
+            fns["torch_compile"] = torch_fn(compiled, xt)
+        t = interleaved(fns, repeats if n == 1 else max(5, repeats // 3))
+        row = {k: v for k, v in t.items()}
+        # p50 ratios, and ratios of the fastest calls (less sensitive to other processes on the machine)
+        row["speedup_vs_eager"] = t["torch_eager"]["p50_ms"] / t["onnx"]["p50_ms"]
+        row["speedup_vs_eager_min"] = t["torch_eager"]["min_ms"] / t["onnx"]["min_ms"]
+        if "torch_compile" in t:
+            row["speedup_vs_compile"] = t["torch_compile"]["p50_ms"] / t["onnx"]["p50_ms"]
+            row["speedup_vs_compile_min"] = t["torch_compile"]["min_ms"] / t["onnx"]["min_ms"]
+        out["batch_sizes"][str(n)] = row
+    return out
+
+

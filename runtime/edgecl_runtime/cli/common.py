@@ -1,0 +1,112 @@
+"""What every ``edgecl`` command shares: the click group, plugins, progress bars, error reporting."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from .. import __version__
+
+COMMANDS_GROUP = "edgecl.commands"  # entry points: click commands of the training distribution
+PLUGINS_GROUP = "edgecl.plugins"  # entry points: functions the device verbs call when training is installed
+TRAINING_VERBS = ("train", "export", "demo", "learners", "backbones", "pretrain", "data")
+TRAINING_INSTALL = "pip install edgecl (the training distribution; it brings torch and timm)"
+
+
+def progress_bar(label: str):
+    """A click progress bar wrapper for an iterable with a length, on stderr."""
+
+    def wrap(iterable):
+        with click.progressbar(iterable, label=label, file=sys.stderr, show_pos=True) as bar:
+            yield from bar
+
+    return wrap
+
+
+def fail(exc: Exception) -> None:
+    raise click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+def _entry_point(group: str, name: str):
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    return found[0] if found else None
+
+
+def _missing_training(name: str, why: str) -> click.Command:
+    @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   add_help_option=False, help=f"(needs the training distribution: {why})")
+    def stub():
+        raise click.ClickException(f"`edgecl {name}` needs the training distribution: {why}")
+
+    return stub
+
+
+def load_plugin(name: str, purpose: str):
+    """The training distribution's function ``name`` (entry point in ``edgecl.plugins``), or a clear error."""
+    ep = _entry_point(PLUGINS_GROUP, name)
+    if ep is None:
+        raise click.ClickException(f"{purpose} needs the training distribution: {TRAINING_INSTALL}")
+    try:
+        return ep.load()
+    except ImportError as exc:
+        raise click.ClickException(f"{purpose} needs {exc.name or 'a training dependency'}: {exc}") from exc
+
+
+class EdgeclGroup(click.Group):
+    """A click group whose training verbs come from the ``edgecl.commands`` entry points."""
+
+    def list_commands(self, ctx):
+        plugins = {ep.name for ep in entry_points(group=COMMANDS_GROUP)}
+        return sorted(set(super().list_commands(ctx)) | plugins | set(TRAINING_VERBS))
+
+    def get_command(self, ctx, name):
+        own = super().get_command(ctx, name)
+        if own is not None:
+            return own
+        ep = _entry_point(COMMANDS_GROUP, name)
+        if ep is None:
+            return _missing_training(name, TRAINING_INSTALL) if name in TRAINING_VERBS else None
+        try:
+            return ep.load()
+        except ImportError as exc:
+            missing = exc.name or "a training dependency"
+            return _missing_training(name, f"{missing} is not importable ({exc}); pip install torch==2.13.0 edgecl")
+
+
+def load_bundle(path: str, device: str):
+    """Open a bundle for a command; ``--threads`` (``threads_option``) is honoured when the command has it."""
+    from edgecl_runtime import Bundle, EdgeclRuntimeError
+
+    ctx = click.get_current_context(silent=True)
+    threads = ctx.meta.get(THREADS_KEY) if ctx is not None else None
+    try:
+        return Bundle.load(path, device=device, threads=threads)
+    except EdgeclRuntimeError as exc:
+        fail(exc)
+
+
+THREADS_KEY = "edgecl.threads"
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+    callback=lambda ctx, param, value: ctx.meta.__setitem__(THREADS_KEY, value),
+    help="onnxruntime intra-op threads (default: one per physical core).",
+)
+
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Execution provider: auto picks CUDA when onnxruntime has it.",
+)
+
+
+@click.group(cls=EdgeclGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgecl")
+def main():
+    """Continual learning with pre-trained models, exported to the edge.
+
+    Device verbs (predict, add-class, remove-class, eval, info, history,
+    rollback, compact, merge, bench) need only the runtime; training verbs
+    (train, export, demo, ...) come with the training distribution `edgecl`.
+    """
