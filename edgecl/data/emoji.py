@@ -152,8 +152,11 @@ def locate(vendor: str) -> str:
     return found[0]
 
 
+RESVG_MODULE = "resvg_py"  # the SVG rasteriser (pip resvg-py)
+
+
 def _require_resvg() -> None:
-    if importlib.util.find_spec("resvg_py") is None:
+    if importlib.util.find_spec(RESVG_MODULE) is None:
         raise DataError("the emoji benchmark rasterises SVGs with resvg-py: install it with "
                         "`pip install resvg-py` (or pip install 'edgecl[emoji]')")
 
