@@ -13,6 +13,10 @@ resolution (``(B, S, S)`` uint8, the glyph centred) and returns ``(B, size, size
    (dark on light or light on dark) along a weak gradient of its own;
 5. pixel noise (uniform) of random strength.
 
+``augment_art(art, size, rng, config, background)`` does steps 2, 3 and 5 to colour artwork
+(``(B, S, S, 4)`` RGBA, the emoji benchmark) and lays it over step 4's background, its values
+mapped into a luminance range; the glyph foreground colour is not used.
+
 All random numbers are drawn up front, vectorised over the batch, from ``rng``: the same masks
 and generator state give the same pixels. The per-image pixel work runs in Pillow's C code
 (MESH transform, Gaussian blur, resize, composite), measured ~15x faster than the equivalent
