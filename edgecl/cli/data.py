@@ -67,4 +67,4 @@ def preview(spec, out, split, count, cols, scale, seed):
     scale = scale or max(1, round(64 / images.shape[1]))
     _grid(np.asarray(images), cols, scale).save(out)
     click.echo(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) of {spec} -> {out}")
-    click.echo("classes, row by row: " + " ".join(names[: cols * 4]) + (" ..." if len(names) > cols * 4 else ""))
+    click.echo("classes, row by row: " + ", ".join(names[: cols * 4]) + (", ..." if len(names) > cols * 4 else ""))
