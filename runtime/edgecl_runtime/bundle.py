@@ -28,6 +28,7 @@ class Prediction:
     scores: np.ndarray  # (N,) score of the top class
     indices: np.ndarray  # (N,) class index of the top class
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
+    seq: int = 0  # the bundle state the prediction came from: its last journaled update (see ``history``)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,7 +36,7 @@ class Prediction:
     def __getitem__(self, i: int) -> "Prediction":
         """The prediction of image ``i`` alone (a one-image ``Prediction``)."""
         row = slice(i, i + 1 or None)  # i = -1 -> slice(-1, None)
-        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row])
+        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row], self.seq)
 
 
 @dataclass
@@ -204,6 +205,7 @@ class Bundle:
             scores=s[np.arange(s.shape[0]), order[:, 0]],
             indices=order[:, 0].copy(),
             top_k=[[(names[j], float(s[r, j])) for j in row] for r, row in enumerate(order)],
+            seq=view.seq,
         )
 
     def predict_stream(self, frames, batch_size: int = 8, top_k: int = 1):

@@ -51,11 +51,11 @@ DEVICES = ("auto", "cpu", "cuda")
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 CACHE_DIR = ".ort-cache"
-GRAPH_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+GRAPH_LEVELS = {  # names of onnxruntime.GraphOptimizationLevel members
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 
 
@@ -98,7 +98,7 @@ def session_options(threads: int | None = None, level: str = "all") -> ort.Sessi
     if level not in GRAPH_LEVELS:
         raise InvalidInputError(f"graph optimisation level must be one of {', '.join(GRAPH_LEVELS)}, got {level!r}")
     so = ort.SessionOptions()
-    so.graph_optimization_level = GRAPH_LEVELS[level]
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only: the NCHWc "optimized model may not run elsewhere" warning is expected
     if threads is not None:
