@@ -136,6 +136,7 @@ class Bundle:
     def _embed(self, images, batch_size: int = 64) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        inputs.image_budget(images)  # the pixel budget (edgecl_runtime.limits), from the shapes alone
         x = self.preprocess(images)
         if x.shape[0] <= batch_size:
             return self._run(x)

@@ -33,13 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from . import inputs, journal, storage
+from . import inputs, journal, limits, storage
 from .errors import (
     CorruptBundleError,
     EdgeclRuntimeError,
     IncompatibleBundleError,
     InvalidInputError,
     MissingFileError,
+    StorageError,
     TamperedFileError,
 )
 from .heads import head_class
@@ -217,6 +218,7 @@ def replay(head, classes: list[str], records: list[Record], where: str):
 
 
 def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool) -> State:
+    storage.check_bundle_dir(path)  # no symbolic link or special file is ever followed
     m, version = parse_manifest(raw, str(path / MANIFEST_NAME))
     trusted: list = []
     if version >= 2 and (bad := check_seal(m, MANIFEST_NAME)):
@@ -230,6 +232,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
     if verify:
         names = None if verify is True else sorted({m["head"]["file"], m["base"]["file"]})
         verify_files(path, m, names, collect=trusted if trust_modified else None)
+    limits.check_head_file(path / m["head"]["file"], m["head"].get("arrays"), "head.arrays")  # before decompressing
     head, arrays = read_head(path, m)
     if version == 1:
         m["head"]["arrays"] = m["base"]["arrays"] = array_spec({k: v for k, v in arrays.items()})
@@ -424,12 +427,23 @@ def _cached_state(path: Path) -> State | None:
 
 
 def _locked_state(path: Path, timeout: float | None, full: bool = False, trust_modified: bool = False) -> State:
-    if not full and not trust_modified and (st := _cached_state(path)) is not None:
-        return st
-    st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
-    if not st.journal_ok and not trust_modified:
-        raise CorruptBundleError(f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
-    return _remember(st)
+    st = _cached_state(path) if not full and not trust_modified else None
+    if st is None:
+        st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
+        if not st.journal_ok and not trust_modified:
+            raise CorruptBundleError(
+                f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
+        _remember(st)
+    _remove_leftovers(st)
+    return st
+
+
+def _remove_leftovers(st: State) -> None:
+    """Delete the files an interrupted update left (unreferenced head, base and journal files; temp files go
+    when the lock is taken), so that the next update after a failure starts from a clean directory."""
+    m = st.manifest
+    keep = {m["head"]["file"], m["base"]["file"], m["journal"]["file"], *m.get("files", {})}
+    storage.remove_stale(st.path, keep)
 
 
 def _snapshot_due(st: State, lagging: list[Record], end: int) -> bool:
@@ -457,7 +471,15 @@ def commit_records(st: State, records: list[Record], head, classes: list[str], s
     seq = records[-1].seq if records else st.scan.seq
     lagging = st.lagging + records
     if snapshot or (snapshot is None and _snapshot_due(st, lagging, end)):
-        return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+        try:
+            return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+        except (StorageError, OSError) as exc:
+            if not records:
+                raise storage.storage_error(exc, f"write a head snapshot of {st.path}") if isinstance(exc, OSError) \
+                    else exc
+            # The records are committed (fsync'd journal): the snapshot only waits for the next update.
+            storage.warn_after_commit(f"{st.path}: the update is committed (journal), but the head snapshot "
+                                      f"failed and is postponed to the next update: {exc}")
     scan = Scan(st.scan.records + records, end, digest, seq)
     return _remember(State(st.path, {**st.manifest, "classes": list(classes)}, st.disk_version, head, list(classes),
                            scan, lagging, st.full, True, [], st.raw))
@@ -540,6 +562,7 @@ def history(path: str | Path) -> dict[str, Any]:
 
 def _read_base(st: State):
     verify_files(st.path, st.manifest, [st.manifest["base"]["file"]])
+    limits.check_head_file(st.path / st.manifest["base"]["file"], st.manifest["base"].get("arrays"), "base.arrays")
     return read_head(st.path, st.manifest, "base")
 
 
