@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import inputs, limits, storage
+from . import inputs, limits, signing, storage
 from .errors import CorruptBundleError, MissingFileError, StorageError
 
 MAGIC = b"ECJ1"
@@ -77,12 +77,21 @@ class Record:
         return {**d, **self.extra}
 
 
+def body_bytes(record: Record) -> bytes:
+    """The record's embeddings as stored (float32 LE, row-major), empty without."""
+    if record.embeddings is None:
+        return b""
+    return np.ascontiguousarray(record.embeddings, dtype="<f4").tobytes()
+
+
 def encode(record: Record, prev_digest: str) -> tuple[bytes, str]:
-    """Bytes of ``record`` chained after ``prev_digest``, and its digest."""
+    """Bytes of ``record`` chained after ``prev_digest`` (signed when a signing key is configured), and its digest."""
+    body = body_bytes(record)
+    record.extra.pop(signing.RECORD_FIELD, None)
+    sig = signing.sign_record(prev_digest, record.header(), body)
+    if sig is not None:
+        record.extra[signing.RECORD_FIELD] = sig
     header = json.dumps(record.header(), ensure_ascii=True, sort_keys=True).encode("ascii")
-    body = b""
-    if record.embeddings is not None:
-        body = np.ascontiguousarray(record.embeddings, dtype="<f4").tobytes()
     payload = header + b"\n" + body
     digest = hashlib.sha256(bytes.fromhex(prev_digest) + payload).digest()
     return _PREFIX.pack(MAGIC, len(payload), digest) + payload, digest.hex()

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from . import inputs, limits, storage
+from . import inputs, limits, signing, storage
 from .errors import (
     CorruptBundleError,
     IncompatibleBundleError,
@@ -211,7 +211,7 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
 
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` with its ``checksum`` field set (every writer of a version-2 manifest calls this)."""
-    out = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    out = signing.on_seal({k: v for k, v in manifest.items() if k != CHECKSUM_FIELD})
     out[CHECKSUM_FIELD] = manifest_checksum(out)
     return out
 

@@ -202,6 +202,41 @@ def warn_after_commit(msg: str) -> None:
     log.warning("%s", msg)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return pid > 0
+
+
+def remove_dead_temps(directory: Path, prefix: str = ".") -> int:
+    """Delete ``PREFIX<pid>.*.tmp`` files and directories whose creating process is gone; returns how many.
+
+    For temporaries outside a bundle's lock (a merge's output directory, the optimised-model cache):
+    another live process may still be writing those of its own pid.
+    """
+    n = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                if entry.is_dir(follow_symlinks=False):
+                    import shutil
+
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _unlink_quietly(Path(entry.path))
+                n += 1
+    return n
+
+
 def temp_name(path: Path) -> Path:
     """A fresh temporary name next to ``path`` (``.NAME.PID.RANDOM.tmp``), removed by the next writer if left."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")

@@ -21,6 +21,7 @@ new state, never a mix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import inputs, journal, limits, storage
+from . import inputs, journal, limits, signing, storage
 from .errors import (
     CorruptBundleError,
     EdgeclRuntimeError,
@@ -204,6 +205,8 @@ def apply(head, classes: list[str], rec: Record, strict: bool = True):
         if len(classes) == 1:
             raise InvalidInputError(f"cannot remove {rec.name!r}: a bundle needs at least one class")
         index = classes.index(rec.name)
+        if rec.embeddings is not None and head.SHARED_STATISTICS:  # its known examples leave the shared statistics
+            return head.without_class(index, rec.embeddings), classes[:index] + classes[index + 1 :]
         return head.without_class(index), classes[:index] + classes[index + 1 :]
     raise CorruptBundleError(f"unknown journal operation {rec.op!r}")
 
@@ -227,6 +230,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
                 f"{path / MANIFEST_NAME}: its content does not match its checksum field (edited or corrupt)"
             )
         trusted.append((MANIFEST_NAME, {"sha256": bad[0]}, {"sha256": bad[1]}))
+    signing.verify_manifest(m, str(path / MANIFEST_NAME))  # with trusted public keys configured
     if version == 1:
         m = _as_v2(m)
     if verify:
@@ -249,6 +253,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
         log.warning("%s; using the committed head state as trusted", exc)
         s = Scan([], j["bytes"], j["digest"], j["seq"])
     lagging = [r for r in s.records if r.end > j["bytes"]]
+    signing.verify_records(lagging, j["digest"], str(jpath))
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     classes = list(m["classes"])
@@ -366,7 +371,7 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
 # A writer's last state of each bundle, with the signatures of the files it was verified from: the next
 # update under the lock reuses it when the manifest bytes and the head/base files are unchanged, and only
 # reads (and replays) the journal records appended since, instead of re-reading and re-hashing the head.
-_WRITER_CACHE: dict[Path, tuple[State, tuple]] = {}
+_WRITER_CACHE: dict[Path, tuple[State, tuple, tuple]] = {}
 _WRITER_CACHE_SIZE = 4
 
 
@@ -389,7 +394,7 @@ def _remember(st: State) -> State:
         _WRITER_CACHE.pop(key, None)
         while len(_WRITER_CACHE) >= _WRITER_CACHE_SIZE:
             _WRITER_CACHE.pop(next(iter(_WRITER_CACHE)))
-        _WRITER_CACHE[key] = (st, _signature(st))
+        _WRITER_CACHE[key] = (st, _signature(st), signing.current().fingerprint())
     return st
 
 
@@ -398,7 +403,9 @@ def _cached_state(path: Path) -> State | None:
     hit = _WRITER_CACHE.get(path.resolve())
     if hit is None:
         return None
-    st, sig = hit
+    st, sig, policy = hit
+    if policy != signing.current().fingerprint():
+        return None  # verified under other keys: verify again
     try:
         if read_manifest_bytes(path) != st.raw:
             return None
@@ -420,6 +427,7 @@ def _cached_state(path: Path) -> State | None:
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     new = s.records[known:]
+    signing.verify_records(new, st.lagging[-1].digest if known else j["digest"], str(jpath))
     head, classes = replay(st.head, st.classes, new, str(jpath))
     scan = Scan(st.scan.records + new, s.end, s.digest, s.seq, s.discarded, s.problem)
     return State(path, {**st.manifest, "classes": classes}, st.disk_version, head, classes, scan,
@@ -462,6 +470,7 @@ def commit_records(st: State, records: list[Record], head, classes: list[str], s
     ``SNAPSHOT_EVERY`` / ``SNAPSHOT_BYTES``, for the first record of a journal file, and on the first
     update of a version-1 bundle.
     """
+    signing.require_signer(st.path)
     j = st.manifest["journal"]
     jpath = st.path / j["file"]
     end, digest = st.scan.end, st.scan.digest
@@ -494,6 +503,21 @@ def snapshot(path: str | Path, timeout: float | None = None) -> State:
         if not st.lagging and st.disk_version >= 2:
             return st
         return commit_records(st, [], st.head, st.classes, snapshot=True)
+
+
+def reseal(path: str | Path, timeout: float | None = None) -> State:
+    """Rewrite the manifest as of now (the journal folded into a head snapshot first): what ``signing.sign_bundle``
+    calls under a signing key, so the new manifest carries its signature."""
+    path = Path(path)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        if st.lagging or st.disk_version < 2:
+            return commit_records(st, [], st.head, st.classes, snapshot=True)
+        m, _ = parse_manifest(read_manifest_bytes(path), str(path / MANIFEST_NAME))
+        raw = storage.json_bytes(seal(m))
+        storage.atomic_write_bytes(path / MANIFEST_NAME, raw)
+        _WRITER_CACHE.pop(path.resolve(), None)
+        return read_state(path, verify="state", full=False)
 
 
 def _new_record(st: State, seq_offset: int, op: str, name: str, embeddings=None, **extra) -> Record:
@@ -530,16 +554,38 @@ def add_examples(path: str | Path, name: str, embeddings, timeout: float | None 
 
 
 def remove_class(path: str | Path, name: str, timeout: float | None = None) -> State:
-    """Remove class ``name`` (the exact inverse of adding it, for additive heads); journaled."""
+    """Remove class ``name``; journaled.
+
+    The exact inverse of the class's journaled additions: its row goes, and for heads whose classes
+    share statistics (``ridge``: the Gram matrix ``G``) the examples added since the base (the
+    export, or the last ``compact``) leave them too, so a class added on the device and removed
+    again leaves every other score as it was. Examples the base holds (training data, or additions
+    folded by ``compact``) are not known to the device: for a class of the base, the removal drops
+    its row and its journaled examples, and its base examples stay in ``G`` (the other classes
+    still score as ridge regression fitted with them). See docs/bundle-format.md.
+    """
     path = Path(path)
     name = inputs.class_name(name)
     with storage.locked(path, timeout):
-        st = _locked_state(path, timeout)
+        st = _locked_state(path, timeout, full=True)
         if name not in st.classes:
             raise InvalidInputError(f"no class named {name!r}; the bundle has {len(st.classes)} classes")
-        rec = _new_record(st, 1, "remove_class", name)
+        rec = _new_record(st, 1, "remove_class", name, class_rows(st.scan.records, name))
         head, classes = apply(st.head, st.classes, rec)
         return commit_records(st, [rec], head, classes)
+
+
+def class_rows(records: list[Record], name: str) -> np.ndarray | None:
+    """The example embeddings the journal ``records`` added to class ``name`` since it last appeared, or None."""
+    rows: list[np.ndarray] = []
+    for r in records:
+        if r.name != name:
+            continue
+        if r.op == "remove_class":
+            rows = []
+        elif r.embeddings is not None:
+            rows.append(r.embeddings)
+    return np.concatenate(rows).astype(np.float32) if rows else None
 
 
 def history(path: str | Path) -> dict[str, Any]:
@@ -574,6 +620,7 @@ def rollback(path: str | Path, to: int, timeout: float | None = None) -> State:
     path = Path(path)
     with storage.locked(path, timeout):
         st = _locked_state(path, timeout, full=True)
+        signing.require_signer(path)
         m = st.manifest
         lo, hi = m["base"]["seq"], st.seq
         if not isinstance(to, int) or isinstance(to, bool) or not lo <= to <= hi:
@@ -602,6 +649,7 @@ def compact(path: str | Path, timeout: float | None = None, trust_modified: bool
     path = Path(path)
     with storage.locked(path, timeout):
         st = _locked_state(path, timeout, full=True, trust_modified=trust_modified)
+        signing.require_signer(path)
         m = st.manifest
         ids = sorted(known_ids(st))
         generation = int(m["head"].get("generation", 0)) + 1
@@ -641,7 +689,17 @@ def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"merge output {out} exists and is not empty")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=storage.TMP_SUFFIX, dir=out.parent))
+    storage.remove_dead_temps(out.parent, f".{out.name}.")  # of a merge that was killed
+    try:
+        return _merge_to_new(a, b, sb, out, timeout)
+    except OSError as exc:
+        raise storage.storage_error(exc, f"write the merged bundle {out}") from exc
+
+
+def _merge_to_new(a: Path, b: Path, sb: State, out: Path, timeout: float | None) -> State:
+    """Merge into a copy of ``a`` in a temporary directory next to ``out``, renamed to ``out`` when complete
+    (the commit point); the temporary directory is removed on any failure."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=storage.TMP_SUFFIX, dir=out.parent))
     try:
         with storage.locked(a, timeout):
             sa = _locked_state(a, timeout, full=True)
@@ -650,25 +708,25 @@ def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: 
                      sa.manifest["journal"]["file"], MANIFEST_NAME]
             for name in dict.fromkeys(names):
                 if (a / name).is_file():
-                    shutil.copy2(a / name, tmp / name)
+                    storage.copy_file(a / name, tmp / name)
         with storage.locked(tmp, timeout):
             st = _merge_into(_locked_state(tmp, timeout, full=True), sb, b)
         (tmp / storage.LOCK_NAME).unlink(missing_ok=True)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700
+        storage.fsync_dir(tmp)
         if out.exists():
             out.rmdir()
-        tmp.rename(out)
-        storage.fsync_dir(out.parent)
+        storage.sys_rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    storage.fsync_dir_after_commit(out.parent, f"merging into {out}")
+    _WRITER_CACHE.pop(tmp.resolve(), None)
     st.path = out
     return st
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -697,8 +755,9 @@ def _merge_into(sa: State, sb: State, b: Path) -> State:
     for r in sb.scan.records:
         if r.id in known:
             continue
-        rec = Record(sa.seq + len(records) + 1, r.op, r.name, r.id, r.time, r.embeddings,
-                     {**r.extra, "merged_from": str(b)})
+        extra = {k: v for k, v in r.extra.items() if k not in ("batch", "sig")}  # this append's own
+        emb = class_rows(sa.scan.records + records, r.name) if r.op == "remove_class" else r.embeddings
+        rec = Record(sa.seq + len(records) + 1, r.op, r.name, r.id, r.time, emb, {**extra, "merged_from": str(b)})
         if r.op == "remove_class" and r.name not in classes:
             continue  # already gone on this side
         try:
