@@ -454,3 +454,41 @@ def test_every_mode_is_tried_at_every_call(tmp_path):
     assert calls[0].startswith("open") and "fsync" in calls
     results = [run_trial(add, template, tmp_path / "w", k, m, reference) for m in MODES for k in range(len(calls))]
     assert all(not t.problems for t in results)
+
+
+# ------------------------------------------------------------ the CLI never shows a traceback
+def test_cli_on_damaged_bundles_fails_in_one_line(tmp_path):
+    d0 = copy_fixture(tmp_path / "origin")
+    store.add_examples(d0, "x", embeddings(1))
+    store.add_examples(d0, "y", embeddings(2))
+    rng = np.random.default_rng(0)
+    files = ["manifest.json", "journal-000000.log", "head-000000.npz", "head-000001.npz"]
+    for trial in range(40):
+        d = tmp_path / f"d{trial}"
+        shutil.copytree(d0, d)
+        p = d / files[trial % len(files)]
+        data = bytearray(p.read_bytes())
+        if trial % 3 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(1 + trial % 4):
+                data[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        p.write_bytes(bytes(data))
+        for args in (["history", str(d)], ["info", str(d), "--json"], ["remove-class", str(d), "x"], ["compact", str(d)]):
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code in (0, 1) and (r.exception is None or isinstance(r.exception, SystemExit)), (
+                args, p.name, r.output, r.exception)
+
+
+def test_export_sign_makes_a_bundle_a_pinned_device_accepts(trained, tmp_path, keys):
+    key, pub, foreign = keys
+    from edgecl.cli import train as train_cli
+
+    _, run_dir = trained
+    out = tmp_path / "signed"
+    r = CliRunner().invoke(train_cli.export_cmd, [str(run_dir), str(out), "--sign", str(key)])
+    assert r.exit_code == 0 and "signed with key" in r.output, r.output
+    b = Bundle.load(out, public_key=pub)
+    assert b.info()["signed_by"] == signing.key_id(signing.load_public_key(pub))
+    with pytest.raises(SignatureError):
+        Bundle.load(out, public_key=foreign)

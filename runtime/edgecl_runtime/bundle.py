@@ -305,4 +305,5 @@ class Bundle:
             "added_on_device": [h["class"] for h in m.get("history", []) if h.get("event") == "add_class"],
             "bundle_id": m.get("bundle_id"),
             "updates": self.seq,  # journaled on-device updates (see `edgecl history`)
+            "signed_by": (m.get("signature") or {}).get("key_id"),  # verified only with public keys configured
         }

@@ -344,8 +344,5 @@ def _undo_append(fd: int, path: Path, keep_bytes: int, created: bool) -> None:
 
 def write_prefix(src: Path, dst: Path, nbytes: int) -> None:
     """A new journal file ``dst`` holding the first ``nbytes`` of ``src`` (for rollback), atomically."""
-    data = b""
-    if nbytes:
-        with open(src, "rb") as f:
-            data = f.read(nbytes)
+    data = storage.read_regular(src, 0, nbytes) if nbytes else b""
     storage.atomic_write_bytes(dst, data)

@@ -231,6 +231,8 @@ def read_manifest_bytes(bundle_dir: Path) -> bytes:
         return storage.read_regular(path)
     except FileNotFoundError:
         raise MissingFileError(f"not an edgecl bundle: {path} is missing") from None
+    except PermissionError as exc:
+        raise storage.storage_error(exc, f"read {path}", unchanged=False) from exc
     except OSError as exc:
         raise CorruptBundleError(f"cannot read {path}: {exc}") from exc
 
