@@ -150,28 +150,8 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
     pos = 0
     batch: tuple | None = None  # (records, end, digest, seq, pos) before an open multi-record batch
     while pos < len(data):
-        problem = ""
-        if len(data) - pos < _PREFIX.size:
-            problem = "incomplete record prefix"
-        else:
-            magic, n, digest = _PREFIX.unpack_from(data, pos)
-            payload = data[pos + _PREFIX.size : pos + _PREFIX.size + n]
-            if magic != MAGIC or n > MAX_PAYLOAD:
-                problem = "bad record marker"
-            elif len(payload) < n:
-                problem = "incomplete record"
-            elif hashlib.sha256(bytes.fromhex(out.digest) + payload).digest() != digest:
-                problem = "digest mismatch"
-            else:
-                try:
-                    rec = _decode_payload(payload, str(path))
-                except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    problem = f"unreadable record ({exc})"
-                else:
-                    if rec.seq != out.seq + 1:
-                        problem = f"sequence number {rec.seq} after {out.seq}"
-                    else:
-                        problem = _batch_problem(rec, batch is not None, len(out.records) - (batch[0] if batch else 0))
+        in_batch = len(out.records) - batch[0] if batch else None
+        problem, rec, n, digest = _next_record(data, pos, out, path, in_batch)
         if problem:
             if _followed_by_chain(data, pos, out.digest):
                 raise CorruptBundleError(
@@ -188,14 +168,40 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
         out.end, out.digest, out.seq = rec.end, rec.digest, rec.seq
         if "batch" in rec.extra and rec.extra["batch"][0] == rec.extra["batch"][1]:
             batch = None
-    if batch is not None:  # a multi-record append cut short: all or nothing, so none of it
-        n_done = len(out.records) - batch[0]
-        del out.records[batch[0] :]
-        out.end, out.digest, out.seq = batch[1], batch[2], batch[3]
-        out.discarded = len(data) - batch[4]
-        out.problem = (f"incomplete batch of updates at byte {out.end} ({n_done} records)"
-                       + (f", then {out.problem}" if out.problem else ""))
+    if batch is not None:
+        _drop_open_batch(out, batch, len(data))
     return out
+
+
+def _next_record(data: bytes, pos: int, out: Scan, path: Path, in_batch: int | None):
+    """``(problem, record, payload length, digest)`` of the record at ``pos`` chained after ``out``."""
+    if len(data) - pos < _PREFIX.size:
+        return "incomplete record prefix", None, 0, b""
+    magic, n, digest = _PREFIX.unpack_from(data, pos)
+    payload = data[pos + _PREFIX.size : pos + _PREFIX.size + n]
+    if magic != MAGIC or n > MAX_PAYLOAD:
+        return "bad record marker", None, n, digest
+    if len(payload) < n:
+        return "incomplete record", None, n, digest
+    if hashlib.sha256(bytes.fromhex(out.digest) + payload).digest() != digest:
+        return "digest mismatch", None, n, digest
+    try:
+        rec = _decode_payload(payload, str(path))
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"unreadable record ({exc})", None, n, digest
+    if rec.seq != out.seq + 1:
+        return f"sequence number {rec.seq} after {out.seq}", rec, n, digest
+    return _batch_problem(rec, in_batch is not None, in_batch or 0), rec, n, digest
+
+
+def _drop_open_batch(out: Scan, batch: tuple, size: int) -> None:
+    """A multi-record append cut short: all or nothing, so none of it (its bytes become the discarded tail)."""
+    n_done = len(out.records) - batch[0]
+    del out.records[batch[0] :]
+    out.end, out.digest, out.seq = batch[1], batch[2], batch[3]
+    out.discarded = size - batch[4]
+    out.problem = (f"incomplete batch of updates at byte {out.end} ({n_done} records)"
+                   + (f", then {out.problem}" if out.problem else ""))
 
 
 def _batch_problem(rec: Record, open_batch: bool, done: int) -> str:
