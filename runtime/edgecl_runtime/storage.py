@@ -10,6 +10,14 @@ journal record is replayed on load); after it the new manifest names the new,
 complete one. Leftovers of an interrupted update (temp files, unreferenced
 head, base and journal files) are removed by the next update.
 
+Every write loops until all bytes are written (short writes) or raises
+``StorageError`` (disk full, permissions, I/O error) after removing what it
+created, so a failure before a commit point leaves the bundle as it was; a
+failure after one (syncing the directory after a rename) is a warning
+(``warn_after_commit``). Files are opened with ``O_NOFOLLOW`` and must be
+regular files; new files are created with ``O_EXCL`` after removing whatever
+held the name, so nothing is ever written through a symbolic link.
+
 Updates are serialised by an advisory ``flock`` on ``BUNDLE/.lock``; a second
 writer waits up to a timeout and then fails with ``LockTimeoutError``.
 """
