@@ -140,6 +140,7 @@ def operations(template: Path, other: Path) -> list[Op]:
         Op("add", lambda d, t: store.add_examples(d, "new", embeddings(7, 3))),
         Op("add+snapshot", lambda d, t: store.add_examples(d, "new", embeddings(7, 3)), snapshot_every=3),
         Op("extend", lambda d, t: store.add_examples(d, "beta", embeddings(8, 3))),
+        Op("add-batch", lambda d, t: store.add_batch(d, [(f"n{i}", embeddings(20 + i, 2)) for i in range(5)])),
         Op("remove", lambda d, t: store.remove_class(d, "x")),
         Op("remove+snapshot", lambda d, t: store.remove_class(d, "x"), snapshot_every=3),
         Op("merge", lambda d, t: store.merge(d, other)),

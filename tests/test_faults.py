@@ -42,7 +42,7 @@ def test_every_write_of_every_operation_fails_safely(tmp_path, record_property):
     bad = [t for t in trials if t.problems]
     assert not bad, "\n".join(f"{t.op} {t.mode} at {t.call} (#{t.point}): {t.problems}" for t in bad[:10])
     ops = {t.op for t in trials}
-    assert len(ops) == 10 and len(trials) > 300
+    assert len(ops) == 11 and len(trials) > 300
     for op in ops:  # every operation was made to fail before its commit point, and returned after it
         outcomes = {t.outcome for t in trials if t.op == op}
         assert "raised" in outcomes and outcomes & {"returned", "warned"}, (op, outcomes)
@@ -123,6 +123,21 @@ def test_a_merge_cut_short_is_not_half_applied(tmp_path, monkeypatch):
         st = store.read_state(a, verify="state", full=False)
         assert st.classes == before.classes and st.seq == before.seq, cut
         assert st.scan.discarded > 0 and "incomplete batch" in st.scan.problem
+
+
+def test_a_batch_add_cut_short_adds_nothing(tmp_path):
+    d = copy_fixture(tmp_path / "b")
+    store.add_examples(d, "x", embeddings(1))
+    before = store.read_state(d)
+    store.add_batch(d, [(f"n{i}", embeddings(20 + i, 2)) for i in range(6)])
+    jpath = d / "journal-000000.log"
+    full = jpath.read_bytes()
+    assert store.read_state(d).classes[-6:] == [f"n{i}" for i in range(6)]
+    jpath.write_bytes(full[: (before.scan.end + len(full)) // 2])  # power cut in the middle of the append
+    store._WRITER_CACHE.clear()
+    assert store.read_state(d).classes == before.classes
+    store.add_examples(d, "y", embeddings(3))  # the torn batch is truncated, the journal goes on
+    assert store.read_state(d, verify=True).classes == before.classes + ["y"]
 
 
 # ------------------------------------------------------------ leftovers

@@ -553,6 +553,24 @@ def add_examples(path: str | Path, name: str, embeddings, timeout: float | None 
         return commit_records(st, [rec], head, classes), name not in st.classes
 
 
+def add_batch(path: str | Path, items, timeout: float | None = None) -> State:
+    """Add several ``(name, embeddings)`` updates as one journal append: all of them are committed, or none
+    (a batch cut short by a crash is discarded whole on replay, see ``journal.scan``)."""
+    path = Path(path)
+    items = [(inputs.class_name(name), emb) for name, emb in items]
+    if not items:
+        raise InvalidInputError("no updates given")
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        dim = int(st.manifest["backbone"]["embedding_dim"])
+        head, classes, records = st.head, st.classes, []
+        for name, emb in items:
+            rec = _new_record(st, len(records) + 1, "add", name, _embeddings(emb, dim))
+            head, classes = apply(head, classes, rec)
+            records.append(rec)
+        return commit_records(st, records, head, classes)
+
+
 def remove_class(path: str | Path, name: str, timeout: float | None = None) -> State:
     """Remove class ``name``; journaled.
 
@@ -784,7 +802,7 @@ def snapshot_files(path: str | Path) -> dict[str, str]:
 
 
 __all__ = [
-    "State", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
+    "State", "add_batch", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
     "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot", "snapshot_files",
     "bundle_bytes",
 ]
