@@ -191,4 +191,4 @@ def test_sigkill_during_a_merge_applies_all_of_it_or_nothing(tmp_path, record_pr
     for k, v in seen.items():
         record_property(k, v)
     print(f"\nmerge crash test: {MERGE_TRIALS} trials: {seen}")
-    assert seen["killed"] >= MERGE_TRIALS // 2 and seen["none"] and seen["all"] and seen["cut_inside_the_batch"]
+    assert seen["killed"] >= MERGE_TRIALS // 4 and seen["none"] and seen["all"] and seen["cut_inside_the_batch"]
