@@ -42,7 +42,8 @@ class Injector:
 
     ``enospc`` and ``short`` model a disk that fills up: from the faulty call on, every write and every
     file creation fails with ENOSPC (``short`` first writes half of the data and reports it); ``eacces``
-    fails one call with EACCES. ``fail_at=None`` only counts the calls.
+    fails one call with EACCES (a ``short`` fault at a call that writes nothing just fills the disk from
+    there on). ``fail_at=None`` only counts the calls.
     """
 
     def __init__(self, fail_at: int | None = None, mode: str = "enospc"):
