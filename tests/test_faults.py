@@ -532,3 +532,15 @@ def test_safetensors_head_headers_are_checked_before_reading(tmp_path):
     p.write_bytes(struct.pack("<Q", 1 << 60))
     with pytest.raises(CorruptBundleError, match="header length"):
         limits.check_head_file(p, spec, "head.arrays")
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "head-000001.safetensors", "journal-000000.log", ".lock"])
+def test_format3_bundle_refuses_planted_links(bundle_dir, outside, name):
+    m = json.loads((bundle_dir / "manifest.json").read_text())
+    assert m["format_version"] == 3 and (bundle_dir / "model.onnx").is_file()
+    _planted(bundle_dir, name, outside)
+    with pytest.raises(UnsafeFileError):
+        store.add_examples(bundle_dir, "x", np.ones((2, int(m["backbone"]["embedding_dim"])), np.float32))
+    with pytest.raises(UnsafeFileError):
+        Bundle.load(bundle_dir)
+    assert outside.read_bytes() == OUTSIDE
