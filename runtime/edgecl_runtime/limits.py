@@ -119,8 +119,9 @@ def _expected_bytes(entry: dict) -> int:
 def check_head_file(path: Path, spec: dict | None, field: str) -> None:
     """Compare a head file's declared array shapes and sizes with the manifest's ``spec`` before decompressing.
 
-    ``.npz`` files: every zip member's declared uncompressed size and its ``.npy`` header; ``.safetensors``:
-    the header's shapes and offsets. Without a ``spec`` (format 1) only the total size is bounded.
+    ``.npz`` files (formats 1-2): every zip member's declared uncompressed size and its ``.npy`` header;
+    without a ``spec`` (format 1) only the total size is bounded. Safetensors head files (format 3) hold no
+    compressed data and ``edgecl_runtime.tensors`` checks their header before mapping them.
     """
     from . import storage
 
@@ -130,10 +131,8 @@ def check_head_file(path: Path, spec: dict | None, field: str) -> None:
         return  # the reader reports the missing file
     with os.fdopen(fd, "rb") as f:
         try:
-            if path.suffix == ".npz":
+            if path.suffix == ".npz":  # safetensors files are not compressed: tensors.parse checks every offset
                 _check_npz(f, spec, f"{path.name}", field)
-            elif path.suffix == ".safetensors":
-                _check_safetensors(f, spec, f"{path.name}", field)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
             raise CorruptBundleError(f"cannot read head file {path}: {exc}") from exc
 
@@ -165,26 +164,3 @@ def _check_npz(f, spec: dict | None, where: str, field: str) -> None:
                 raise CorruptBundleError(
                     f"{where}: array {name!r} has dtype {dtype}, manifest field '{field}.{name}.dtype' says {want['dtype']}"
                 )
-
-
-def _check_safetensors(f, spec: dict | None, where: str, field: str) -> None:
-    size = os.fstat(f.fileno()).st_size
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > min(size - 8, 1 << 26):
-        raise CorruptBundleError(f"{where}: header length {n} does not fit the file ({size} bytes)")
-    header = json_loads(f.read(n), where)
-    if not isinstance(header, dict):
-        raise CorruptBundleError(f"{where}: the header is not a JSON object")
-    data_bytes = size - 8 - n
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = t.get("data_offsets") if isinstance(t, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_bytes):
-            raise CorruptBundleError(f"{where}: tensor {name!r} has data offsets {offsets!r} outside the file")
-        want = (spec or {}).get(name)
-        if want is not None and list(t.get("shape", [])) != list(want["shape"]):
-            raise CorruptBundleError(
-                f"{where}: array {name!r} has shape {t.get('shape')}, manifest field '{field}.{name}.shape' "
-                f"says {want['shape']}"
-            )
