@@ -15,7 +15,7 @@ from .errors import (
     InvalidInputError,
     MissingFileError,
 )
-from .preprocess import preprocess
+from .preprocess import load_images, preprocess
 from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding  # noqa: F401
 
 
@@ -151,6 +151,8 @@ class Bundle:
             return self.head.scores(self._run(x))
 
     def predict(self, images, top_k: int = 1) -> Prediction:
+        """Top-``top_k`` classes of ``images``: uint8/float arrays (``edgecl_runtime.preprocess``),
+        a PIL image or an image file path, or a list of any of these."""
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         s = self.scores(images)
@@ -202,6 +204,7 @@ class Bundle:
         unchanged. See ``edgecl_runtime.store`` for the update protocol.
         """
         name = inputs.class_name(name)
+        images = load_images(images)  # PIL images / paths -> arrays, so the budget sees their sizes
         inputs.image_budget(images)
         t0 = time.perf_counter()
         emb = self.embed(images)
