@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import threading
 import zipfile
 import zlib
@@ -174,8 +176,8 @@ def test_non_loopback_address_needs_a_token(bundle_dir):
     assert r.exit_code != 0 and "needs a token" in r.output
 
 
-def test_tabs_and_servers_stay_consistent(bundle_dir):
-    """Concurrent teaching from many threads, and a second server on the same bundle, see every update."""
+def test_tabs_servers_and_processes_stay_consistent(bundle_dir):
+    """Many threads (tabs) on two servers of one bundle, and another process, all see every update."""
     a, b = create_app(ServedBundle(bundle_dir)), create_app(ServedBundle(bundle_dir))
     rows = np.random.default_rng(1).standard_normal((8, 2, 512)).astype(np.float32)
     codes = []
@@ -190,12 +192,16 @@ def test_tabs_and_servers_stay_consistent(bundle_dir):
     for t in threads:
         t.join()
     assert codes == [201] * 8
+    code = ("import numpy as np, sys; from edgecl_runtime import store; "
+            "store.add_examples(sys.argv[1], 'other-process', np.ones((1, 512), np.float32))")
+    subprocess.run([sys.executable, "-c", code, str(bundle_dir)], check=True)
     for app in (a, b):
         names = [c["name"] for c in app.test_client().get("/api/classes").get_json()["classes"]]
-        assert sorted(names[30:]) == [f"c{i}" for i in range(8)]
+        assert sorted(names[30:]) == sorted([f"c{i}" for i in range(8)] + ["other-process"])
     dup = b.test_client().post("/api/classes", json={"name": "c1", "features": rows[0].tolist()})
     assert dup.status_code == 409  # c1 came through server a
-    assert a.test_client().get("/api/history").get_json()["seq"] == 8
+    assert a.test_client().get("/api/history").get_json()["seq"] == 9
+    assert Bundle.load(bundle_dir).classes == [c["name"] for c in a.test_client().get("/api/classes").get_json()["classes"]]
 
 
 def test_download_zip_is_a_loadable_bundle(client, tmp_path):

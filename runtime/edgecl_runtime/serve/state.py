@@ -25,6 +25,17 @@ from .thumbs import Thumbs
 from .uploads import MAX_IMAGES
 
 
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    """One lock per bundle directory in this process. The bundle's own lock (``storage.locked``) serialises
+    processes but is re-entrant for every thread of a process, so threads are serialised here."""
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
 class ServedBundle:
     """Thread-safe predict / teach / remove / history / rollback on one bundle directory."""
 
@@ -33,7 +44,7 @@ class ServedBundle:
         self.path = self.bundle.path
         self.thumbs = Thumbs(self.path)
         self._state_lock = threading.Lock()  # the Bundle's state swap vs. readers of it
-        self._write_lock = threading.Lock()  # one update at a time from this server
+        self._write_lock = _write_lock(self.path)  # one update at a time from this process
 
     def current(self):
         """``(classes, head, seq)`` of the bundle on disk now."""
@@ -124,7 +135,7 @@ class ServedBundle:
     def zip_bytes(self) -> bytes:
         """The bundle as a zip, read under the bundle's update lock (a consistent copy)."""
         buf = io.BytesIO()
-        with storage.locked(self.path), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        with self._write_lock, storage.locked(self.path), zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for name in dict.fromkeys(self.bundle_files()):
                 if name and (self.path / name).is_file():
                     z.write(self.path / name, f"{self.path.name}/{name}")
