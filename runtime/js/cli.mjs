@@ -29,7 +29,7 @@ options: --no-verify (skip sha256 checks of the bundle files), --threads N (onnx
 
 const rows = (a, n, d) => Array.from({ length: n }, (_, i) => Array.from(a.subarray(i * d, (i + 1) * d)));
 
-async function info(bundle, opts) {
+async function info(bundle, _args, opts) {
   const h = bundle.head;
   const out = {
     format_version: bundle.formatVersion, head: h.constructor.kind, classes: bundle.classes, counts: h.counts,
