@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgecl_runtime import Bundle
+from edgecl_runtime import Bundle, store
 from edgecl_runtime.preprocess import preprocess
 from tests.conftest import ROOT, class_images
 
@@ -113,7 +113,7 @@ def journaled(bundle_dir, shapes_new):
         b.add_class(f"added-{c}", class_images(train, train.class_names[c]))
     b.add_class(b.classes[0], class_images(train, b.classes[0]))
     b.remove_class("added-51")
-    b.add_class("added-53", class_images(train, train.class_names[53], 2))
+    b.add_class("Cafe\u0301 \u2615 \U0001f469\u200d\U0001f52c", class_images(train, train.class_names[53], 2))
     return b
 
 
@@ -124,6 +124,7 @@ def test_journal_replay_matches_python(bundle_dir, shapes_new, tmp_path):
     py = Bundle.load(bundle_dir)
     js = run_node("info", bundle_dir, "--prototypes")
     assert js["classes"] == py.classes and js["counts"] == py.head.counts.tolist()
+    assert "Caf\u00e9 \u2615 \U0001f469\u200d\U0001f52c" in js["classes"]  # NFC, as Python stored it
     assert js["seq"] == py.seq and js["replayed"] == py.seq - m["journal"]["seq"]
     np.testing.assert_allclose(np.array(js["prototypes"], np.float32), py.head.prototypes, rtol=0, atol=1e-6)
     # a torn append after the last record is ignored by both
@@ -136,6 +137,15 @@ def test_journal_replay_matches_python(bundle_dir, shapes_new, tmp_path):
 
 def test_damaged_files_are_refused(bundle_dir, shapes_new):
     b = journaled(bundle_dir, shapes_new)
+    store.snapshot(bundle_dir)  # a manifest with every class, non-ASCII names included (its seal is checked)
+    b.refresh()
+    assert run_node("info", bundle_dir)["classes"] == b.classes
+    manifest = bundle_dir / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text(good.replace('"added-50"', '"added-5O"'))
+    proc = run_node("info", bundle_dir, ok=False)
+    assert proc.returncode == 1 and "TamperedFileError: manifest.json" in proc.stderr
+    manifest.write_text(good)
     jfile = bundle_dir / b.manifest["journal"]["file"]
     good = jfile.read_bytes()
     data = bytearray(good)

@@ -4,6 +4,7 @@
 // the onnxruntime binding (onnxruntime-node or onnxruntime-web) is passed in as `ort`, and sha256 is injected
 // (default WebCrypto). lib/node.mjs wires these up for Node.
 
+import { canonicalManifest } from "./canonical.mjs";
 import { CorruptBundleError, IncompatibleBundleError, InvalidInputError, MissingFileError, TamperedFileError } from "./errors.mjs";
 import { readCommitted, toHex, webSha256 } from "./journal.mjs";
 import { PrototypeHead } from "./head.mjs";
@@ -68,6 +69,12 @@ function replay(head, classes, records, where) {
   return [head, classes];
 }
 
+/** The manifest's `checksum` against its content (Python's manifest_checksum). */
+async function checkSeal(text, manifest, sha256) {
+  const actual = toHex(await sha256(new TextEncoder().encode(canonicalManifest(text))));
+  if (actual !== manifest.checksum) throw new TamperedFileError("manifest.json: its content does not match its checksum field (edited or corrupt)");
+}
+
 async function readVerified(readFile, name, manifest, sha256, verify) {
   const bytes = await readFile(name);
   if (bytes === null) throw new MissingFileError(`bundle file missing: ${name}`);
@@ -89,6 +96,7 @@ export async function loadBundle({ readFile, ort, sha256 = webSha256, verify = t
     throw new CorruptBundleError(`manifest.json is not UTF-8 JSON (${err.message})`);
   }
   checkManifest(manifest);
+  if (verify) await checkSeal(new TextDecoder().decode(raw), manifest, sha256);
   const headFile = manifest.head.file;
   const arrays = parseHeadFile(headFile, await readVerified(readFile, headFile, manifest, sha256, verify), manifest.head.arrays);
   const dim = arrays.prototypes?.shape?.[1];
