@@ -11,6 +11,7 @@ import pytest
 from edgecl_runtime import Bundle, store
 from edgecl_runtime.preprocess import preprocess
 from tests.conftest import ROOT, class_images
+from tests.fixtures import copy_fixture
 
 NODE = shutil.which("node")
 JS = ROOT / "runtime" / "js"
@@ -95,6 +96,20 @@ def test_added_class_matches_python(bundle_dir, shapes_new, tmp_path):
     assert js_new["classes"] == py.classes
     # both predict the new class for its own images
     assert {p["label"] for p in run_node("predict", bundle_dir, save(tmp_path, "new", new))["predictions"]} == {"new one"}
+
+
+def test_committed_format_2_fixture(tmp_path):
+    """A format-2 bundle (backbone.onnx + numpy.savez head, scored in JS) predicts and learns as in Python."""
+    bundle = copy_fixture(tmp_path / "b", "bundle-v2")
+    x = np.random.default_rng(5).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    js = run_node("predict", bundle, save(tmp_path, "x", x), "--top-k", "3")
+    py = Bundle.load(bundle).predict(x, top_k=3)
+    assert [r["index"] for r in js["predictions"]] == py.indices.tolist()
+    assert [[c for c, _ in r["top_k"]] for r in js["predictions"]] == [[c for c, _ in row] for row in py.top_k]
+    js_add = run_node("add-class", bundle, "delta", save(tmp_path, "x", x[:7]), "--dry-run")
+    b = Bundle.load(bundle)
+    b.add_class("delta", x[:7])
+    np.testing.assert_array_equal(np.array(js_add["prototype"], np.float32), b.head.prototypes[-1])
 
 
 def test_dry_run_is_required_and_bad_names_are_refused(bundle_dir, shapes_new, tmp_path):

@@ -75,6 +75,23 @@ async function checkSeal(text, manifest, sha256) {
   if (actual !== manifest.checksum) throw new TamperedFileError("manifest.json: its content does not match its checksum field (edited or corrupt)");
 }
 
+/** The model's own metadata_props (format 3) against the manifest: format version, head kind, preprocessing. */
+export function checkModelMetadata(manifest, meta, where = "model") {
+  if (manifest.format_version < 3) return;
+  const bad = (msg) => new CorruptBundleError(`${where}: metadata_props ${msg}`);
+  if (meta["edgecl.format_version"] !== String(manifest.format_version)) {
+    throw bad(`edgecl.format_version is ${JSON.stringify(meta["edgecl.format_version"])}, the manifest says ${manifest.format_version}`);
+  }
+  if (meta["edgecl.head_kind"] !== manifest.head.kind) throw bad(`edgecl.head_kind is ${JSON.stringify(meta["edgecl.head_kind"])}, the manifest says ${manifest.head.kind}`);
+  if (meta["edgecl.preprocess"] !== undefined) {
+    let pre;
+    try { pre = JSON.parse(meta["edgecl.preprocess"]); } catch { throw bad("edgecl.preprocess is not JSON"); }
+    for (const key of ["input_size", "mean", "std"]) {
+      if (JSON.stringify(pre[key]) !== JSON.stringify(manifest.preprocess[key])) throw bad(`edgecl.preprocess.${key} differs from the manifest's preprocess.${key}`);
+    }
+  }
+}
+
 async function readVerified(readFile, name, manifest, sha256, verify) {
   const bytes = await readFile(name);
   if (bytes === null) throw new MissingFileError(`bundle file missing: ${name}`);
@@ -106,8 +123,10 @@ export async function loadBundle({ readFile, ort, sha256 = webSha256, verify = t
   [head, classes] = replay(head, classes, j.lagging, manifest.journal.file);
   const modelFile = manifest.format_version >= 3 ? manifest.model.file : manifest.backbone.file;
   const modelBytes = await readVerified(readFile, modelFile, manifest, sha256, verify);
+  const metadata = readMetadataProps(modelBytes);
+  checkModelMetadata(manifest, metadata, modelFile);
   const session = ort ? await ort.InferenceSession.create(modelBytes, sessionOptions) : null;
-  return new Bundle({ manifest, head, classes, seq: j.seq, journal: j, session, ort, metadata: readMetadataProps(modelBytes) });
+  return new Bundle({ manifest, head, classes, seq: j.seq, journal: j, session, ort, metadata });
 }
 
 function topK(scores, n, C, k) {
