@@ -93,3 +93,23 @@ test("ONNX metadata_props are read from the model's top level only", () => {
   assert.deepEqual(readMetadataProps(model), { "edgecl.format_version": "3", "edgecl.classes": '["a","é"]' });
   assert.throws(() => readMetadataProps(model.subarray(0, model.length - 3)), CorruptBundleError);
 });
+
+test("manifest seal: canonical JSON as Python's json.dumps(sort_keys, compact, ensure_ascii) writes it", async () => {
+  const { canonicalManifest, pyFloat } = await import("../lib/canonical.mjs");
+  // what Python prints for these floats: repr()
+  const want = ["1e+16", "1000000000000000.0", "0.0001", "1e-05", "1.5e-07", "123.456", "-2.5e+20", "8.940696716308594e-08", "100.0", "-0.0"];
+  assert.deepEqual(["1e16", "1e15", "0.0001", "0.00001", "1.5e-7", "123.456", "-2.5e20", "8.940696716308594e-08", "100.0", "-0.0"].map(pyFloat), want);
+  const text = '{"z": 1.0, "checksum": "x", "b": ["Caf\u00e9 \ud83d\udc69", 1, true, null, {"\u00e9": 2, "e": 1e-5}], "a\\n": -3}';
+  assert.equal(canonicalManifest(text), '{"a\\n":-3,"b":["Caf\\u00e9 \\ud83d\\udc69",1,true,null,{"e":1e-05,"\\u00e9":2}],"z":1.0}');
+  assert.throws(() => canonicalManifest('{"a": 1,'), CorruptBundleError);
+});
+
+test("format 3 model metadata must agree with the manifest", async () => {
+  const { checkModelMetadata } = await import("../lib/bundle.mjs");
+  const manifest = { format_version: 3, head: { kind: "prototype_cosine" }, preprocess: { input_size: [3, 32, 32], mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] } };
+  const meta = { "edgecl.format_version": "3", "edgecl.head_kind": "prototype_cosine", "edgecl.preprocess": JSON.stringify({ ...manifest.preprocess, layout: "NCHW" }) };
+  checkModelMetadata(manifest, meta);
+  assert.throws(() => checkModelMetadata(manifest, { ...meta, "edgecl.format_version": undefined }), /edgecl.format_version/);
+  assert.throws(() => checkModelMetadata(manifest, { ...meta, "edgecl.head_kind": "ridge" }), /head_kind/);
+  assert.throws(() => checkModelMetadata(manifest, { ...meta, "edgecl.preprocess": '{"input_size": [3, 64, 64]}' }), /input_size/);
+});
