@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System and non-Python dependencies of the tests; CI runs this as root before the test command.
+# Idempotent and quiet: safe to run again on a machine that has everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Node.js for the JS client (runtime/js, tests/test_node_client.py)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# onnxruntime-node from the lockfile; --ignore-scripts: its install script downloads GPU binaries from a
+# host outside the npm registry, the CPU binaries ship inside the package (runtime/js/.npmrc says the same)
+(cd runtime/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
