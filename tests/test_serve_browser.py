@@ -82,9 +82,21 @@ def test_page_in_server_mode(bundle_dir, images, tmp_path):
 
 
 def test_page_in_browser_mode(bundle_dir, images, tmp_path):
-    import json
-
-    if json.loads((bundle_dir / "manifest.json").read_text())["format_version"] < 3:
-        pytest.skip("in-browser mode needs a format-3 bundle (single-file model.onnx)")
     with running_server(bundle_dir) as url, chromium_driver() as driver:
-        _session(Page(driver, timeout=60), url, images, tmp_path, "browser")
+        page = Page(driver, timeout=60)
+        _session(page, url, images, tmp_path, "browser")
+        # Top-1 and score equal to Python's on the same files, resized by the JS port of preprocess.py
+        from edgecl_runtime import Bundle
+
+        bundle = Bundle.load(bundle_dir)
+        rng = np.random.default_rng(0)
+        for i, (c, files) in enumerate(images.items()):
+            im = Image.open(files[2]).resize((int(rng.integers(20, 90)), int(rng.integers(20, 90))))
+            path = tmp_path / f"odd-{i}.png"
+            im.save(path)
+            ref = bundle.predict(path)
+            assert page.predict(path) == ref.labels[0]
+            assert abs(float(page.attr(".pred-row", "data-score")) - float(ref.scores[0])) < 1e-4
+        calls = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => new URL(e.name).pathname);")
+        assert "/api/predict" not in calls and "/bundle/manifest.json" in calls  # no server round trip

@@ -181,7 +181,7 @@ def _info(served: ServedBundle) -> dict:
     classes, _, seq = served.current()
     m = b.manifest
     model_file = (m.get("model") or m.get("backbone") or {}).get("file")
-    browser = int(m.get("format_version", 0)) >= 3 and m["head"]["kind"] == "prototype_cosine"
+    browser = _browser_mode(m)
     return {
         "api_version": API_VERSION,
         "name": served.path.name,
@@ -194,6 +194,18 @@ def _info(served: ServedBundle) -> dict:
         "seq": seq,
         "device": b.device,
         "model_file": model_file,
-        "browser_mode": browser,
+        "browser_mode": browser is None,
+        "browser_mode_unavailable": browser,
         "default_top_k": DEFAULT_TOP_K,
     }
+
+
+def _browser_mode(m: dict) -> str | None:
+    """Why the page cannot run this bundle in the browser, or None when it can."""
+    if m["head"]["kind"] != "prototype_cosine":
+        return f"the in-browser mode runs prototype_cosine heads; this bundle's head is {m['head']['kind']}"
+    if int(m.get("format_version", 0)) < 2:
+        return "the in-browser mode needs a bundle of format 2 or later"
+    if not (STATIC / "vendor" / "onnxruntime-web" / "ort.wasm.min.mjs").is_file():
+        return "onnxruntime-web is not packaged: run `npm ci && node vendor.mjs` in runtime/web"
+    return None

@@ -17,9 +17,11 @@ export async function api(url, opts = {}) {
   return body;
 }
 
+/** Bytes at `url`, or null when the server answers 404. */
 export async function fetchBytes(url) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const r = await fetch(url, { headers, cache: "no-store" });
+  if (r.status === 404) return null;
   if (!r.ok) throw new Error(`${url}: ${r.status} ${r.statusText}`);
   return new Uint8Array(await r.arrayBuffer());
 }

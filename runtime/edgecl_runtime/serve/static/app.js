@@ -38,7 +38,7 @@ const serverEngine = {
 
 async function engineFor(mode) {
   if (mode !== "browser") return serverEngine;
-  if (!state.info.browser_mode) throw new Error("this bundle cannot run in the browser (needs format 3 with a prototype head)");
+  if (!state.info.browser_mode) throw new Error(state.info.browser_mode_unavailable);
   const { BrowserEngine } = await import("./browser.js");
   setStatus("Loading the model into the browser…", "loading");
   return BrowserEngine.create(state.info);
@@ -347,7 +347,10 @@ async function main() {
     return;
   }
   $("bundle-name").textContent = `· ${state.info.name}`;
-  if (!state.info.browser_mode) $("mode").querySelector("[value=browser]").disabled = true;
+  if (!state.info.browser_mode) {
+    $("mode").querySelector("[value=browser]").disabled = true;
+    $("mode").title = state.info.browser_mode_unavailable;
+  }
   const wanted = new URLSearchParams(location.search).get("mode") || localStorage.getItem("edgecl.mode") || "server";
   $("mode").value = wanted === "browser" && state.info.browser_mode ? "browser" : "server";
   $("mode").onchange = () => setMode($("mode").value);
