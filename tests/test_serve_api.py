@@ -213,3 +213,39 @@ def test_download_zip_is_a_loadable_bundle(client, tmp_path):
         z.extractall(tmp_path / "out")
     (bundle,) = (tmp_path / "out").iterdir()
     assert Bundle.load(bundle).classes[-1] == "noise"
+
+
+def test_unicode_class_names_round_trip_through_urls(client):
+    from urllib.parse import quote
+
+    name = "café ☕ 2"
+    assert client.post("/api/classes", data={"name": name, **files(png(0))}).status_code == 201
+    assert client.post(f"/api/classes/{quote(name)}/examples", data=files(png(1))).get_json()["examples"] == 2
+    assert client.delete(f"/api/classes/{quote(name)}").get_json()["removed"] == name
+
+
+def test_edgecl_serve_command(bundle_dir):
+    """The real command: binds, prints its URL, serves the page and API, and enforces --token / the env var."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("edgecl")
+    env = {**os.environ, "EDGECL_SERVE_TOKEN": "t0ken"}
+    proc = subprocess.Popen([str(exe), "serve", str(bundle_dir), "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving ") and "?token=" in line and "t0ken" not in line
+        base = line.split()[3].split("?")[0].rstrip("/")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/api/info", timeout=30)
+        assert err.value.code == 401 and "token" in json.loads(err.value.read())["error"]
+        req = urllib.request.Request(f"{base}/api/info", headers={"Authorization": "Bearer t0ken"})
+        assert json.loads(urllib.request.urlopen(req, timeout=30).read())["num_classes"] == 30
+        page = urllib.request.urlopen(f"{base}/?token=t0ken", timeout=30).read().decode()
+        assert "<title>edgecl" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
