@@ -63,6 +63,8 @@ def _session(page: Page, url: str, images: dict, tmp_path: Path, mode: str):
         assert page.text(f'.class-card[data-class="{c}"] .count') == "2 examples"
     assert page.predict(images[CLASSES[1]][2]) == CLASSES[1]
     assert page.attr(".history-row.current", "data-seq") == str(seq_before_remove)
+    urls = page.d.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert urls and all(u.startswith(url + "/") for u in urls), urls  # no CDN: everything from the server
     shot = tmp_path / f"serve-{mode}.png"
     page.d.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

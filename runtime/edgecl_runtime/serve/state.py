@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import zipfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..manifest import MANIFEST_NAME
 from .errors import bad_request, conflict, not_found, too_large
 from .thumbs import Thumbs
 from .uploads import MAX_IMAGES
+
+log = logging.getLogger("edgecl.serve")
 
 
 _WRITE_LOCKS: dict[Path, threading.Lock] = {}
@@ -98,7 +101,10 @@ class ServedBundle:
             state, created = store.add_examples(self.path, name, features)
             rec = [u for u in store.history(self.path)["updates"] if u["seq"] == state.seq]
             if rec and thumbnails is not None and len(thumbnails):
-                self.thumbs.add(rec[0]["id"], name, list(thumbnails))
+                try:  # the update is committed already: a gallery that cannot be written only logs
+                    self.thumbs.add(rec[0]["id"], name, list(thumbnails))
+                except OSError as exc:
+                    log.warning("cannot store thumbnails in %s: %s", self.thumbs.dir, exc)
             self.current()
         counts = getattr(state.head, "counts", None)
         idx = state.classes.index(name)
