@@ -81,6 +81,10 @@ def test_page_in_server_mode(bundle_dir, images, tmp_path):
         page.wait(lambda: page.attr("#capture-btn", "disabled") is None)
         page.one("#capture-btn").click()
         page.wait(lambda: page.count("#pending .pending-item") == 1)
+        page.one("#class-name").send_keys("camera")
+        page.one("#teach-btn").click()
+        page.wait(lambda: "camera" in page.class_names())
+        assert page.count('.class-card[data-class="camera"] .gallery img') == 1
 
 
 def test_page_in_browser_mode(bundle_dir, images, tmp_path):

@@ -120,7 +120,7 @@ async function toggleCamera() {
     state.stream = null;
     $("video").hidden = true;
     $("camera-btn").textContent = "Start camera";
-    $("capture-btn").disabled = true;
+    $("capture-btn").disabled = $("burst-btn").disabled = true;
     return;
   }
   try {
@@ -133,7 +133,7 @@ async function toggleCamera() {
   $("video").hidden = false;
   $("preview").hidden = true;
   $("camera-btn").textContent = "Stop camera";
-  $("video").onloadeddata = () => { $("capture-btn").disabled = false; };
+  $("video").onloadeddata = () => { $("capture-btn").disabled = $("burst-btn").disabled = false; };
   liveLoop();
 }
 
@@ -334,6 +334,12 @@ async function main() {
   dropzone($("drop-teach"), (files) => addPending(files.map(fromFile)));
   $("camera-btn").onclick = toggleCamera;
   $("capture-btn").onclick = async () => addPending([await fromCamera()]);
+  $("burst-btn").onclick = async () => {
+    for (let i = 0; i < 10 && state.stream; i++) {
+      addPending([await fromCamera()]);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
   $("clear-pending").onclick = () => { state.pending = []; renderPending(); };
   $("class-name").oninput = updateTeachForm;
   $("teach-btn").onclick = () => {
