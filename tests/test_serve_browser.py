@@ -73,9 +73,13 @@ def _session(page: Page, url: str, images: dict, tmp_path: Path, mode: str):
 
 
 def test_page_in_server_mode(bundle_dir, images, tmp_path):
+    from edgecl_runtime import store
+
     with running_server(bundle_dir) as url, chromium_driver() as driver:
         page = Page(driver)
         _session(page, url, images, tmp_path, "server")
+        store.remove_class(bundle_dir, CLASSES[2])  # another process: the open page follows without a reload
+        page.wait(lambda: CLASSES[2] not in page.class_names())
         page.one("#camera-btn").click()  # the fake camera: live predictions and captured examples
         page.wait(lambda: int(page.attr("#prediction", "data-live") or 0) >= 1)
         page.wait(lambda: page.attr("#capture-btn", "disabled") is None)

@@ -293,6 +293,19 @@ async function rollback(to) {
   }
 }
 
+const signature = (h) => `${h.seq}/${h.events.length}/${h.classes}/${h.updates.length}`;
+
+// Other tabs, servers and processes update the bundle too: look every few seconds, reload on a change.
+async function watch() {
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 3000));
+    try {
+      const h = await api("/api/history");
+      if (state.history && signature(h) !== signature(state.history)) await reload();
+    } catch (e) { /* the server may be restarting: try again later */ }
+  }
+}
+
 async function reload() {
   const [classes, history] = await Promise.all([api("/api/classes"), api("/api/history")]);
   state.classes = classes.classes;
@@ -361,6 +374,7 @@ async function main() {
   $("mode").value = wanted === "browser" && state.info.browser_mode ? "browser" : "server";
   $("mode").onchange = () => setMode($("mode").value);
   await setMode($("mode").value);
+  watch();
   if (token) history.replaceState(null, "", location.pathname + location.search);
 }
 
