@@ -85,11 +85,21 @@ function renderPrediction(topk) {
   $("top1").dataset.class = topk[0].class;
 }
 
+/** The engine's top-k for an image, timed: the page shows how long a prediction took, and where it ran. */
+async function timedPredict(item) {
+  const t0 = performance.now();
+  const topk = await state.engine.predict(item);
+  const ms = performance.now() - t0;
+  $("latency").textContent = `${ms.toFixed(0)} ms ${state.engine.name === "browser" ? "in this browser" : "on the server"}`;
+  $("latency").dataset.ms = ms.toFixed(2);
+  return topk;
+}
+
 async function predictItem(item) {
   $("preview").src = item.url;
   $("preview").hidden = false;
   try {
-    renderPrediction(await state.engine.predict(item));
+    renderPrediction(await timedPredict(item));
     $("prediction").dataset.done = String(Number($("prediction").dataset.done || 0) + 1);
     show("");
   } catch (e) {
@@ -102,7 +112,7 @@ async function liveLoop() {
     if ($("live").checked && !state.busy && $("video").videoWidth) {
       state.busy = true;
       try {
-        renderPrediction(await state.engine.predict(await fromCamera()));
+        renderPrediction(await timedPredict(await fromCamera()));
         $("prediction").dataset.live = String(Number($("prediction").dataset.live || 0) + 1);
       } catch (e) {
         show(`Prediction failed: ${e.message}`);
