@@ -175,3 +175,12 @@ def test_damaged_files_are_refused(bundle_dir, shapes_new):
     head.write_bytes(bytes(data))
     proc = run_node("info", bundle_dir, ok=False)
     assert proc.returncode == 1 and "TamperedFileError" in proc.stderr and head.name in proc.stderr
+
+
+def test_other_head_kinds_are_refused_clearly(bundle_dir):
+    manifest = bundle_dir / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["head"]["kind"] = "ridge"
+    manifest.write_text(json.dumps(m))
+    proc = run_node("info", bundle_dir, ok=False)
+    assert proc.returncode == 1 and "IncompatibleBundleError" in proc.stderr and "prototype_cosine" in proc.stderr

@@ -26,6 +26,10 @@ function checkManifest(m) {
   if (m.head?.kind !== PrototypeHead.kind) {
     throw new IncompatibleBundleError(`head kind ${JSON.stringify(m.head?.kind)}: this client learns only ${PrototypeHead.kind} heads`);
   }
+  const headInputs = m.model?.head_inputs;
+  if (m.format_version >= 3 && headInputs !== undefined && JSON.stringify(headInputs) !== '["prototypes"]') {
+    throw new IncompatibleBundleError(`model.head_inputs ${JSON.stringify(headInputs)}: a prototype_cosine model takes ["prototypes"]`);
+  }
   for (const f of ["classes", "head", "base", "journal", "preprocess", "files"]) {
     if (!(f in m)) throw new CorruptBundleError(`manifest.json lacks field '${f}'`);
   }
@@ -156,9 +160,10 @@ export class Bundle {
   async _runBatch(x, n) {
     const [c, h, w] = this.inputSize, T = this.ort.Tensor;
     if (this.formatVersion >= 3) {
-      const feeds = { images: new T("float32", x, [n, c, h, w]), prototypes: new T("float32", this.head.normalized(), [this.head.numClasses, this.head.dim]) };
+      const { inputs = ["images", "prototypes"], outputs = ["features", "scores"] } = this.manifest.model;
+      const feeds = { [inputs[0]]: new T("float32", x, [n, c, h, w]), prototypes: new T("float32", this.head.normalized(), [this.head.numClasses, this.head.dim]) };
       const out = await this.session.run(feeds);
-      return { features: out.features.data, scores: out.scores.data };
+      return { features: out[outputs[0]].data, scores: out[outputs[1]].data };
     }
     const bb = this.manifest.backbone;
     const out = await this.session.run({ [bb.input_name]: new T("float32", x, [n, c, h, w]) });
