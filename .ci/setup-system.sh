@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages: the emoji benchmark's font and artwork vendors (docs/emoji.md)
+apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji fonts-symbola ruby-gemojione
+
 # Node.js for the JS client (runtime/js, tests/test_node_client.py)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
