@@ -92,6 +92,10 @@ def test_page_in_server_mode(bundle_dir, images, tmp_path):
 
 
 def test_page_in_browser_mode(bundle_dir, images, tmp_path):
+    import json
+
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["format_version"] >= 3 and manifest["model"]["file"] == "model.onnx"  # the single-file model
     with running_server(bundle_dir) as url, chromium_driver() as driver:
         page = Page(driver, timeout=60)
         _session(page, url, images, tmp_path, "browser")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import blas, inputs, storage, store
+from .. import inputs, storage, store
 from ..bundle import Bundle
 from ..manifest import MANIFEST_NAME
 from .errors import bad_request, conflict, not_found, too_large
@@ -56,19 +56,13 @@ class ServedBundle:
             return self.bundle.classes, self.bundle.head, self.bundle.seq
 
     def predict(self, images: list[np.ndarray], top_k: int) -> dict:
-        features = self.bundle.embed(images)
-        classes, head, seq = self.current()
+        """Top-k of each image under the bundle's current state (scores and names from one state)."""
+        classes, _, seq = self.current()
         if not classes:
             return {"seq": seq, "predictions": [{"label": None, "top_k": []} for _ in images]}
-        with blas.limit(self.bundle.blas_threads):
-            scores = head.scores(features)
-        k = min(top_k, len(classes))
-        out = []
-        for row in scores:
-            order = np.argsort(-row, kind="stable")[:k]
-            out.append({"label": classes[order[0]],
-                        "top_k": [{"class": classes[j], "score": float(row[j])} for j in order]})
-        return {"seq": seq, "predictions": out}
+        pred = self.bundle.predict(images, top_k=top_k)
+        return {"seq": seq, "predictions": [
+            {"label": p[0][0], "top_k": [{"class": c, "score": float(s)} for c, s in p]} for p in pred.top_k]}
 
     def classes(self) -> list[dict]:
         """Each class: name, example count, thumbnails, and whether it was taught on the device."""
