@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// Command line of the edgecl JS client (Node): predict with a bundle and add classes to its prototype head.
+
+import { writeFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+
+import { EdgeclError } from "./lib/errors.mjs";
+import { openBundle, readNpyFile } from "./lib/node.mjs";
+import { writeNpy } from "./lib/npy.mjs";
+import { batchImages } from "./lib/preprocess.mjs";
+
+const USAGE = `usage: node cli.mjs COMMAND ...
+
+Reads edgecl bundles (format 2 or 3, prototype_cosine head) with onnxruntime-node and prints JSON.
+Images are .npy arrays: uint8 (N, H, W, C) 0..255 or float32 0..1, C in 1, 3, 4 (RGB order).
+
+commands:
+  info BUNDLE [--prototypes]       classes, counts, journal position, ONNX metadata (and raw prototypes)
+  predict BUNDLE IMAGES.npy [--top-k K]
+                                   top-k classes of each image
+  add-class BUNDLE NAME IMAGES.npy --dry-run
+                                   learn (or extend) class NAME from the images as the Python runtime
+                                   would, and print the resulting prototype and count; --dry-run is
+                                   required: this client does not write bundles
+  preprocess BUNDLE IMAGES.npy OUT.npy
+                                   write the normalised NCHW float32 model input (for checks)
+
+options: --no-verify (skip sha256 checks of the bundle files), --threads N (onnxruntime intra-op threads)`;
+
+const rows = (a, n, d) => Array.from({ length: n }, (_, i) => Array.from(a.subarray(i * d, (i + 1) * d)));
+
+async function info(bundle, _args, opts) {
+  const h = bundle.head;
+  const out = {
+    format_version: bundle.formatVersion, head: h.constructor.kind, classes: bundle.classes, counts: h.counts,
+    feature_dim: h.dim, seq: bundle.seq, replayed: bundle.journal.lagging.length,
+    discarded_bytes: bundle.journal.discarded, metadata: bundle.metadata,
+  };
+  if (opts.prototypes) out.prototypes = rows(h.prototypes, h.numClasses, h.dim);
+  return out;
+}
+
+async function predict(bundle, [file], opts) {
+  const images = batchImages(await readNpyFile(file));
+  const preds = await bundle.predict(images, { topK: Number(opts["top-k"] || 1) });
+  return { classes: bundle.classes, predictions: preds };
+}
+
+async function addClass(bundle, [name, file], opts) {
+  if (!opts["dry-run"]) throw new EdgeclError("add-class needs --dry-run: this client computes the update but does not write bundles");
+  const r = await bundle.addClass(name, batchImages(await readNpyFile(file)));
+  return { ...r, dry_run: true, prototype: Array.from(bundle.head.prototype(r.index)), classes: bundle.classes, counts: bundle.head.counts };
+}
+
+async function preprocessCmd(bundle, [file, outFile]) {
+  const images = batchImages(await readNpyFile(file));
+  const [c, h, w] = bundle.inputSize;
+  await writeFile(outFile, writeNpy(bundle.preprocess(images), [images.length, c, h, w]));
+  return { written: outFile, shape: [images.length, c, h, w] };
+}
+
+const COMMANDS = { info: [info, 0], predict: [predict, 1], "add-class": [addClass, 2], preprocess: [preprocessCmd, 2] };
+
+async function main(argv) {
+  const { values, positionals } = parseArgs({
+    args: argv, allowPositionals: true,
+    options: {
+      help: { type: "boolean", short: "h" }, "dry-run": { type: "boolean" }, prototypes: { type: "boolean" },
+      "top-k": { type: "string" }, "no-verify": { type: "boolean" }, threads: { type: "string" },
+    },
+  });
+  const [cmd, dir, ...rest] = positionals;
+  if (values.help || !COMMANDS[cmd] || !dir || rest.length < COMMANDS[cmd][1]) {
+    console.log(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const bundle = await openBundle(dir, { verify: !values["no-verify"], threads: Number(values.threads || 0) });
+  const out = await COMMANDS[cmd][0](bundle, rest, values);
+  process.stdout.write(JSON.stringify(out) + "\n");
+  return 0;
+}
+
+main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err) => {
+  const known = err instanceof EdgeclError;
+  process.stderr.write(`error: ${known ? `${err.name}: ${err.message}` : err.stack}\n`);
+  process.exitCode = known ? 1 : 3;
+});
