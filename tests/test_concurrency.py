@@ -87,3 +87,29 @@ def test_predict_labels_come_from_the_state_of_their_scores(exported, tmp_path):
             if s == seq:
                 assert label == want, (seq, label, want)
                 assert abs(score - float(scores.max())) <= 1e-4
+
+
+def test_threads_of_one_process_serialise_on_the_lock(exported, tmp_path):
+    """Writer threads of one process wait on the bundle's lock like processes do: nothing lost, bundle intact."""
+    import shutil
+
+    path = shutil.copytree(exported[1], tmp_path / "bundle")
+    dim = store.read_state(path).head.dim
+    rng = np.random.default_rng(0)
+    rows = {f"thread-{i}": rng.standard_normal((2, dim)).astype(np.float32) for i in range(8)}
+    errors = []
+
+    def write(name):
+        try:
+            store.add_examples(path, name, rows[name])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    b = Bundle.load(path)  # verifies every checksum and replays the journal
+    assert set(rows) <= set(b.classes) and b.seq == len(rows)

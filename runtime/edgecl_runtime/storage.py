@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 import uuid
 import warnings
@@ -46,7 +47,7 @@ log = logging.getLogger("edgecl.runtime")
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = ".lock"
 LOCK_TIMEOUT = 30.0  # seconds a writer waits for another one
-_HELD: set[str] = set()  # bundles whose lock this process holds
+_LOCAL = threading.local()  # .held: bundles whose lock this thread holds (threads wait on the lock like processes)
 FSYNC = True  # tests that only measure sizes may turn durability off; never in production
 COPY_CHUNK = 1 << 20
 # Bundle files are never opened through a symbolic link (O_NOFOLLOW), a FIFO never blocks an open
@@ -386,7 +387,8 @@ def locked(bundle_dir: Path, timeout: float | None = None) -> Iterator[None]:
         yield
         return
     key = str(Path(bundle_dir).resolve())
-    if key in _HELD:  # re-entrant within a process (flock would deadlock on a second descriptor)
+    held = _LOCAL.__dict__.setdefault("held", set())
+    if key in held:  # re-entrant within a thread (flock would deadlock on a second descriptor)
         yield
         return
     timeout = LOCK_TIMEOUT if timeout is None else timeout
@@ -416,11 +418,11 @@ def locked(bundle_dir: Path, timeout: float | None = None) -> Iterator[None]:
         with contextlib.suppress(OSError):  # informative only (a full disk may refuse it)
             os.pwrite(fd, f"{os.getpid():<15d}\n".encode(), 0)  # fixed width: no truncate needed
         remove_temp_files(bundle_dir)
-        _HELD.add(key)
+        held.add(key)
         try:
             yield
         finally:
-            _HELD.discard(key)
+            held.discard(key)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
