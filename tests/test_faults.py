@@ -423,7 +423,7 @@ def test_signed_bundle_end_to_end(tmp_path, keys):
 def test_forged_signed_bundle_is_refused(tmp_path, keys, monkeypatch):
     key, pub, _ = keys
     d = copy_fixture(tmp_path / "b")
-    signing.sign_bundle(d, key)
+    store.sign_bundle(d, key)
     _reseal(d, lambda m: m["classes"].__setitem__(0, "forged"))  # the checksum is recomputed: integrity only
     assert store.read_state(d).classes[0] == "forged"
     with pytest.raises(SignatureError, match="does not match"):
@@ -436,7 +436,7 @@ def test_forged_signed_bundle_is_refused(tmp_path, keys, monkeypatch):
 def test_merging_a_foreign_device_is_refused(tmp_path, keys):
     key, pub, foreign = keys
     a = copy_fixture(tmp_path / "a")
-    signing.sign_bundle(a, key)
+    store.sign_bundle(a, key)
     b = shutil.copytree(a, tmp_path / "b2")
     store.add_examples(b, "unsigned", embeddings(4))  # an update by a device without the key
     policy = signing.make_policy(pub, key)
@@ -454,7 +454,7 @@ def test_merging_a_foreign_device_is_refused(tmp_path, keys):
 def test_unsigned_writer_drops_a_stale_signature(tmp_path, keys):
     key, pub, _ = keys
     d = copy_fixture(tmp_path / "b")
-    signing.sign_bundle(d, key)
+    store.sign_bundle(d, key)
     store.compact(d)
     assert "signature" not in json.loads((d / "manifest.json").read_text())
     with pytest.raises(SignatureError, match="not signed"):

@@ -86,7 +86,7 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
                sign_key):
     """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
     from edgecl_export import ExportError, export_run
-    from edgecl_runtime import EdgeclRuntimeError, signing
+    from edgecl_runtime import EdgeclRuntimeError, store
 
     from ..rundir import RunDirError
 
@@ -98,7 +98,7 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
         fail(exc)
     if sign_key:
         try:
-            click.echo(f"signed with key {signing.sign_bundle(rep.path, sign_key)}")
+            click.echo(f"signed with key {store.sign_bundle(rep.path, sign_key)}")
         except EdgeclRuntimeError as exc:
             fail(exc)
     click.echo(

@@ -9,9 +9,10 @@
 Bundle format and guarantees: docs/bundle-format.md.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .bundle import AddClassResult, Bundle, Prediction
 from .errors import (
     BundleError,
     CorruptBundleError,
@@ -28,7 +29,20 @@ from .errors import (
     TamperedFileError,
     UnsafeFileError,
 )
-from .manifest import FORMAT_VERSION
+# Loaded on first use (PEP 562): the package imports no submodule that imports it back, so
+# `import edgecl_runtime.tensors` (or .store, .limits) does not load the ONNX session machinery.
+_LAZY = {"AddClassResult": "bundle", "Bundle": "bundle", "Prediction": "bundle", "FORMAT_VERSION": "manifest"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AddClassResult",

@@ -352,3 +352,15 @@ def write_prefix(src: Path, dst: Path, nbytes: int) -> None:
     """A new journal file ``dst`` holding the first ``nbytes`` of ``src`` (for rollback), atomically."""
     data = storage.read_regular(src, 0, nbytes) if nbytes else b""
     storage.atomic_write_bytes(dst, data)
+
+
+def verify_signatures(records, prev_digest: str, where: str) -> None:
+    """Under an active policy, refuse records (after the snapshot point) not signed by a trusted key."""
+    policy = signing.current()
+    if not policy.active:
+        return
+    for rec in records:
+        header = rec.header()
+        signing.verify_entry(header.get(signing.RECORD_FIELD), signing.record_message(prev_digest, header, body_bytes(rec)),
+                f"{where}: update {rec.seq} ({rec.op} {rec.name!r})", policy)
+        prev_digest = rec.digest

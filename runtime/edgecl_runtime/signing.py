@@ -217,7 +217,7 @@ def on_seal(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != FIELD}
 
 
-def _verify(entry, message: bytes, where: str, policy: Policy) -> None:
+def verify_entry(entry, message: bytes, where: str, policy: Policy) -> None:
     if not isinstance(entry, dict) or entry.get("alg", ALG) != ALG or not isinstance(entry.get("sig"), str):
         raise SignatureError(f"{where} is not signed; this device only accepts bundles signed by its trusted keys")
     keys = {key_id(k): k for k in policy.trusted}
@@ -234,7 +234,7 @@ def verify_manifest(m: dict, where: str) -> None:
     """Under an active policy, refuse a manifest that is not signed by a trusted key."""
     policy = current()
     if policy.active:
-        _verify(m.get(FIELD), _manifest_message(m), where, policy)
+        verify_entry(m.get(FIELD), _manifest_message(m), where, policy)
 
 
 # ------------------------------------------------------------------ records
@@ -251,28 +251,3 @@ def sign_record(prev_digest: str, header: dict, body: bytes) -> dict | None:
         return None
     sig = signer.sign(record_message(prev_digest, header, body))
     return {"key_id": key_id(signer.public_key()), "sig": base64.b64encode(sig).decode("ascii")}
-
-
-def verify_records(records, prev_digest: str, where: str) -> None:
-    """Under an active policy, refuse records (after the snapshot point) not signed by a trusted key."""
-    policy = current()
-    if not policy.active:
-        return
-    from .journal import body_bytes
-
-    for rec in records:
-        header = rec.header()
-        _verify(header.get(RECORD_FIELD), record_message(prev_digest, header, body_bytes(rec)),
-                f"{where}: update {rec.seq} ({rec.op} {rec.name!r})", policy)
-        prev_digest = rec.digest
-
-
-def sign_bundle(path: str | Path, key, timeout: float | None = None) -> str:
-    """Sign the bundle at ``path`` with ``key`` (a path, PEM or key object): fold the journal into a head
-    snapshot and sign the manifest. Returns the key id."""
-    from . import store
-
-    key = load_private_key(key)
-    with using(Policy((), key)):
-        store.reseal(path, timeout)
-    return key_id(key.public_key())

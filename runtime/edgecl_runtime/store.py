@@ -266,7 +266,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
         log.warning("%s; using the committed head state as trusted", exc)
         s = Scan([], j["bytes"], j["digest"], j["seq"])
     lagging = [r for r in s.records if r.end > j["bytes"]]
-    signing.verify_records(lagging, j["digest"], str(jpath))
+    journal.verify_signatures(lagging, j["digest"], str(jpath))
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     classes = list(m["classes"])
@@ -441,7 +441,7 @@ def _cached_state(path: Path) -> State | None:
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     new = s.records[known:]
-    signing.verify_records(new, st.lagging[-1].digest if known else j["digest"], str(jpath))
+    journal.verify_signatures(new, st.lagging[-1].digest if known else j["digest"], str(jpath))
     head, classes = replay(st.head, st.classes, new, str(jpath))
     scan = Scan(st.scan.records + new, s.end, s.digest, s.seq, s.discarded, s.problem)
     return State(path, {**st.manifest, "classes": classes}, st.disk_version, head, classes, scan,
@@ -520,7 +520,7 @@ def snapshot(path: str | Path, timeout: float | None = None) -> State:
 
 
 def reseal(path: str | Path, timeout: float | None = None) -> State:
-    """Rewrite the manifest as of now (the journal folded into a head snapshot first): what ``signing.sign_bundle``
+    """Rewrite the manifest as of now (the journal folded into a head snapshot first): what ``sign_bundle``
     calls under a signing key, so the new manifest carries its signature."""
     path = Path(path)
     with storage.locked(path, timeout):
@@ -816,8 +816,17 @@ def snapshot_files(path: str | Path) -> dict[str, str]:
     }
 
 
+def sign_bundle(path: str | Path, key, timeout: float | None = None) -> str:
+    """Sign the bundle at ``path`` with ``key`` (a path, PEM or key object): fold the journal into a head
+    snapshot and sign the manifest. Returns the key id."""
+    key = signing.load_private_key(key)
+    with signing.using(signing.Policy((), key)):
+        reseal(path, timeout)
+    return signing.key_id(key.public_key())
+
+
 __all__ = [
     "State", "add_batch", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
     "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot", "snapshot_files",
-    "bundle_bytes",
+    "bundle_bytes", "sign_bundle",
 ]

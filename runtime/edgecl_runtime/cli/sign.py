@@ -37,10 +37,10 @@ def sign(bundle, key):
     the bundle once anything in it changes, and any later update that is not
     signed by a key it trusts.
     """
-    from edgecl_runtime import EdgeclRuntimeError, signing
+    from edgecl_runtime import EdgeclRuntimeError, store
 
     try:
-        kid = signing.sign_bundle(bundle, key)
+        kid = store.sign_bundle(bundle, key)
     except EdgeclRuntimeError as exc:
         fail(exc)
     click.echo(f"signed {bundle} with key {kid}")
