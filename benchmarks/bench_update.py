@@ -89,7 +89,7 @@ def make_bundle(d: Path, kind: str, classes: int, m: int) -> Path:
     mf = json.loads((d / "manifest.json").read_text())
     mf["backbone"]["embedding_dim"] = D
     mf["classes"] = names
-    mf.update(store.initial_fields(kind, "head-000000.npz", arrays, names))
+    mf.update(store.initial_fields(kind, "head-000000.npz", arrays, names, version=mf["format_version"]))
     mf["files"] = {mf["backbone"]["file"]: mf["files"][mf["backbone"]["file"]],
                    "head-000000.npz": file_entry(d / "head-000000.npz")}
     (d / "manifest.json").write_bytes(json_bytes(seal(mf)))

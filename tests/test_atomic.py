@@ -35,7 +35,7 @@ print("finished without crashing")
     [
         ("mid-write:journal-000000.log", False),
         ("after-journal", True),
-        ("mid-write:head-000001.npz", True),
+        ("mid-write:head-000001.safetensors", True),
         ("after-head", True),
         ("mid-write:manifest.json", True),
         ("after-manifest", True),
@@ -59,7 +59,7 @@ def test_crash_during_add_class_leaves_valid_bundle(bundle_dir, shapes_new, tmp_
     names = sorted(p.name for p in bundle_dir.iterdir())
     assert [n for n in names if n.endswith(".tmp")] == []
     current = json.loads((bundle_dir / "manifest.json").read_text())["head"]["file"]
-    assert [n for n in names if n.startswith("head-")] == ["head-000000.npz", current]  # base + current only
+    assert [n for n in names if n.startswith("head-")] == ["head-000000.safetensors", current]  # base + current only
     reloaded = Bundle.load(bundle_dir)
     assert reloaded.classes[-1] == "white-ellipse"
     assert np.mean(np.array(reloaded.predict(class_images(test, "white-ellipse")).labels) == "white-ellipse") >= 0.8

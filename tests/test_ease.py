@@ -109,7 +109,7 @@ def test_ease_exports_all_adapters_in_one_graph_and_adds_classes_on_the_device(e
     np.testing.assert_array_equal(evaluate(loaded, ease.test, spec), evaluate(ease.learner, ease.test, spec))
     report = export_run(run_dir, tmp_path / "bundle")
     assert report.parity_max_abs_diff <= 1e-4
-    graph = onnx.load(str(report.path / "backbone.onnx")).graph
+    graph = onnx.load(str(report.path / "model.onnx")).graph
     assert sum(n.op_type == "Conv" for n in graph.node) == 1  # one patch embedding feeds the 3 branches
     names = np.array(ease.class_names)[ease.test.labels]
     bundle = Bundle.load(report.path)

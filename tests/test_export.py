@@ -14,17 +14,20 @@ def test_bundle_layout_manifest_and_checksums(exported, trained):
     report, path = exported
     result, _ = trained
     m = json.loads((path / "manifest.json").read_text())
-    assert m["format"] == "edgecl-bundle" and m["format_version"] == 2
-    # version 2: an id shared by every copy of this export (merge), the base of the journal, a sealed manifest
-    assert m["base"] == {"id": m["bundle_id"], "file": "head-000000.npz", "seq": 0, "classes": m["classes"],
+    assert m["format"] == "edgecl-bundle" and m["format_version"] == 3
+    # since version 2: an id shared by every copy of this export (merge), the base of the journal, a sealed manifest
+    assert m["base"] == {"id": m["bundle_id"], "file": "head-000000.safetensors", "seq": 0, "classes": m["classes"],
                          "arrays": m["head"]["arrays"]}
     assert m["journal"]["seq"] == 0 and len(m["checksum"]) == 64
-    assert m["backbone"]["opset"] >= 17 and m["backbone"]["embedding_dim"] == 512
+    assert m["model"]["opset"] >= 17 and m["backbone"]["embedding_dim"] == 512
+    assert m["model"]["inputs"] == ["images", "prototypes"] and m["model"]["outputs"] == ["features", "scores"]
+    assert m["backbone"]["weights"]["source"] == "embedded:edgecl-resnet10t"  # no machine path
+    assert "/" not in json.dumps(m["backbone"]["weights"])
     assert m["preprocess"]["input_size"] == [3, 32, 32] and len(m["preprocess"]["mean"]) == 3
     assert m["classes"] == result.class_names
     for name, entry in m["files"].items():
         assert sha256_file(path / name) == entry["sha256"]
-    assert set(m["files"]) == {"backbone.onnx", "head-000000.npz"}
+    assert set(m["files"]) == {"model.onnx", "head-000000.safetensors"}
     assert report.parity_max_abs_diff <= 1e-4
 
 

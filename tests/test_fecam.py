@@ -34,7 +34,14 @@ def test_bundle_matches_torch_and_learns_a_class_on_the_device(fecam_run, tmp_pa
     b, reloaded, new = check_add_class(bundle_dir, tmp_path, shapes_new)
     from tests.conftest import class_images
 
-    z = tukey(b.embed(class_images(shapes_new[0], new, 5)), 0.5)
+    import torch
+
+    images = class_images(shapes_new[0], new, 5)
+    z = b.embed(images)  # the bundle's features: model.onnx applies FeCAM's Tukey transform
+    with torch.no_grad():
+        raw = result.learner.embedding_module()(torch.from_numpy(b.preprocess(images))).numpy()
+    np.testing.assert_allclose(z, tukey(raw, 0.5), rtol=1e-4, atol=1e-5)
+    assert reloaded.head.beta == 1.0  # the transform lives in the graph, not in the head
     head = reloaded.head
     np.testing.assert_allclose(head.means[-1], z.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(head.means[:-1], before.means)  # other classes untouched

@@ -154,6 +154,8 @@ def test_load_dataset_spec():
     train, test = load_dataset("glyphs:10:cross:32", train_per_class=3, test_per_class=2, seed=7)
     assert train.images.shape == (30, 32, 32, 3) and test.images.shape == (20, 32, 32, 3)
     assert train.class_names == test.class_names and len(set(train.class_names)) == 10
+    italic = {f.name for f in matplotlib_faces() if f.italic}  # each image's font is its domain
+    assert set(test.domains) <= italic and not set(train.domains) & italic
 
 
 @pytest.mark.parametrize(

@@ -122,15 +122,18 @@ def test_ridge_arrays_round_trip_and_validation(W_rand):
         np.testing.assert_array_equal(v, arrays[k])
     q = examples(rng, 4)
     np.testing.assert_array_equal(back.scores(q), head.scores(q))
+    assert set(arrays) == {"G_triu", "H", "H_sign", "Q", "lam", "counts", "weights", "W_rand"}  # no A_inv, no W
     bad_cases = {
-        "G": (lambda a: a.pop("G"), "lacks array 'G'"),
+        "G": (lambda a: a.pop("G_triu"), "lacks array 'G_triu'"),
         "Q shape": (lambda a: a.update(Q=a["Q"][:, :1]), "'Q' has shape"),
-        "G dtype": (lambda a: a.update(G=a["G"].astype(np.int64)), "'G' has dtype"),
-        "nan": (lambda a: a["A_inv"].__setitem__((0, 0), np.nan), "'A_inv' holds non-finite"),
+        "G dtype": (lambda a: a.update(G_triu=a["G_triu"].astype(np.int64)), "'G_triu' has dtype"),
+        "G size": (lambda a: a.update(G_triu=a["G_triu"][:-1]), "'G_triu' has shape"),
+        "nan": (lambda a: a["weights"].__setitem__((0, 0), np.nan), "'weights' holds non-finite"),
         "lam": (lambda a: a.update(lam=np.float64(-1)), "'lam' must be > 0"),
         "counts": (lambda a: a.update(counts=np.array([3, 0])), "'counts' holds values"),
         "W_rand": (lambda a: a.update(W_rand=a["W_rand"][:-1]), "'W_rand' has shape"),
-        "asym": (lambda a: a["G"].__setitem__((0, 1), a["G"][0, 1] + 1), "not symmetric"),
+        "sign": (lambda a: a.update(H=np.ones((1, a["Q"].shape[0]), np.float32), H_sign=np.array([2], np.int8)),
+                 "'H_sign' must hold"),
     }
     for name, (mutate, msg) in bad_cases.items():
         a = {k: np.array(v, copy=True) for k, v in arrays.items()}
@@ -139,6 +142,26 @@ def test_ridge_arrays_round_trip_and_validation(W_rand):
             HEADS["ridge"].from_arrays(a, 2, D)
     with pytest.raises(InvalidInputError, match="dimension"):
         head.with_examples(0, np.zeros((2, D + 1), np.float32))
+
+
+def test_ridge_head_file_keeps_exactness_through_storage(W_rand):
+    """A float32-exact Gram is stored in float32; examples added since are stored as rows, so a head
+    read back from its arrays is the same head, and updates from it equal updates of the original."""
+    rng = np.random.default_rng(11)
+    E = examples(rng, 12)
+    H = np.maximum(E @ W_rand, 0).astype(np.float64)
+    G = (H.T @ H).astype(np.float32).astype(np.float64)  # as the learners keep it
+    head = RidgeHead(G, H.T @ np.eye(2)[np.arange(12) % 2], LAM, np.array([6, 6]), W_rand)
+    assert head.arrays()["G_triu"].dtype == np.float32
+    grown = head.with_examples(None, examples(rng, 3, 2)).with_examples(0, examples(rng, 2, 3))
+    stored = grown.arrays()
+    assert stored["G_triu"].dtype == np.float32 and stored["H"].shape == (5, W_rand.shape[1])
+    back = HEADS["ridge"].from_arrays(stored, 3, D)
+    q = examples(rng, 4)
+    np.testing.assert_array_equal(back.scores(q), grown.scores(q))
+    more = examples(rng, 3, 4)
+    a, b = grown.with_examples(1, more), back.with_examples(1, more)
+    assert rel(b.W, a.W) <= 1e-9 and rel(b.G, a.G) <= 1e-15  # the same statistics, summed in another order
 
 
 # ------------------------------------------------------------------------ gaussian

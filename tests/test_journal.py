@@ -78,8 +78,8 @@ def test_every_shipped_format_version_loads_and_updates(tmp_path, name):
 def test_newer_format_is_refused_clearly(tmp_path):
     d = copy_fixture(tmp_path / "b")
     m = json.loads((d / "manifest.json").read_text())
-    (d / "manifest.json").write_text(json.dumps({**m, "format_version": 3}))
-    with pytest.raises(IncompatibleBundleError, match=r"version 3 .* newer .*upgrade edgecl"):
+    (d / "manifest.json").write_text(json.dumps({**m, "format_version": 4}))
+    with pytest.raises(IncompatibleBundleError, match=r"version 4 .* newer .*upgrade edgecl"):
         Bundle.load(d)
 
 

@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+
+from edgecl_runtime import tensors
 import pytest
 from click.testing import CliRunner
 
@@ -38,7 +40,7 @@ def test_each_precision_exports_and_runs(bundles, shapes_new):
         b = Bundle.load(path, device="cpu", cache=False)
         assert m["backbone"]["precision"] == name.split("-")[0]
         assert b.predict(x).indices.shape == (16,)
-    sizes = {k: (p / "backbone.onnx").stat().st_size for k, p in bundles.items()}
+    sizes = {k: (p / "model.onnx").stat().st_size for k, p in bundles.items()}
     assert sizes["int8"] < 0.35 * sizes["fp32"]  # int8 weights: ~4x smaller
     assert sizes["fp16"] < 0.6 * sizes["fp32"]
 
@@ -127,12 +129,11 @@ def test_check_divergence_thresholds():
 
 def test_head_stays_fp32_unless_asked(bundles, trained, tmp_path, shapes_new):
     _, run_dir = trained
-    with np.load(bundles["int8"] / _manifest(bundles["int8"])["head"]["file"]) as z:
-        assert all(z[k].dtype != np.float16 for k in z.files)
+    z = tensors.read(bundles["int8"] / _manifest(bundles["int8"])["head"]["file"])
+    assert all(a.dtype != np.float16 for a in z.values())
     rep = export_run(run_dir, tmp_path / "h16", precision="fp32", precision_options={"head_precision": "fp16"})
     m = _manifest(rep.path)
-    with np.load(rep.path / m["head"]["file"]) as z:
-        assert z["prototypes"].dtype == np.float16
+    assert tensors.read(rep.path / m["head"]["file"])["prototypes"].dtype == np.float16
     assert m["precision"]["head"] == "fp16"
     x = shapes_new[1].images[:50]
     ref = Bundle.load(bundles["fp32"], device="cpu", cache=False).predict(x).indices

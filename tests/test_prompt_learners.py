@@ -75,9 +75,9 @@ def test_one_graph_with_selection_inside(run):
 
     case, _, report = run
     m = json.loads((report.path / "manifest.json").read_text())
-    assert set(m["files"]) == {"backbone.onnx", "head-000000.npz"}
+    assert set(m["files"]) == {"model.onnx", "head-000000.safetensors"}
     assert m["head"]["kind"] == ("prototype_cosine" if case.endswith("proto") else "linear")
-    graph = onnx.load(str(report.path / "backbone.onnx")).graph
+    graph = onnx.load(str(report.path / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert SELECTION_OPS[case.split("-")[0]] <= ops
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch

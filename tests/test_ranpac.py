@@ -68,11 +68,15 @@ def test_bundle_matches_torch_and_learns_a_class_on_the_device(ranpac_run, tmp_p
     b, reloaded, new = check_add_class(bundle_dir, tmp_path, shapes_new)
     from tests.conftest import class_images
 
-    from edgecl_runtime import blas
+    import torch
 
-    with blas.limit(b.blas_threads):  # the update's float32 projection ran so; another BLAS split rounds differently
-        H = np.maximum(b.embed(class_images(shapes_new[0], new, 5)) @ before.W_rand, 0).astype(np.float64)
+    images = class_images(shapes_new[0], new, 5)
+    H = b.embed(images).astype(np.float64)  # model.onnx's features: the random projection and ReLU are in the graph
+    with torch.no_grad():
+        e = result.learner.embedding_module()(torch.from_numpy(b.preprocess(images))).numpy()
+    np.testing.assert_allclose(H, np.maximum(e @ before.W_rand, 0), rtol=1e-4, atol=1e-4)
     head = reloaded.head
+    assert head.W_rand is None and "W_rand" not in head.arrays()  # stored once, in the graph
     np.testing.assert_allclose(head.G, before.G + H.T @ H, rtol=1e-9, atol=1e-9 * np.abs(before.G).max())
     np.testing.assert_allclose(head.Q[:, -1], H.sum(0), rtol=1e-6)
     ref = np.linalg.solve(head.G + head.lam * np.eye(M), head.Q)

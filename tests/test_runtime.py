@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgecl_runtime import tensors
 from edgecl_runtime import (
     Bundle,
     CorruptBundleError,
@@ -80,8 +81,8 @@ def test_add_class_round_trip(bundle_dir, shapes_new):
     assert np.mean(np.array(reloaded.predict(queries).labels) == new) >= 0.8
     m = json.loads((bundle_dir / "manifest.json").read_text())
     # the export's head stays as the base of the journal; the update is journal record 1
-    assert m["head"]["file"] == "head-000001.npz" and m["base"]["file"] == "head-000000.npz"
-    assert sorted(m["files"]) == ["backbone.onnx", "head-000000.npz", "head-000001.npz"]
+    assert m["head"]["file"] == "head-000001.safetensors" and m["base"]["file"] == "head-000000.safetensors"
+    assert sorted(m["files"]) == ["head-000000.safetensors", "head-000001.safetensors", "model.onnx"]
     assert m["journal"]["seq"] == 1 and reloaded.history()["updates"][-1]["class"] == new
 
 
@@ -121,7 +122,7 @@ def test_bad_add_class_input_changes_nothing(bundle_dir, name, images, msg):
 
 
 def test_corrupt_backbone_rejected(bundle_dir):
-    p = bundle_dir / "backbone.onnx"
+    p = bundle_dir / "model.onnx"
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0xFF
     p.write_bytes(bytes(data))
@@ -130,11 +131,10 @@ def test_corrupt_backbone_rejected(bundle_dir):
 
 
 def test_tampered_head_and_truncation_rejected(bundle_dir):
-    head = bundle_dir / "head-000000.npz"
-    with np.load(head) as z:
-        arrays = dict(z)
+    head = bundle_dir / "head-000000.safetensors"
+    arrays = {k: np.array(v) for k, v in tensors.parse(head.read_bytes(), "head")[0].items()}
     arrays["prototypes"][0] += 1.0
-    np.savez(head, **arrays)
+    head.write_bytes(tensors.to_bytes(arrays))
     with pytest.raises(CorruptBundleError):
         Bundle.load(bundle_dir)
     head.write_bytes(head.read_bytes()[:100])
@@ -143,7 +143,7 @@ def test_tampered_head_and_truncation_rejected(bundle_dir):
 
 
 def test_unverified_load_still_catches_unreadable_head(bundle_dir):
-    (bundle_dir / "head-000000.npz").write_bytes(b"not a zip file at all")
+    (bundle_dir / "head-000000.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(CorruptBundleError, match="cannot read head"):
         Bundle.load(bundle_dir, verify=False)
 
@@ -161,8 +161,8 @@ def test_manifest_problems(bundle_dir, tmp_path):
     with pytest.raises(CorruptBundleError, match="head"):
         Bundle.load(bundle_dir)
     mpath.write_text(json.dumps(good))
-    (bundle_dir / "backbone.onnx").unlink()
-    with pytest.raises(MissingFileError, match="backbone.onnx"):
+    (bundle_dir / "model.onnx").unlink()
+    with pytest.raises(MissingFileError, match="model.onnx"):
         Bundle.load(bundle_dir)
     with pytest.raises(MissingFileError, match="not found"):
         Bundle.load(tmp_path / "nowhere")

@@ -42,9 +42,11 @@ def test_io_binding_path_gives_the_same_embeddings(bundle_dir, shapes_new):
     """The CUDA code path (IO binding) runs on the CPU provider too: same numbers as plain run."""
     b = Bundle.load(bundle_dir, device="cpu")
     x = b.preprocess(shapes_new[1].images[:7])
-    plain = rs.Runner(b.session, io_binding=False)(x)
-    bound = rs.Runner(b.session, io_binding=True)(x)
-    np.testing.assert_array_equal(plain, bound)
+    feeds = b.head.graph_inputs()
+    for output in ("features", "scores"):
+        plain = rs.Runner(b.session, io_binding=False)(x, feeds, output)
+        bound = rs.Runner(b.session, io_binding=True)(x, feeds, output)
+        np.testing.assert_array_equal(plain, bound)
 
 
 # ---------------------------------------------------------------------------- threads, options

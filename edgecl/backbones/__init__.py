@@ -78,7 +78,7 @@ def create_backbone(
         model = build_timm(timm_name, model_kwargs, None)
         notes["keymap"] = load_weights(model, timm_name, path)
         notes["source"] = entry.source
-        source, digest = str(path), entry.sha256
+        source, digest = f"package:{entry.package}/{entry.resource}", entry.sha256
         input_size, mean, std = entry.input_size, entry.mean, entry.std
         if img_size is not None:  # CNNs: the resolution is an input property only
             input_size = (3, int(img_size), int(img_size))
@@ -102,7 +102,7 @@ def create_backbone(
             keymap = load_weights(model, timm_name, path)
             if keymap:
                 notes["keymap"] = keymap
-            source, digest = str(path.resolve()), sha256_of(path)
+            source, digest = f"file:{path.name}", sha256_of(path)
         input_size, mean, std = data_config(model, timm_name)
         if img_size is not None:
             input_size = (3, int(img_size), int(img_size))
@@ -119,6 +119,23 @@ def create_backbone(
         notes=notes,
     )
     return Backbone(model, spec)
+
+
+def weights_source(spec: BackboneSpec) -> dict[str, Any]:
+    """Where ``spec``'s weights came from, without machine paths: kind, package and version or file name, sha256."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    record: dict[str, Any] = {"sha256": spec.weights_sha256}
+    if spec.name in NAMED:
+        entry = NAMED[spec.name]
+        try:
+            pkg_version = version(entry.package)
+        except PackageNotFoundError:
+            pkg_version = None
+        return {**record, "source": "package", "package": entry.package, "version": pkg_version, "file": entry.resource}
+    if spec.weights.startswith(("embedded:", "random:")):
+        return {**record, "source": spec.weights}
+    return {**record, "source": "file", "file": Path(spec.weights.removeprefix("file:")).name}
 
 
 def backbone_from_state(spec: BackboneSpec, state_dict: dict[str, torch.Tensor]) -> Backbone:

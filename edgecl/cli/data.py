@@ -37,7 +37,8 @@ def _grid(images, cols: int, scale: int):
 def preview(spec, out, split, count, cols, scale, seed):
     """Write a grid of sample images of SPEC to --out.
 
-    SPEC is any --dataset of `edgecl train` (shapes, glyphs:200:cross, a folder, a .npz), or
+    SPEC is any --dataset of `edgecl train` (shapes, glyphs:200:cross, emoji:100:cross-symbola,
+    a folder, a .npz), or
     `pretrain[:N]` for fresh batches of the pre-training corpus (N classes, default 1000).
     """
     import numpy as np
@@ -66,4 +67,4 @@ def preview(spec, out, split, count, cols, scale, seed):
     scale = scale or max(1, round(64 / images.shape[1]))
     _grid(np.asarray(images), cols, scale).save(out)
     click.echo(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) of {spec} -> {out}")
-    click.echo("classes, row by row: " + " ".join(names[: cols * 4]) + (" ..." if len(names) > cols * 4 else ""))
+    click.echo("classes, row by row: " + ", ".join(names[: cols * 4]) + (", ..." if len(names) > cols * 4 else ""))

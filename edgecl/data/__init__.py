@@ -1,6 +1,6 @@
 """Image data sets for class-incremental learning.
 
-Names are imported on first use (PEP 562), so that ``edgecl.data.glyphs`` worker processes
+Names are imported on first use (PEP 562), so that ``edgecl.data.glyphs`` / ``.emoji`` worker processes
 import numpy and Pillow but not torch.
 """
 
@@ -14,6 +14,7 @@ _EXPORTS = {
     "make_shapes": ".synthetic",
     "shapes_class_names": ".synthetic",
     "make_glyphs": ".glyphs",
+    "make_emoji": ".emoji",
     "pretrain_corpus": ".glyphs",
     "pretrain_batches": ".glyphs",
 }

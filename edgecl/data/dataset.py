@@ -13,11 +13,13 @@ from edgecl_runtime.preprocess import preprocess
 
 @dataclass
 class ArrayDataset:
-    """uint8 images ``(N, H, W, 3)``, int64 labels ``(N,)`` and the class names labels index."""
+    """uint8 images ``(N, H, W, 3)``, int64 labels ``(N,)`` and the class names labels index;
+    optionally the domain of each image ``(N,)`` (str: the font of a glyph, the vendor of an emoji)."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
+    domains: np.ndarray | None = None
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
@@ -26,6 +28,8 @@ class ArrayDataset:
             raise ValueError(f"{self.images.shape[0]} images but labels of shape {self.labels.shape}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got [{self.labels.min()}, {self.labels.max()}]")
+        if self.domains is not None and self.domains.shape != self.labels.shape:
+            raise ValueError(f"{len(self.labels)} images but domains of shape {self.domains.shape}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -37,14 +41,15 @@ class ArrayDataset:
     def select_classes(self, classes: Sequence[int]) -> "ArrayDataset":
         """The samples whose label is in ``classes`` (labels unchanged)."""
         mask = np.isin(self.labels, np.asarray(list(classes), dtype=np.int64))
-        return ArrayDataset(self.images[mask], self.labels[mask], self.class_names)
+        domains = None if self.domains is None else self.domains[mask]
+        return ArrayDataset(self.images[mask], self.labels[mask], self.class_names, domains)
 
     def relabel(self, order: Sequence[int]) -> "ArrayDataset":
         """Relabel so that class ``order[i]`` becomes label ``i``."""
         order = np.asarray(order, dtype=np.int64)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return ArrayDataset(self.images, inverse[self.labels], [self.class_names[i] for i in order])
+        return ArrayDataset(self.images, inverse[self.labels], [self.class_names[i] for i in order], self.domains)
 
 
 class BatchLoader:

@@ -38,7 +38,6 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import generated
 from .augment import AugmentConfig, augment
 from .fonts import Face, matplotlib_faces, noto_cjk_faces, pil_font
 from .sources import DataError
@@ -57,7 +57,6 @@ FALLBACK_FONTS = (2, MIN_FONTS - 1)  # pre-training fallback classes: drawn by 2
 EM = 0.6  # font size (pixels per em) as a fraction of the mask canvas
 MAX_INK = 0.92  # a glyph whose ink is larger than this fraction of the canvas is scaled down
 OVERSAMPLE = 2  # masks are rendered at this multiple of the output size
-CHUNK = 256  # images per random stream / work unit
 SPLITS = ("within", "cross")
 SIZES = (200, 500, 1000)  # the documented benchmark sizes (any N up to the pool size works)
 DUPLICATE_SIMILARITY = 0.99  # classes whose renderings in a shared font are this similar are merged
@@ -220,20 +219,7 @@ def class_name(cp: int) -> str:
     return f"U+{cp:04X}"
 
 
-# ------------------------------------------------------------------------------- generation
-
-
-def _chunk_images(args) -> tuple[int, np.ndarray]:
-    items, size, seed_words, cfg_dict, out_path, start = args
-    rng = np.random.default_rng(seed_words)
-    images = render_images(items, size, rng, AugmentConfig.from_dict(cfg_dict))
-    if out_path is None:
-        return start, images
-    out = np.load(out_path, mmap_mode="r+")
-    out[start : start + len(images)] = images
-    out.flush()
-    del out
-    return start, np.zeros((0,), np.uint8)
+# ------------------------------------------------------------------------- generation, cache
 
 
 def generate(
@@ -244,117 +230,27 @@ def generate(
     out: str | Path | None = None,
     workers: int = 1,
 ) -> np.ndarray | None:
-    """Render ``items`` in chunks of ``CHUNK``, chunk ``k`` from the stream ``(*seed_words, k)``.
-
-    The bytes depend only on the items, size, seeds and ``cfg``, not on ``workers``. With
-    ``out`` (an existing ``.npy`` of shape ``(len(items), size, size, 3)``) the workers write
-    into it and ``None`` is returned; otherwise the images are returned.
-    """
-    jobs = [
-        (list(items[s : s + CHUNK]), size, [*seed_words, k], cfg.as_dict(), None if out is None else str(out), s)
-        for k, s in enumerate(range(0, len(items), CHUNK))
-    ]
-    result = None if out is not None else np.zeros((len(items), size, size, 3), np.uint8)
-    if workers > 1 and len(jobs) > 1:
-        with _pool(min(workers, len(jobs))) as pool:
-            for start, images in pool.imap_unordered(_chunk_images, jobs):
-                if result is not None:
-                    result[start : start + len(images)] = images
-    else:
-        for job in jobs:
-            start, images = _chunk_images(job)
-            if result is not None:
-                result[start : start + len(images)] = images
-    return result
+    """``render_images`` of ``items`` in chunks, chunk ``k`` from the stream ``(*seed_words, k)``
+    (``generated.generate``): the bytes do not depend on ``workers``; with ``out`` the images are
+    written into that ``.npy`` and ``None`` is returned."""
+    return generated.generate(render_images, items, size, seed_words, cfg, out, workers)
 
 
-def _pool(workers: int, initializer=None, initargs=()):
-    """A process pool. Fork where available: workers start at once and never re-run the
-    caller's ``__main__`` (spawn would, in a script without a main guard); they use only
-    numpy and Pillow, never torch, so forking a process that imported torch is safe."""
-    import multiprocessing as mp
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers, initializer, initargs)
-
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-# ------------------------------------------------------------------------------------ cache
+_pool = generated.pool
+default_workers = generated.default_workers
 
 
 def _cache_root() -> Path:
-    from ..pretrain.checkpoint import cache_dir  # the one cache dir of edgecl ($EDGECL_CACHE_DIR)
-
-    return cache_dir() / "glyphs"
-
-
-def _load_cached(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a complete cache entry (memory-mapped), or None if missing or damaged."""
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        arrays = {}
-        for name, (shape, dtype) in meta["arrays"].items():
-            a = np.load(path / f"{name}.npy", mmap_mode="r")
-            if list(a.shape) != shape or str(a.dtype) != dtype:
-                return None
-            arrays[name] = a
-        return arrays | {"meta": meta}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return generated.cache_root("glyphs")
 
 
 def materialise(name: str, config: dict, build, log=None) -> dict:
-    """Load the cache entry of ``config`` or build it: ``build(tmpdir)`` writes ``.npy`` files.
-
-    The entry is ``<cache>/glyphs/<name>-<hash of config and GENERATOR_VERSION>/`` holding the
-    arrays and ``meta.json`` (config, array shapes). It is written in a temporary directory next
-    to it and renamed into place: readers see a whole entry or none. A damaged entry (missing
-    or truncated array, shape mismatch) is replaced.
-    """
-    key = hashlib.sha256(json.dumps({"version": GENERATOR_VERSION, **config}, sort_keys=True).encode()).hexdigest()[:16]
-    path = _cache_root() / f"{name}-{key}"
-    cached = _load_cached(path)
-    if cached is not None:
-        return cached
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        extra = build(tmp) or {}
-        arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(tmp.glob("*.npy"))}
-        meta = {"config": config, "version": GENERATOR_VERSION, **extra,
-                "arrays": {k: [list(a.shape), str(a.dtype)] for k, a in arrays.items()}}
-        del arrays
-        for p in tmp.iterdir():
-            with open(p, "rb+") as fh:
-                os.fsync(fh.fileno())
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if path.exists() and _load_cached(path) is None:  # damaged: move aside, then replace
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, trash / "entry")  # open memory maps of it stay valid
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # a concurrent maker finished first: keep its (equal) entry
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    cached = _load_cached(path)
-    if cached is None:
-        raise DataError(f"cache entry {path} could not be read back after writing it")
-    if log:
-        log(f"cached {path}")
-    return cached
+    """``generated.materialise`` under ``<cache>/glyphs`` with this module's ``GENERATOR_VERSION``."""
+    return generated.materialise(_cache_root(), name, config, build, GENERATOR_VERSION, log)
 
 
 def _write_split(tmp: Path, split: str, items, labels, size, seed_words, cfg, workers):
-    x = np.lib.format.open_memmap(tmp / f"x_{split}.npy", mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
-    del x
-    generate(items, size, seed_words, cfg, out=tmp / f"x_{split}.npy", workers=workers)
-    np.save(tmp / f"y_{split}.npy", np.asarray(labels, dtype=np.int64))
+    generate(items, size, seed_words, cfg, out=generated.alloc_split(tmp, split, labels, size), workers=workers)
 
 
 # --------------------------------------------------------------------------------- benchmark
@@ -433,27 +329,15 @@ def make_glyphs(cfg: GlyphConfig | None = None, workers: int | None = None, cach
             arrays = {p.stem: np.load(p) for p in Path(tmp).glob("*.npy")}
     else:
         arrays = materialise(f"glyphs{cfg.num_classes}-{cfg.split}-{cfg.size}px", config, build, log)
-    return tuple(ArrayDataset(arrays[f"x_{s}"], np.asarray(arrays[f"y_{s}"]), names) for s in ("train", "test"))
+    return tuple(
+        ArrayDataset(arrays[f"x_{s}"], np.asarray(arrays[f"y_{s}"]), names, np.asarray(arrays[f"font_{s}"])) for s in ("train", "test")
+    )
 
 
 def parse_spec(spec: str, train_per_class: int = 30, test_per_class: int = 10, seed: int = 0) -> GlyphConfig:
     """``glyphs:N[:within|cross][:SIZE]`` -> ``GlyphConfig`` (see the module doc)."""
-    parts = spec.split(":")
     usage = "use glyphs:N[:within|cross][:SIZE], e.g. glyphs:200, glyphs:500:cross, glyphs:200:cross:96"
-    if parts[0] != "glyphs" or len(parts) < 2 or len(parts) > 4:
-        raise DataError(f"bad spec {spec!r}: {usage}")
-    try:
-        n = int(parts[1])
-    except ValueError:
-        raise DataError(f"bad spec {spec!r}: the number of classes {parts[1]!r} is not an integer; {usage}") from None
-    split = size = None
-    for p in parts[2:]:
-        if p in SPLITS and split is None:
-            split = p
-        elif p.removesuffix("px").isdigit() and size is None:
-            size = int(p.removesuffix("px"))
-        else:
-            raise DataError(f"bad spec {spec!r}: {p!r} is not a split ({', '.join(SPLITS)}) or a size, or repeats one; {usage}")
+    n, split, size = generated.parse_spec(spec, "glyphs", SPLITS, usage)
     return GlyphConfig(n, split or "within", train_per_class, test_per_class, size or 64, seed)
 
 

@@ -7,13 +7,17 @@
   (``glyphs.py``): ``within`` (default) tests on the training fonts, ``cross`` trains on
   upright fonts and tests on held-out italic ones; SIZE px images (default 64), e.g.
   ``glyphs:200``, ``glyphs:500:cross``, ``glyphs:1000:cross:96``. Generated once, cached.
+* ``emoji:N[:within|cross-VENDOR][:SIZE]`` - N emoji drawn by five vendors (``emoji.py``,
+  needs the vendors' packages: docs/emoji.md): ``within`` (default) trains and tests on all
+  vendors, ``cross-VENDOR`` trains on the four others and tests on VENDOR (twemoji, openmoji,
+  noto, emojione, symbola); e.g. ``emoji:100``, ``emoji:100:cross-symbola:64``. Cached.
 * ``DIR`` - one sub-folder per class of image files; or ``DIR/train/<class>``
   and ``DIR/test/<class>`` for a fixed split.
 * ``FILE.npz`` - arrays ``x`` (N, H, W[, C]) uint8 and ``y`` (N,) int, optional
   ``class_names``; or ``x_train``/``y_train``/``x_test``/``y_test``.
 
 Without a fixed split, a seeded stratified ``test_fraction`` of each class is held out.
-The generated sets (shapes, glyphs) take ``train_per_class``, ``test_per_class`` and ``seed``.
+The generated sets (shapes, glyphs, emoji) take ``train_per_class``, ``test_per_class`` and ``seed``.
 """
 
 from __future__ import annotations
@@ -140,7 +144,8 @@ def load_dataset(
     """Resolve a data source spec to ``(train, test)``.
 
     Specs: ``shapes[:N]``; ``glyphs:N[:within|cross][:SIZE]`` (e.g. ``glyphs:200``,
-    ``glyphs:200:cross``, ``glyphs:500:cross:96``); an image folder; a ``.npz`` file (see the
+    ``glyphs:200:cross``, ``glyphs:500:cross:96``); ``emoji:N[:within|cross-VENDOR][:SIZE]``
+    (e.g. ``emoji:100:cross-symbola``); an image folder; a ``.npz`` file (see the
     module doc). ``image_size`` applies to folders; generated sets keep their own size (the
     batch loader resizes to the backbone's input).
     """
@@ -148,6 +153,10 @@ def load_dataset(
         from .glyphs import make_glyphs, parse_spec
 
         return make_glyphs(parse_spec(spec, train_per_class, test_per_class, seed))
+    if spec == "emoji" or spec.startswith("emoji:"):
+        from .emoji import make_emoji, parse_spec as parse_emoji
+
+        return make_emoji(parse_emoji(spec, train_per_class, test_per_class, seed))
     if spec == "shapes" or spec.startswith("shapes:"):
         try:
             n = int(spec.split(":", 1)[1]) if ":" in spec else 100
@@ -159,9 +168,9 @@ def load_dataset(
             raise DataError(str(exc)) from exc
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"data source not found: {spec} (use 'shapes', 'glyphs:N', an image folder or a .npz file)")
+        raise DataError(f"data source not found: {spec} (use 'shapes', 'glyphs:N', 'emoji:N', an image folder or a .npz file)")
     if path.is_dir():
         return load_image_folder(path, image_size, test_fraction, seed)
     if path.suffix == ".npz":
         return load_npz(path, test_fraction, seed)
-    raise DataError(f"{spec}: unsupported data source (use 'shapes', 'glyphs:N', an image folder or a .npz file)")
+    raise DataError(f"{spec}: unsupported data source (use 'shapes', 'glyphs:N', 'emoji:N', an image folder or a .npz file)")

@@ -121,5 +121,7 @@ def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_
     counts = np.append(counts, np.zeros(len(new), np.int64)) + np.bincount(labels, minlength=n)
     lambdas = [10.0**k for k in range(hp["lambda_min_exp"], hp["lambda_max_exp"] + 1)]
     lam = select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"])
-    return RidgeHead(G + H.T @ H, Q, lam, counts, W_rand)
+    # G is kept float32-exact (rounded once per task), so the bundle stores it in float32 and the device
+    # solves exactly the system the learner solved.
+    return RidgeHead((G + H.T @ H).astype(np.float32).astype(np.float64), Q, lam, counts, W_rand)
 

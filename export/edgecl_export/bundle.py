@@ -3,10 +3,10 @@
 Layout::
 
     bundle/
-      manifest.json        versions, backbone, preprocessing, head, classes, sha256 of every file
-      backbone.onnx        images (N, 3, H, W) float32, normalised -> embeddings (N, D)
-      head-000000.npz      head arrays (for SimpleCIL: prototypes, counts)
-      journal-000000.log   write-ahead journal of on-device updates (appears with the first one)
+      manifest.json            versions, model, preprocessing, head, classes, sha256 of every file
+      model.onnx               images (N, 3, H, W) + head state -> features (N, D), scores (N, C)
+      head-000000.safetensors  head arrays (for SimpleCIL: prototypes, counts)
+      journal-000000.log       write-ahead journal of on-device updates (appears with the first one)
 
 See ``docs/bundle-format.md`` for the manifest schema and the update protocol.
 
@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from edgecl import __version__
+from edgecl_runtime import tensors
 from edgecl_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, file_entry, seal
-from edgecl_runtime.storage import json_bytes, npz_bytes
+from edgecl_runtime.storage import json_bytes
 from edgecl_runtime.store import initial_fields
 
-from .onnx_graph import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, parity
+from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer, fixed_transform
+from .model_graph import metadata as model_metadata
+from .onnx_graph import INPUT_NAME, ExportError, export_onnx, parity
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
 
-BACKBONE_ONNX = "backbone.onnx"
+MODEL_ONNX = "model.onnx"
 PARITY_TOL = 1e-4
 
 
@@ -60,89 +63,22 @@ def export_learner(
 ) -> ExportReport:
     """Export ``learner`` (with its classes) to a bundle at ``out_dir``.
 
-    Parity: the ONNX backbone is run on random inputs plus ``check_inputs`` and
-    compared with torch; a max abs difference above ``tolerance`` fails the export.
+    Parity: the ONNX model is run on random inputs plus ``check_inputs`` and its
+    features and scores compared with torch (features) and the head's own
+    scoring; a max abs difference above ``tolerance`` fails the export.
     ``precision``: fp16 / int8 backbone (see ``edgecl_export.quantize``); parity is
     checked on the fp32 graph, the conversion against it.
     """
-    import onnx
-    import onnxruntime
-    import torch
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty (use overwrite=True / --force)")
     if len(class_names) != learner.num_classes or len(set(class_names)) != len(class_names):
         raise ExportError(f"need {learner.num_classes} distinct class names, got {len(class_names)}")
-    spec = learner.backbone.spec
-    module = learner.embedding_module().cpu().eval()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        export_onnx(module, spec.input_size, tmp / BACKBONE_ONNX, opset=opset, exporter=exporter)
-        rng = np.random.default_rng(0)
-        inputs = [rng.standard_normal((3, *spec.input_size)).astype(np.float32)] + list(check_inputs or [])
-        diff = parity(module, tmp / BACKBONE_ONNX, inputs)
-        if diff > tolerance:
-            raise ExportError(f"ONNX/torch parity failed: max abs diff {diff:.3g} > {tolerance:g}")
-        # The graph's output width, not the backbone's: APER concatenates two paths, EASE one per task.
-        with torch.no_grad():
-            dim = int(module(torch.zeros(1, *spec.input_size)).shape[1])
-        kind, arrays = learner.export_head()
-        precision = precision or PrecisionSpec()
-        if precision.precision != "fp32":
-            from edgecl_runtime.heads import head_class
-
-            head = head_class(kind).from_arrays(arrays, len(class_names), dim)
-            precision_section = apply_precision(
-                tmp / BACKBONE_ONNX, precision, spec.input_size, spec.mean, spec.std, head, check_inputs
-            )
-        else:
-            precision_section = {"backbone": "fp32", "head": precision.head_precision}
-        head_file = "head-000000.npz"
-        (tmp / head_file).write_bytes(npz_bytes(cast_head_arrays(arrays, precision.head_precision)))
-        files = [BACKBONE_ONNX, head_file]
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "edgecl_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "backbone": {
-                "name": spec.name,
-                "timm_name": spec.timm_name,
-                "weights": spec.weights,
-                "weights_sha256": spec.weights_sha256,
-                "file": BACKBONE_ONNX,
-                "input_name": INPUT_NAME,
-                "output_name": OUTPUT_NAME,
-                "embedding_dim": dim,
-                "opset": opset,
-                "exporter": exporter,
-                "precision": precision_section["backbone"],
-            },
-            "preprocess": {
-                "input_size": list(spec.input_size),
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "resize": "bilinear-antialias",
-                "layout": "NHWC uint8 0..255 or float 0..1 in; NCHW float32 normalised to the backbone",
-            },
-            "learner": {"name": learner.name, "hparams": learner.hparams},
-            "head": {"kind": kind, "file": head_file, "generation": 0},
-            "classes": list(class_names),
-            "export": {
-                "parity_max_abs_diff": diff,
-                "parity_tolerance": tolerance,
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-                "python": platform.python_version(),
-            },
-            "precision": precision_section,
-            "files": {name: file_entry(tmp / name) for name in files},
-        }
-        written = cast_head_arrays(arrays, precision.head_precision)  # what head_file holds
-        manifest.update(initial_fields(kind, head_file, written, list(class_names)))  # bundle_id, base, journal
+        manifest = _write_bundle(tmp, learner, list(class_names), opset, exporter, check_inputs, tolerance,
+                                 precision or PrecisionSpec())
         if extra:
             manifest["source"] = extra
         (tmp / MANIFEST_NAME).write_bytes(json_bytes(seal(manifest)))
@@ -156,7 +92,116 @@ def export_learner(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out_dir.iterdir())
-    return ExportReport(out_dir, diff, len(class_names), size)
+    return ExportReport(out_dir, manifest["export"]["parity_max_abs_diff"], len(class_names), size)
+
+
+def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, exporter: str, check_inputs,
+                  tolerance: float, precision: PrecisionSpec) -> dict:
+    """Write ``model.onnx`` and the head file into ``tmp``; returns the manifest (unsealed)."""
+    from edgecl_runtime.heads import head_class
+
+    spec = learner.backbone.spec
+    kind, arrays = learner.export_head()
+    transform, arrays = fixed_transform(kind, arrays)
+    module = FeatureModule(learner.embedding_module().cpu().eval(), transform).eval()
+    features = tmp / "features.onnx"
+    export_onnx(module, spec.input_size, features, opset=opset, exporter=exporter, output_name=FEATURES)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((3, *spec.input_size)).astype(np.float32)] + list(check_inputs or [])
+    diff = parity(module, features, inputs)
+    if diff > tolerance:
+        raise ExportError(f"ONNX/torch parity failed: max abs diff {diff:.3g} > {tolerance:g}")
+    stored = cast_head_arrays(arrays, precision.head_precision)  # what the head file holds
+    dim = int(parity_features(module, inputs[0]).shape[1])  # after APER's/EASE's concatenation, RanPAC's projection
+    head = head_class(kind).from_arrays(stored, len(class_names), dim)
+    if precision.precision != "fp32":
+        precision_section = apply_precision(features, precision, spec.input_size, spec.mean, spec.std, head, check_inputs)
+    else:
+        precision_section = {"backbone": "fp32", "head": precision.head_precision}
+    preprocess = {"input_size": list(spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
+                  "resize": "bilinear-antialias",
+                  "layout": "NHWC uint8 0..255 or float 0..1 in; NCHW float32 normalised to the backbone"}
+    scorer = tmp / "scorer.onnx"
+    head_inputs = export_scorer(kind, head, scorer, opset)
+    shapes = {k: list(v.shape) for k, v in head.graph_inputs().items()}
+    combine(features, scorer, tmp / MODEL_ONNX, model_metadata(kind, class_names, preprocess, shapes, FORMAT_VERSION))
+    features.unlink()
+    scorer.unlink()
+    score_diff = score_parity(tmp / MODEL_ONNX, head, inputs)
+    if precision.precision == "fp32" and score_diff > tolerance:
+        raise ExportError(f"model.onnx scores disagree with the {kind} head: max abs diff {score_diff:.3g} > {tolerance:g}")
+    head_file = "head-000000.safetensors"
+    (tmp / head_file).write_bytes(tensors.to_bytes(stored))
+    manifest = _manifest(learner, kind, class_names, dim, opset, exporter, precision_section, preprocess, head_inputs)
+    manifest["export"].update({"parity_max_abs_diff": diff, "score_parity_max_abs_diff": score_diff,
+                               "parity_tolerance": tolerance})
+    manifest["files"] = {name: file_entry(tmp / name) for name in (MODEL_ONNX, head_file)}
+    manifest.update(initial_fields(kind, head_file, stored, class_names))  # bundle_id, base, journal
+    return manifest
+
+
+def parity_features(module, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return module(torch.from_numpy(x[:1])).numpy()
+
+
+def score_parity(model_path: Path, head, inputs: list[np.ndarray]) -> float:
+    """Max |model.onnx scores - the head's own scores of model.onnx's features| over ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    feeds = dict(head.graph_inputs())
+    worst = 0.0
+    for x in inputs:
+        f, s = session.run([FEATURES, SCORES], {INPUT_NAME: x, **feeds})
+        worst = max(worst, float(np.max(np.abs(s - head.scores(f))))) if s.size else worst
+    return worst
+
+
+def _manifest(learner, kind, class_names, dim, opset, exporter, precision_section, preprocess, head_inputs) -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    spec = learner.backbone.spec
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "edgecl_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {
+            "file": MODEL_ONNX,
+            "inputs": [INPUT_NAME, *head_inputs],
+            "head_inputs": head_inputs,
+            "outputs": [FEATURES, SCORES],
+            "feature_dim": dim,
+            "opset": opset,
+            "exporter": exporter,
+        },
+        "backbone": {
+            "name": spec.name,
+            "timm_name": spec.timm_name,
+            "weights": weights_record(spec),
+            "embedding_dim": dim,  # the width of model.onnx's features: what the head and journal take
+            "precision": precision_section["backbone"],
+        },
+        "preprocess": preprocess,
+        "learner": {"name": learner.name, "hparams": learner.hparams},
+        "head": {"kind": kind, "file": "head-000000.safetensors", "generation": 0},
+        "classes": list(class_names),
+        "export": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                   "python": platform.python_version()},
+        "precision": precision_section,
+    }
+
+
+def weights_record(spec) -> dict:
+    """Where the backbone's weights came from, with no machine path: package, version, file name, sha256."""
+    from edgecl.backbones import weights_source
+
+    return weights_source(spec)
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportReport:

@@ -94,7 +94,7 @@ def peak_rss_mib() -> float | None:
 
 def bundle_sizes(path: str | Path) -> dict[str, int]:
     """Bytes on disk: the bundle (manifest + files it lists), its ONNX backbone, the optional optimised-graph cache."""
-    from .manifest import MANIFEST_NAME, read_manifest
+    from .manifest import MANIFEST_NAME, onnx_file, read_manifest
     from .session import CACHE_DIR
 
     path = Path(path)
@@ -103,7 +103,7 @@ def bundle_sizes(path: str | Path) -> dict[str, int]:
     cache = sum(p.stat().st_size for p in (path / CACHE_DIR).glob("*") if p.is_file()) if (path / CACHE_DIR).is_dir() else 0
     return {
         "bundle_bytes": files + (path / MANIFEST_NAME).stat().st_size,
-        "onnx_bytes": (path / m["backbone"]["file"]).stat().st_size,
+        "onnx_bytes": (path / onnx_file(m)).stat().st_size,
         "cache_bytes": cache,
     }
 
@@ -173,7 +173,10 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
     }
     x1 = b.preprocess(one)
     out["predict_b1"] = timings(lambda: b.predict(one), repeats)
-    out["embed_b1"] = timings(lambda: b._run(x1), repeats)  # backbone only, preprocessed input
+    view = b._view
+    out["embed_b1"] = timings(lambda: b._forward(x1, view, "features"), repeats)  # backbone (+ fixed transform) only
+    out["scores_b1"] = timings(lambda: b._forward(x1, view, "scores"), repeats)  # backbone + head scoring
+    out["head_overhead_b1"] = out["scores_b1"]["p50_ms"] / out["embed_b1"]["p50_ms"]
     out["preprocess_b1"] = timings(lambda: b.preprocess(one), repeats)
     frame = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
     out["preprocess_480x640_b1"] = timings(lambda: b.preprocess(frame), max(5, repeats // 5))
@@ -183,7 +186,7 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
     xb = b.preprocess(batch)
     nb = max(5, repeats // 5)
     out[f"predict_b{batch_size}"] = timings(lambda: b.predict(batch), nb)
-    out[f"embed_b{batch_size}"] = timings(lambda: b._run(xb), nb)
+    out[f"embed_b{batch_size}"] = timings(lambda: b._forward(xb, view, "features"), nb)
     out[f"preprocess_b{batch_size}"] = timings(lambda: b.preprocess(batch), nb)
     out["throughput_images_per_s"] = batch_size / (out[f"predict_b{batch_size}"]["p50_ms"] / 1e3)
     # after the batch too (activations of batch_size images), before add-class loads a second copy

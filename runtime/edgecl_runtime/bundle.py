@@ -15,6 +15,7 @@ from .errors import (
     InvalidInputError,
     MissingFileError,
 )
+from .manifest import onnx_file, single_file
 from .preprocess import preprocess
 from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding  # noqa: F401
 
@@ -49,18 +50,31 @@ class AddClassResult:
     update_seconds: float = 0.0  # the rest: head update and atomic persist
 
 
-_providers = select_providers  # kept for callers of the old private name
+@dataclass(frozen=True)
+class View:
+    """One consistent state of a bundle: what ``predict`` scores with and names from."""
+
+    manifest: dict[str, Any]
+    head: Any  # an edgecl_runtime.heads.Head
+    seq: int  # last journaled update in ``head``
+    classes: tuple[str, ...]
 
 
 class Bundle:
-    """An exported model on the device: ONNX backbone + numpy head + manifest."""
+    """An exported model on the device: ONNX model + head state + manifest.
+
+    Threads: a ``Bundle`` may be shared by threads. Each call reads the
+    current state once (``View``: manifest, head, classes), so scores and the
+    class names they are labelled with always come from the same state;
+    updates build a new state and swap it in with one assignment. Processes:
+    writers serialise on the bundle's lock and every update is journaled;
+    ``refresh()`` picks up other processes' updates (docs/bundle-format.md).
+    """
 
     def __init__(self, path: Path, manifest: dict[str, Any], head, session,
                  session_source: str = "direct", blas_threads: int | None = 1):
         self.path = path
-        self.manifest = manifest
-        self.head = head
-        self.seq = manifest.get("journal", {}).get("seq", 0)  # last journaled update in ``head`` (set by load)
+        self._view = View(manifest, head, manifest.get("journal", {}).get("seq", 0), tuple(manifest["classes"]))
         self.session = session
         self.session_source = session_source  # cached | built | direct (see runtime.session)
         self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
@@ -92,23 +106,35 @@ class Bundle:
         providers = select_providers(device)
         state = store.read_state(path, verify=verify, trust_modified=trust_modified)
         manifest, head = state.manifest, state.head
-        backbone_file = manifest["backbone"]["file"]
-        if not (path / backbone_file).is_file():
-            raise MissingFileError(f"bundle file missing: {path / backbone_file}")
-        digest = manifest["files"].get(backbone_file, {}).get("sha256", "unverified")
-        session, source = create_session(path / backbone_file, digest, providers, threads, optimize, cache)
+        model_file = onnx_file(manifest)
+        if not (path / model_file).is_file():
+            raise MissingFileError(f"bundle file missing: {path / model_file}")
+        digest = manifest["files"].get(model_file, {}).get("sha256", "unverified")
+        session, source = create_session(path / model_file, digest, providers, threads, optimize, cache)
         if device == "cuda" and CUDA_EP not in session.get_providers():
             raise DeviceUnavailableError(
                 "onnxruntime lists CUDA but could not start it (CUDA/cuDNN libraries missing?)"
             )
         bundle = cls(path, manifest, head, session, source, blas_threads)
-        bundle.seq = state.seq
+        bundle._set_state(state)
         return bundle
 
     # -------------------------------------------------------------- properties
     @property
+    def manifest(self) -> dict[str, Any]:
+        return self._view.manifest
+
+    @property
+    def head(self):
+        return self._view.head
+
+    @property
+    def seq(self) -> int:
+        return self._view.seq
+
+    @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self._view.classes)
 
     @property
     def device(self) -> str:
@@ -129,37 +155,50 @@ class Bundle:
         return preprocess(images, p["input_size"], p["mean"], p["std"])
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        """Images -> backbone embeddings ``(N, D)`` float32 (what ``add_class`` learns from)."""
+        """Images -> features ``(N, D)`` float32: what ``add_class`` learns from and the journal stores
+        (the backbone's embeddings after the head's fixed transform, if any)."""
         with blas.limit(self.blas_threads):
-            return self._embed(images, batch_size)
+            return self._batched(self.preprocess(images), batch_size, self._view, "features")
 
-    def _embed(self, images, batch_size: int = 64) -> np.ndarray:
+    def _batched(self, x: np.ndarray, batch_size: int, view: View, output: str) -> np.ndarray:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        x = self.preprocess(images)
+        run = lambda xb: self._forward(xb, view, output)  # noqa: E731
         if x.shape[0] <= batch_size:
-            return self._run(x)
-        return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            return run(x)
+        return np.concatenate([run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
-    def scores(self, images) -> np.ndarray:
-        with blas.limit(self.blas_threads):  # one limit around the whole path (embed's own would nest)
-            return self.head.scores(self._embed(images))
+    def _forward(self, x: np.ndarray, view: View, output: str) -> np.ndarray:
+        """``features`` or ``scores`` of a preprocessed batch under ``view``'s head."""
+        if single_file(view.manifest):  # the graph scores: the head's state enters as inputs
+            return self._run(x, view.head.graph_inputs(), output)
+        feats = self._run(x)
+        return feats if output == "features" else view.head.scores(feats)
+
+    def scores(self, images, batch_size: int = 64) -> np.ndarray:
+        """``(N, C)`` class scores (higher is better) in the order of ``classes``."""
+        return self._scores(images, self._view, batch_size)
+
+    def _scores(self, images, view: View, batch_size: int = 64) -> np.ndarray:
+        with blas.limit(self.blas_threads):  # one limit around the whole path
+            return self._batched(self.preprocess(images), batch_size, view, "scores")
 
     def _scores_preprocessed(self, x: np.ndarray) -> np.ndarray:
-        """Scores of an already preprocessed batch in one backbone run (for side-by-side timing)."""
+        """Scores of an already preprocessed batch in one model run (for side-by-side timing)."""
         with blas.limit(self.blas_threads):
-            return self.head.scores(self._run(x))
+            return self._forward(x, self._view, "scores")
 
     def predict(self, images, top_k: int = 1) -> Prediction:
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
-        s = self.scores(images)
+        view = self._view  # scores and names from one state, whatever other threads do meanwhile
+        s = self._scores(images, view)
         k = min(top_k, s.shape[1])
         if k == 1:  # argmax is O(C); a full sort is O(C log C) per image
             order = np.argmax(s, axis=1)[:, None]
         else:
             order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        names = self.classes
+        names = view.classes
         return Prediction(
             labels=[names[i] for i in order[:, 0]],
             scores=s[np.arange(s.shape[0]), order[:, 0]],
@@ -263,9 +302,16 @@ class Bundle:
         return changed
 
     def _set_state(self, state) -> None:
-        self.manifest, self.head, self.seq = state.manifest, state.head, state.seq
+        self._view = View(state.manifest, state.head, state.seq, tuple(state.classes))
 
     # ------------------------------------------------------------------- info
+    def _added_on_device(self) -> list[str]:
+        """Classes the device learned: those not in the base (the export, or the last compaction)."""
+        m = self.manifest
+        legacy = [h["class"] for h in m.get("history", []) if h.get("event") == "add_class"]  # format 1
+        base = set(m.get("base", {}).get("classes", m["classes"]))
+        return list(dict.fromkeys(legacy + [c for c in self._view.classes if c not in base]))
+
     def info(self) -> dict[str, Any]:
         m = self.manifest
         return {
@@ -280,8 +326,9 @@ class Bundle:
             "num_classes": len(m["classes"]),
             "device": self.device,
             "providers": self.providers,
-            "opset": m["backbone"].get("opset"),
-            "added_on_device": [h["class"] for h in m.get("history", []) if h.get("event") == "add_class"],
+            "model": onnx_file(m),
+            "opset": m.get("model", m["backbone"]).get("opset"),
+            "added_on_device": self._added_on_device(),
             "bundle_id": m.get("bundle_id"),
             "updates": self.seq,  # journaled on-device updates (see `edgecl history`)
         }

@@ -27,8 +27,8 @@ from .errors import CorruptBundleError, IncompatibleBundleError, MissingFileErro
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgecl-bundle"
-FORMAT_VERSION = 2  # bump on any change an older runtime cannot read
-READS_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # bump on any change an older runtime cannot read
+READS_VERSIONS = (1, 2, 3)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[0-9A-Za-z_-]{8,80}$")
@@ -119,7 +119,24 @@ _RULES_V2 = _RULES_V1 + [
     ("journal.digest", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
     ("checksum", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
 ]
+# Version 3: one ONNX file, ``model.file`` (backbone + fixed transform + head scoring), in place of
+# ``backbone.file``; head files in the safetensors layout (``edgecl_runtime.tensors``).
+_RULES_V3 = [r for r in _RULES_V2 if r[0] != "backbone.file"] + [
+    ("model", lambda v: isinstance(v, dict), "must be an object"),
+    ("model.file", _file_name, "must be a file name inside the bundle"),
+    ("model.head_inputs", lambda v: isinstance(v, list) and all(_str(x) for x in v), "must list the head's input names"),
+]
 _MISSING = object()
+
+
+def onnx_file(manifest: dict[str, Any]) -> str:
+    """The bundle's ONNX file: ``model.file`` (version 3) or ``backbone.file`` (versions 1 and 2)."""
+    return manifest["model"]["file"] if "model" in manifest else manifest["backbone"]["file"]
+
+
+def single_file(manifest: dict[str, Any]) -> bool:
+    """True when the ONNX file scores too (version 3: the head's state enters as graph inputs)."""
+    return "model" in manifest
 
 
 def _lookup(m: dict, dotted: str):
@@ -159,7 +176,7 @@ def validate(manifest: dict[str, Any], version: int) -> None:
     """Check every field the runtime uses (types, ranges, cross-references); errors name the field."""
     from .heads import HEADS  # the registry of head kinds this runtime knows
 
-    for field, check, msg in _RULES_V2 if version >= 2 else _RULES_V1:
+    for field, check, msg in _RULES_V3 if version >= 3 else _RULES_V2 if version >= 2 else _RULES_V1:
         value = _lookup(manifest, field)
         if value is _MISSING:
             _fail(field, "is missing")
@@ -175,7 +192,7 @@ def validate(manifest: dict[str, Any], version: int) -> None:
         if not (isinstance(entry, dict) and _is_int(entry.get("bytes")) and isinstance(entry.get("sha256"), str)
                 and _HEX64.match(entry["sha256"])):
             _fail(f"files.{name}", "must be {\"sha256\": hex, \"bytes\": int}")
-    refs = [("backbone.file", manifest["backbone"]["file"]), ("head.file", manifest["head"]["file"])]
+    refs = [("model.file" if version >= 3 else "backbone.file", onnx_file(manifest)), ("head.file", manifest["head"]["file"])]
     if version >= 2:
         refs.append(("base.file", manifest["base"]["file"]))
         _check_arrays_spec("head.arrays", manifest["head"]["arrays"])

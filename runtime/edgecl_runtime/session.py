@@ -238,24 +238,31 @@ def clear_cache(bundle_dir: str | Path) -> int:
 
 
 class Runner:
-    """Runs a session on a batch: plain ``run`` on CPU, IO binding when ``io_binding``."""
+    """Runs a session on a batch: plain ``run`` on CPU, IO binding when ``io_binding``.
 
-    def __init__(self, session: ort.InferenceSession, io_binding: bool = False):
+    ``extra`` feeds the other graph inputs (a single-file model's head state);
+    ``output`` names the output to return (default: the first).
+    """
+
+    def __init__(self, session, io_binding: bool = False):
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.io_binding = io_binding
         self.input_type = session.get_inputs()[0].type  # 'tensor(float)' or 'tensor(float16)'
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None, output: str | None = None) -> np.ndarray:
         if self.input_type == "tensor(float16)":
             x = x.astype(np.float16)
+        feeds = {self.input_name: x, **(extra or {})}
+        output = output or self.output_name
         if not self.io_binding:
-            out = self.session.run([self.output_name], {self.input_name: x})[0]
+            out = self.session.run([output], feeds)[0]
         else:
             binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, x)
-            binding.bind_output(self.output_name)  # onnxruntime allocates on the provider's device
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_output(output)  # onnxruntime allocates on the provider's device
             self.session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()[0]
-        return np.asarray(out, dtype=np.float32)
+        return out if out.dtype == np.float32 else out.astype(np.float32)

@@ -111,7 +111,8 @@ def json_bytes(obj: Any, pretty_limit: int = 4096) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
-STALE_PATTERNS = ("head-*.npz", "base-*.npz", "journal-*.log", f".*{TMP_SUFFIX}")
+STALE_PATTERNS = ("head-*.npz", "base-*.npz", "head-*.safetensors", "base-*.safetensors", "journal-*.log",
+                  f".*{TMP_SUFFIX}")
 
 
 def remove_stale(bundle_dir: Path, keep: set[str]) -> None:

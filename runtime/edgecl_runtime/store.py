@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import inputs, journal, storage
+from . import inputs, journal, storage, tensors
 from .errors import (
     CorruptBundleError,
     EdgeclRuntimeError,
@@ -50,6 +50,7 @@ from .manifest import (
     array_spec,
     check_seal,
     file_entry,
+    onnx_file,
     parse_manifest,
     read_manifest_bytes,
     seal,
@@ -79,12 +80,13 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def initial_fields(kind: str, head_file: str, arrays: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
-    """The version-2 manifest fields an export writes for a fresh bundle (``edgecl_export.bundle`` uses this)."""
+def initial_fields(kind: str, head_file: str, arrays: dict[str, np.ndarray], classes: list[str],
+                   version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The manifest fields an export writes for a fresh bundle (``edgecl_export.bundle`` uses this)."""
     bundle_id = new_id()
     spec = array_spec(arrays)
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "bundle_id": bundle_id,
         "head": {"kind": kind, "file": head_file, "generation": 0, "arrays": spec},
         "base": {"id": bundle_id, "file": head_file, "seq": 0, "classes": list(classes), "arrays": spec},
@@ -134,7 +136,18 @@ def _as_v2(m: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
+def head_suffix(version: int) -> str:
+    """Head and base files: safetensors from version 3 on, numpy ``.npz`` before."""
+    return ".safetensors" if version >= 3 else ".npz"
+
+
+def head_bytes(arrays: dict[str, np.ndarray], version: int) -> bytes:
+    return tensors.to_bytes(arrays) if version >= 3 else storage.npz_bytes(arrays)
+
+
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".safetensors":
+        return tensors.read(path)
     if not path.is_file():
         raise MissingFileError(f"bundle file missing: {path}")
     try:
@@ -330,24 +343,25 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
     """Write ``head`` as a new head file, then commit by replacing the manifest; returns the new state."""
     m = st.manifest
     generation = int(m["head"].get("generation", 0)) + 1
+    version = max(2, st.disk_version)  # version 1 is rewritten as 2; 2 and 3 keep their layout
     path = st.path
     if head_file is None:
-        head_file = f"head-{generation:06d}.npz"
+        head_file = f"head-{generation:06d}{head_suffix(version)}"
         arrays = head.arrays()
-        storage.write_new_file(path / head_file, storage.npz_bytes(arrays))
+        storage.write_new_file(path / head_file, head_bytes(arrays, version))
         storage.crash_point("after-head")
     else:
         arrays = {k: v for k, v in head.arrays().items()}
     base = base_entry or m["base"]
     new = {k: v for k, v in m.items() if k not in ("files",)}
-    new["format_version"] = FORMAT_VERSION
+    new["format_version"] = version
     new["classes"] = list(classes)
     new["head"] = {**m["head"], "file": head_file, "generation": generation, "arrays": array_spec(arrays)}
     new["base"] = base
     new["journal"] = journal_entry
     if event:
         new["events"] = list(m.get("events", [])) + [event]
-    files = {m["backbone"]["file"]: m["files"][m["backbone"]["file"]]}
+    files = {onnx_file(m): m["files"][onnx_file(m)]}
     files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
     files[head_file] = file_entry(path / head_file)
     new["files"] = files
@@ -356,7 +370,7 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
     storage.atomic_write_bytes(path / MANIFEST_NAME, raw)
     storage.crash_point("after-manifest")
     storage.remove_stale(path, keep={head_file, base["file"], journal_entry["file"]})
-    return _remember(State(path, new, FORMAT_VERSION, head, list(classes),
+    return _remember(State(path, new, version, head, list(classes),
                            Scan([], journal_entry["bytes"], journal_entry["digest"], journal_entry["seq"]), raw=raw))
 
 
@@ -582,10 +596,11 @@ def compact(path: str | Path, timeout: float | None = None, trust_modified: bool
         m = st.manifest
         ids = sorted(known_ids(st))
         generation = int(m["head"].get("generation", 0)) + 1
-        base_file = f"base-{generation:06d}.npz"
+        version = max(2, st.disk_version)
+        base_file = f"base-{generation:06d}{head_suffix(version)}"
         arrays = st.head.arrays()
         id_array = np.array([int(i, 16) for i in ids], dtype=np.uint64)
-        storage.write_new_file(path / base_file, storage.npz_bytes({**arrays, RECORD_IDS: id_array}))
+        storage.write_new_file(path / base_file, head_bytes({**arrays, RECORD_IDS: id_array}, version))
         base_id = new_id()
         base = {"id": base_id, "file": base_file, "seq": st.seq, "classes": list(st.classes), "arrays": array_spec(arrays)}
         jname = f"journal-{_journal_epoch(m['journal']['file']) + 1:06d}.log"
@@ -623,7 +638,7 @@ def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: 
         with storage.locked(a, timeout):
             sa = _locked_state(a, timeout, full=True)
             _check_mergeable(sa, sb, b)
-            names = [sa.manifest["backbone"]["file"], sa.manifest["base"]["file"], sa.manifest["head"]["file"],
+            names = [onnx_file(sa.manifest), sa.manifest["base"]["file"], sa.manifest["head"]["file"],
                      sa.manifest["journal"]["file"], MANIFEST_NAME]
             for name in dict.fromkeys(names):
                 if (a / name).is_file():

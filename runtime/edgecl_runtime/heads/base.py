@@ -95,9 +95,22 @@ class Head(abc.ABC):
     def counts(self) -> np.ndarray:
         """``(C,)`` number of examples behind each class."""
 
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """``D``: the width of the embeddings (features) the head takes."""
+
     @abc.abstractmethod
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """``(N, D)`` embeddings -> ``(N, C)`` scores (higher is better)."""
+
+    @abc.abstractmethod
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        """The float32 arrays a single-file model (``model.onnx``) takes to compute ``scores``, by input name.
+
+        Derived from the head's state (normalised prototypes, ridge weights, ...);
+        ``edgecl_export.model_graph`` builds the matching scoring graph.
+        """
 
     @abc.abstractmethod
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "Head":
@@ -126,6 +139,10 @@ class RunningMeanHead(Head):
     @property
     @abc.abstractmethod
     def prototypes(self) -> np.ndarray: ...
+
+    @property
+    def dim(self) -> int:
+        return int(self.prototypes.shape[1])
 
     @abc.abstractmethod
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "RunningMeanHead":

@@ -174,6 +174,11 @@ class GaussianHead(Head):
         return np.stack(self._prec) if self._prec else np.zeros((0, self.dim, self.dim), np.float32)
 
     # ------------------------------------------------------------- inference
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        if self.beta != 1.0:
+            raise InvalidInputError("a gaussian head with a Tukey transform has no single-file scoring (the transform belongs in the graph)")
+        return {"means": l2_normalize(self.means).astype(np.float32), "precisions": self.precisions()}
+
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         x = l2_normalize(tukey(embeddings, self.beta)).astype(np.float32)
         mu = l2_normalize(self.means).astype(np.float32)

@@ -54,6 +54,13 @@ class LinearHead(Head):
     def counts(self) -> np.ndarray:
         return self._counts
 
+    @property
+    def dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return embeddings.astype(np.float32) @ self.weight.T + self.bias
 

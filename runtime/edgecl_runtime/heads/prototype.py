@@ -84,6 +84,9 @@ class PrototypeCosineHead(RunningMeanHead):
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return l2_normalize(embeddings.astype(np.float32)) @ self._buffer[3][: self._n].T
 
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        return {"prototypes": read_only(self._buffer[3][: self._n])}  # (C, D) unit rows
+
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "PrototypeCosineHead":
         if index is None:
             return self._appended((total / k).astype(np.float32), k)

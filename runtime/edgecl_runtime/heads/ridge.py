@@ -55,6 +55,21 @@ INVERSE_TOL = 1e-7  # relative residual |(G + lam I) A_inv v - v| / |v| above wh
 MAX_PENDING_RANK = 256  # low-rank update terms a head keeps before forming G and A_inv (O(M^2 r))
 
 
+def pack_triu(G: np.ndarray) -> np.ndarray:
+    """The upper triangle of symmetric ``G``, row by row: float32 when that holds every value exactly."""
+    tri = np.asarray(G, np.float64)[np.triu_indices(G.shape[0])]
+    f32 = tri.astype(np.float32)
+    return f32 if np.array_equal(f32, tri) else tri
+
+
+def unpack_triu(tri: np.ndarray) -> np.ndarray:
+    """The symmetric float64 matrix whose upper triangle ``pack_triu`` gave."""
+    m = int((np.sqrt(8 * tri.shape[0] + 1) - 1) // 2)
+    G = np.zeros((m, m))
+    G[np.triu_indices(m)] = tri
+    return G + np.triu(G, 1).T
+
+
 def ridge_inverse(G: np.ndarray, lam: float) -> np.ndarray:
     """``(G + lam I)^-1`` in float64 (symmetrised)."""
     A = np.array(G, dtype=np.float64, copy=True)
@@ -144,6 +159,8 @@ class RidgeHead(Head):
         self.lam = float(lam)
         self._counts = np.asarray(counts, dtype=np.int64)
         self.W_rand = None if W_rand is None else np.asarray(W_rand, dtype=np.float32)
+        self._stored = (pack_triu(G), ())  # what the head file holds: G's upper triangle, rows since
+        self._lazy = None
         if A_inv is None or inverse_residual(G, self.lam, A_inv) > INVERSE_TOL:
             A_inv, W = ridge_inverse(G, self.lam), None
         A_inv = np.asarray(A_inv, dtype=np.float64)
@@ -161,10 +178,39 @@ class RidgeHead(Head):
         self.W = np.asarray(W, dtype=np.float64)  # (M, C) ridge solution
         self.weights = self.W.astype(np.float32)  # what scores use
 
-    def _derived(self, Q, counts, W, pending: tuple | None = None) -> "RidgeHead":
-        """A head sharing this one's ``G0``/``A0`` (never copied), with ``pending`` low-rank terms."""
+    @classmethod
+    def stored(cls, G_triu: np.ndarray, rows: tuple, Q: np.ndarray, lam: float, counts: np.ndarray,
+               weights: np.ndarray, W_rand: np.ndarray | None = None) -> "RidgeHead":
+        """A head as its file stores it; ``G`` and ``A_inv`` (O(M^3)) are formed at the first update.
+
+        ``G = unpack(G_triu) + sum sign H^T H`` over ``rows`` (``(H, sign)`` pairs), in float64.
+        Scoring needs only ``weights``, so a device that never learns never forms them.
+        """
+        new = object.__new__(cls)
+        new.Q, new.lam, new._counts = np.asarray(Q, np.float64), float(lam), np.asarray(counts, np.int64)
+        new.W_rand = None if W_rand is None else np.asarray(W_rand, np.float32)
+        new._stored, new._lazy = (G_triu, tuple(rows)), True
+        new.weights = np.asarray(weights, np.float32)
+        return new
+
+    def __getattr__(self, name: str):
+        # Formed on first use by a head made with ``stored``: the float64 G, its inverse and the weights.
+        if name in ("_G0", "_A0", "_A0v", "_pending", "_G", "_A", "W") and self.__dict__.get("_lazy"):
+            self._lazy = None
+            G = unpack_triu(self._stored[0])
+            for H, sign in self._stored[1]:
+                G += float(sign) * (H.T.astype(np.float64) @ H.astype(np.float64))
+            self._set_base(G, ridge_inverse(G, self.lam))
+            self.W = self._A0 @ self.Q  # float64; ``weights`` (scoring) stay as stored until an update
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _derived(self, Q, counts, W, pending: tuple | None = None, rows: tuple = ()) -> "RidgeHead":
+        """A head sharing this one's ``G0``/``A0`` (never copied), with ``pending`` low-rank terms;
+        ``rows``: the examples the update added (``(H, sign)``), kept for the head file."""
         new = object.__new__(type(self))
         new.Q, new.lam, new._counts, new.W_rand = Q, self.lam, counts, self.W_rand
+        new._stored, new._lazy = (self._stored[0], self._stored[1] + rows), None
         new._G0, new._A0, new._A0v = self._G0, self._A0, self._A0v
         new._pending = self._pending if pending is None else pending
         new._G, new._A = (self._G, self._A) if pending is None else (None, None)
@@ -228,6 +274,8 @@ class RidgeHead(Head):
         if "W_rand" in arrays:
             W_rand = float_array(arrays, "W_rand", cls.kind, (dim, None), np.float32)
         m = dim if W_rand is None else W_rand.shape[1]
+        if "G" not in arrays:  # the layout since format 3 (and every head file this runtime writes)
+            return cls._from_stored(arrays, n_classes, m, W_rand)
         G = float_array(arrays, "G", cls.kind, (m, m))
         rows = np.random.default_rng(0).integers(0, m, size=min(m, 8))  # spot check, O(M)
         if not np.allclose(G[rows], G[:, rows].T, rtol=1e-10, atol=1e-12 * max(1.0, float(np.abs(G[rows]).max(initial=0.0)))):
@@ -239,9 +287,36 @@ class RidgeHead(Head):
         W = float_array(arrays, "W", cls.kind, (m, n_classes)) if "W" in arrays else None
         return cls(G, Q, lam, counts, W_rand, A_inv, W)
 
+    @classmethod
+    def _from_stored(cls, arrays: dict[str, np.ndarray], n_classes: int, m: int, W_rand) -> "RidgeHead":
+        G_triu = float_array(arrays, "G_triu", cls.kind, (m * (m + 1) // 2,), None)  # float32 or float64, kept
+        rows: tuple = ()
+        if "H" in arrays:
+            H = float_array(arrays, "H", cls.kind, (None, m), np.float32)
+            sign = int_array(arrays, "H_sign", cls.kind, (H.shape[0],))
+            if not np.all(np.abs(sign) == 1):
+                raise CorruptBundleError("ridge head array 'H_sign' must hold +1 or -1")
+            rows = tuple((H[i : i + 1], int(sign[i])) for i in range(H.shape[0]))
+        Q = float_array(arrays, "Q", cls.kind, (m, n_classes))
+        lam = scalar(arrays, "lam", cls.kind, positive=True)
+        counts = int_array(arrays, "counts", cls.kind, (n_classes,), minimum=1)
+        weights = float_array(arrays, "weights", cls.kind, (m, n_classes), np.float32)
+        return cls.stored(G_triu, rows, Q, lam, counts, weights, W_rand)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"G": self.G, "Q": self.Q, "lam": np.float64(self.lam), "counts": self._counts, "A_inv": self.A_inv,
-               "W": self.W}
+        """``G`` once (its upper triangle: float32 when that holds it exactly, else float64), the examples
+        added since as rows, ``Q``, ``lam``, ``counts`` and the float32 ``weights`` scoring uses."""
+        tri, rows = self._stored
+        m = self.Q.shape[0]
+        if sum(h.shape[0] for h, _ in rows) * m * 4 + tri.nbytes > tri.shape[0] * 8:  # rows cost more than G
+            # in float64: fold them in
+            G = self.G
+            tri, rows = pack_triu(G), ()
+            self._stored = (tri, rows)
+        out = {"G_triu": tri, "Q": self.Q, "lam": np.float64(self.lam), "counts": self._counts, "weights": self.weights}
+        if rows:
+            out["H"] = np.vstack([h for h, _ in rows]).astype(np.float32)
+            out["H_sign"] = np.concatenate([np.full(h.shape[0], s, np.int8) for h, s in rows])
         if self.W_rand is not None:
             out["W_rand"] = self.W_rand
         return out
@@ -258,7 +333,7 @@ class RidgeHead(Head):
     @property
     def dim(self) -> int:
         """Embedding dimension ``D`` the head takes."""
-        return int(self._G0.shape[0] if self.W_rand is None else self.W_rand.shape[0])
+        return int(self.Q.shape[0] if self.W_rand is None else self.W_rand.shape[0])
 
     # ------------------------------------------------------------- inference
     def features(self, embeddings: np.ndarray) -> np.ndarray:
@@ -267,6 +342,11 @@ class RidgeHead(Head):
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return self.features(embeddings) @ self.weights
+
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        if self.W_rand is not None:
+            raise InvalidInputError("a ridge head with a random projection has no single-file scoring (the projection belongs in the graph)")
+        return {"weights": self.weights}  # (M, C)
 
     # --------------------------------------------------------------- updates
     def _check_index(self, index: int) -> int:
@@ -290,8 +370,11 @@ class RidgeHead(Head):
             Q[:, index] += sign * total
             counts[index] += sign * k
         # Woodbury costs ~4 M^2 k flops, a fresh inverse ~2 M^3: refactorise when that is cheaper.
+        rows = ((H.astype(np.float32), sign),)  # H holds float32 features: exact in float32
         if 2 * k >= H.shape[1]:
-            return RidgeHead(self.G + (H.T * float(sign)) @ H, Q, self.lam, counts, self.W_rand)
+            new = RidgeHead(self.G + (H.T * float(sign)) @ H, Q, self.lam, counts, self.W_rand)
+            new._stored = (self._stored[0], self._stored[1] + rows)
+            return new
         U = self._inv_times(H.T)  # (M, k) = A^-1 H^T
         try:
             S_inv = np.linalg.inv(sign * np.eye(k) + H @ U)
@@ -304,7 +387,7 @@ class RidgeHead(Head):
         W[:, index] += sign * u1
         if self._pending and self._G is not None and self._A is not None:
             self._set_base(self._G, self._A)  # formed since (e.g. written to a head file): start the terms from there
-        new = self._derived(Q, counts, W, self._pending + ((H, sign, U, S_inv),))
+        new = self._derived(Q, counts, W, self._pending + ((H, sign, U, S_inv),), rows)
         inv_res, w_res = new._drift()
         if inv_res > INVERSE_TOL or sum(u.shape[1] for _, _, u, _ in new._pending) > MAX_PENDING_RANK:
             G = new.G

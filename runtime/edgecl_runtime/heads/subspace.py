@@ -87,6 +87,9 @@ class SubspaceCosineHead(RunningMeanHead):
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return block_normalize(embeddings.astype(np.float32), self.blocks) @ self._effective.T
 
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        return {"weighted_prototypes": read_only(self._effective)}  # (C, S*d): unit blocks times block weights
+
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "SubspaceCosineHead":
         if index is None:
             return SubspaceCosineHead(

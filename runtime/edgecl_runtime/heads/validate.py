@@ -26,14 +26,14 @@ def _check_shape(a: np.ndarray, name: str, kind: str, shape: tuple) -> None:
 
 
 def float_array(arrays: dict[str, np.ndarray], name: str, kind: str, shape: tuple, dtype=np.float64) -> np.ndarray:
-    """Array ``name`` of floating dtype, the given shape and finite values, cast to ``dtype``."""
+    """Array ``name`` of floating dtype, the given shape and finite values, cast to ``dtype`` (``None``: kept)."""
     a = _get(arrays, name, kind)
     if not np.issubdtype(a.dtype, np.floating):
         raise CorruptBundleError(f"{kind} head array {name!r} has dtype {a.dtype}, expected a float dtype")
     _check_shape(a, name, kind, shape)
     if not np.all(np.isfinite(a)):
         raise CorruptBundleError(f"{kind} head array {name!r} holds non-finite values")
-    return a.astype(dtype, copy=False)
+    return a if dtype is None else a.astype(dtype, copy=False)
 
 
 def int_array(arrays: dict[str, np.ndarray], name: str, kind: str, shape: tuple, minimum: int | None = None) -> np.ndarray:
