@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgecl_runtime import Bundle, store
-from edgecl_runtime.preprocess import preprocess
+from edgecl_runtime.manifest import FORMAT_VERSION
+from edgecl_runtime.preprocess import preprocess, resize
 from tests.conftest import ROOT, class_images
 from tests.fixtures import copy_fixture
 
@@ -61,10 +62,18 @@ def test_preprocessing_matches_python(bundle_dir, tmp_path, shape):
         np.testing.assert_array_equal(got, ref)
 
 
-def test_predictions_agree_with_python_on_1000_images(bundle_dir, shapes_new, tmp_path):
+def odd_sized(images):
+    """The images resized to 45x41 (so both clients resize them back to the model's input size)."""
+    return np.clip(np.round(resize(images, (45, 41))), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", ["native", "45x41"])
+def test_predictions_agree_with_python_on_1000_images(bundle_dir, shapes_new, tmp_path, size):
     images = shapes_new[1].images  # 100 classes x 10, 70 of them unseen by the bundle
+    images = images if size == "native" else odd_sized(images)
     assert len(images) >= 500
     py = Bundle.load(bundle_dir)
+    assert run_node("info", bundle_dir)["format_version"] == py.manifest["format_version"] == FORMAT_VERSION
     scores = py.scores(images)
     pred = py.predict(images)
     js = run_node("predict", bundle_dir, save(tmp_path, "test", images))
