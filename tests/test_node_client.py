@@ -193,3 +193,18 @@ def test_other_head_kinds_are_refused_clearly(bundle_dir):
     manifest.write_text(json.dumps(m))
     proc = run_node("info", bundle_dir, ok=False)
     assert proc.returncode == 1 and "IncompatibleBundleError" in proc.stderr and "prototype_cosine" in proc.stderr
+
+
+def test_compacted_and_rolled_back_bundles_match_python(bundle_dir, shapes_new):
+    """A base file from a compaction (with the folded update ids) and a rolled-back journal read as in Python."""
+    b = journaled(bundle_dir, shapes_new)
+    b.rollback(3)
+    b.compact()
+    assert b.manifest["head"]["file"].startswith("base-")
+    train = shapes_new[0]
+    for step in ("compacted", "added after"):
+        py = Bundle.load(bundle_dir)
+        js = run_node("info", bundle_dir, "--prototypes")
+        assert js["classes"] == py.classes and js["counts"] == py.head.counts.tolist() and js["seq"] == py.seq, step
+        np.testing.assert_array_equal(np.array(js["prototypes"], np.float32), py.head.prototypes, err_msg=step)
+        b.add_class("after-compaction", class_images(train, train.class_names[60], 3))
