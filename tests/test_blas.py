@@ -62,8 +62,8 @@ def test_overlapping_blocks_in_threads_restore_when_the_last_leaves(two_blas_thr
 def test_bundle_scores_on_one_blas_thread_and_restores(bundle_dir, shapes_new, two_blas_threads, monkeypatch):
     b = Bundle.load(bundle_dir, device="cpu")
     seen = []
-    scores = b.head.scores
-    monkeypatch.setattr(b.head, "scores", lambda e: (seen.append(blas.threads()), scores(e))[1], raising=False)
+    inputs = b.head.graph_inputs  # the head's numpy part of scoring (model.onnx scores with its result)
+    monkeypatch.setattr(b.head, "graph_inputs", lambda: (seen.append(blas.threads()), inputs())[1], raising=False)
     b.predict(shapes_new[1].images[:4])
     assert seen == [1] and blas.threads() == 2
     b2 = Bundle.load(bundle_dir, device="cpu", blas_threads=None)

@@ -117,3 +117,78 @@ def test_sigkill_at_random_points_never_loses_a_returned_class(tmp_path, record_
     print(f"\ncrash test: {TRIALS} trials: {stats}")
     assert stats["killed"] >= TRIALS // 2  # most kills land mid-run, not after the child finished
     assert stats["returned_adds"] >= TRIALS // 2  # and many adds completed between kills
+
+
+MERGE_TRIALS = 80
+MERGE_RECORDS = 50
+
+MERGE_ZYGOTE = r"""
+import os, sys, time
+from edgecl_runtime import store, storage
+store.SNAPSHOT_EVERY = 1000  # the merged batch stays after the snapshot point: replay must be all or nothing
+def slow(name):  # widen the window between the two halves of the append, so kills land inside it
+    if name.startswith("mid-write:journal"):
+        time.sleep(0.02)
+storage.crash_point = slow
+other = sys.argv[1]
+for line in sys.stdin:
+    path = line.strip()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store.merge(path, other)
+        except BaseException as exc:
+            sys.stderr.write(f"child error: {exc!r}\n")
+            os._exit(3)
+        os._exit(0)
+    os.write(1, f"{pid}\n".encode())
+    sys.stdin.readline()
+    _, status = os.waitpid(pid, 0)
+    os.write(1, f"{status}\n".encode())
+"""
+
+
+def test_sigkill_during_a_merge_applies_all_of_it_or_nothing(tmp_path, record_property):
+    import shutil
+
+    from tests.fixtures import embeddings
+
+    origin = copy_fixture(tmp_path / "origin")
+    store.add_examples(origin, "x", embeddings(1))
+    other = shutil.copytree(origin, tmp_path / "other")
+    for i in range(MERGE_RECORDS):
+        store.add_examples(other, f"m{i % 9}", embeddings(10 + i, 2))
+    base = store.read_state(origin)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    zygote = subprocess.Popen([sys.executable, "-c", MERGE_ZYGOTE, str(other)], cwd=ROOT, env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rng = random.Random(1)
+    seen = {"none": 0, "all": 0, "killed": 0, "cut_inside_the_batch": 0}
+    try:
+        for trial in range(MERGE_TRIALS):
+            d = tmp_path / f"a{trial}"
+            shutil.copytree(origin, d)
+            zygote.stdin.write(f"{d}\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            time.sleep(rng.uniform(0.0, 0.12))
+            os.kill(pid, signal.SIGKILL)
+            zygote.stdin.write("reap\n")
+            zygote.stdin.flush()
+            status = int(zygote.stdout.readline())
+            seen["killed"] += os.WIFSIGNALED(status)
+            st = store.read_state(d, verify=True)
+            merged = [r for r in st.scan.records if r.extra.get("merged_from")]
+            assert len(merged) in (0, MERGE_RECORDS), f"trial {trial}: {len(merged)} of {MERGE_RECORDS} merged updates applied"
+            seen["all" if merged else "none"] += 1
+            seen["cut_inside_the_batch"] += "incomplete batch" in st.scan.problem
+            if not merged:
+                assert st.classes == base.classes
+            shutil.rmtree(d)
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+    for k, v in seen.items():
+        record_property(k, v)
+    print(f"\nmerge crash test: {MERGE_TRIALS} trials: {seen}")
+    assert seen["killed"] >= MERGE_TRIALS // 4 and seen["none"] and seen["all"] and seen["cut_inside_the_batch"]

@@ -37,9 +37,13 @@ def run(cmd, **kw):
 @pytest.fixture(scope="module")
 def device_venv(tmp_path_factory):
     """A fresh venv with only the runtime wheel (and its [cpu,image] extras) installed."""
+    import shutil
+
     root = tmp_path_factory.mktemp("device")
+    src = shutil.copytree(ROOT / "runtime", root / "src",  # built from a copy: the build writes next to its sources
+                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "node_modules"))
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"),
-         str(ROOT / "runtime")])
+         str(src)])
     wheel = next((root / "dist").glob("edgecl_runtime-*.whl"))
     venv.create(root / "venv", with_pip=True)
     py = root / "venv" / "bin" / "python"

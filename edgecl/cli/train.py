@@ -79,9 +79,14 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
               help="Storage precision of the head arrays (the runtime computes in fp32).")
 @click.option("--allow-divergence", is_flag=True,
               help="Write an fp16/int8 bundle even if its embeddings diverge from fp32 (recorded in the manifest).")
-def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence):
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
+              help="Sign the bundle with this Ed25519 private key (`edgecl keygen`); devices given the public key "
+                   "refuse anything else.")
+def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence,
+               sign_key):
     """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
     from edgecl_export import ExportError, export_run
+    from edgecl_runtime import EdgeclRuntimeError, signing
 
     from ..rundir import RunDirError
 
@@ -91,6 +96,11 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
                          precision_options=options)
     except (ExportError, RunDirError) as exc:
         fail(exc)
+    if sign_key:
+        try:
+            click.echo(f"signed with key {signing.sign_bundle(rep.path, sign_key)}")
+        except EdgeclRuntimeError as exc:
+            fail(exc)
     click.echo(
         f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
         f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}"

@@ -22,7 +22,11 @@ from .errors import (
     LockTimeoutError,
     MissingDependencyError,
     MissingFileError,
+    LimitExceededError,
+    SignatureError,
+    StorageError,
     TamperedFileError,
+    UnsafeFileError,
 )
 from .manifest import FORMAT_VERSION
 
@@ -40,5 +44,9 @@ __all__ = [
     "MissingDependencyError",
     "MissingFileError",
     "Prediction",
+    "LimitExceededError",
+    "SignatureError",
+    "StorageError",
     "TamperedFileError",
+    "UnsafeFileError",
 ]

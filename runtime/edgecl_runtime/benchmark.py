@@ -174,8 +174,10 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
     x1 = b.preprocess(one)
     out["predict_b1"] = timings(lambda: b.predict(one), repeats)
     view = b._view
-    out["embed_b1"] = timings(lambda: b._forward(x1, view, "features"), repeats)  # backbone (+ fixed transform) only
-    out["scores_b1"] = timings(lambda: b._forward(x1, view, "scores"), repeats)  # backbone + head scoring
+    # backbone (+ fixed transform) alone vs backbone + head scoring, in alternating blocks (a busy machine slows both)
+    pair = interleaved({"embed_b1": lambda: b._forward(x1, view, "features"),
+                        "scores_b1": lambda: b._forward(x1, view, "scores")}, repeats)
+    out.update(pair)
     out["head_overhead_b1"] = out["scores_b1"]["p50_ms"] / out["embed_b1"]["p50_ms"]
     out["preprocess_b1"] = timings(lambda: b.preprocess(one), repeats)
     frame = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)

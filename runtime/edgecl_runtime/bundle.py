@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas, inputs, store
+from . import blas, inputs, signing, store
 from .errors import (
     DeviceUnavailableError,
     InvalidInputError,
@@ -28,6 +28,7 @@ class Prediction:
     scores: np.ndarray  # (N,) score of the top class
     indices: np.ndarray  # (N,) class index of the top class
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
+    seq: int = 0  # the bundle state the prediction came from: its last journaled update (see ``history``)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,7 +36,7 @@ class Prediction:
     def __getitem__(self, i: int) -> "Prediction":
         """The prediction of image ``i`` alone (a one-image ``Prediction``)."""
         row = slice(i, i + 1 or None)  # i = -1 -> slice(-1, None)
-        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row])
+        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row], self.seq)
 
 
 @dataclass
@@ -79,12 +80,14 @@ class Bundle:
         self.session_source = session_source  # cached | built | direct (see runtime.session)
         self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
         self.blas_threads = blas_threads  # numpy's BLAS threads during the runtime's numpy work (runtime.blas)
+        self.policy = None  # the signing.Policy of load (trusted keys, signing key); None: the environment's
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(
         cls, path: str | Path, device: str = "auto", verify: bool = True, threads: int | None = None,
         optimize: str = "all", cache: bool = True, trust_modified: bool = False, blas_threads: int | None = 1,
+        public_key=None, signing_key=None,
     ) -> "Bundle":
         """Open a bundle; ``device`` is ``auto`` (CUDA when onnxruntime has it), ``cpu`` or ``cuda``.
 
@@ -99,12 +102,18 @@ class Bundle:
         scores and updates its head (default 1, so that idle BLAS workers do not
         spin on the cores onnxruntime needs; see ``edgecl_runtime.blas``; None: leave
         numpy's setting alone).
+        ``public_key``: Ed25519 public key(s) (PEM path, PEM, key object, or a list) this device trusts:
+        an unsigned bundle or update, or one signed by another key, is refused (``SignatureError``);
+        ``signing_key``: the private key the device signs its own updates with (both default to the
+        env variables ``EDGECL_PUBLIC_KEY`` / ``EDGECL_SIGNING_KEY``; see ``edgecl_runtime.signing``).
         """
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
             raise InvalidInputError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
         path = Path(path)
         providers = select_providers(device)
-        state = store.read_state(path, verify=verify, trust_modified=trust_modified)
+        policy = None if public_key is None and signing_key is None else signing.make_policy(public_key, signing_key)
+        with signing.using(policy):
+            state = store.read_state(path, verify=verify, trust_modified=trust_modified)
         manifest, head = state.manifest, state.head
         model_file = onnx_file(manifest)
         if not (path / model_file).is_file():
@@ -117,6 +126,7 @@ class Bundle:
             )
         bundle = cls(path, manifest, head, session, source, blas_threads)
         bundle._set_state(state)
+        bundle.policy = policy
         return bundle
 
     # -------------------------------------------------------------- properties
@@ -151,6 +161,7 @@ class Bundle:
 
     # --------------------------------------------------------------- inference
     def preprocess(self, images) -> np.ndarray:
+        inputs.image_budget(images)  # the pixel budget (edgecl_runtime.limits), from the shapes alone
         p = self.manifest["preprocess"]
         return preprocess(images, p["input_size"], p["mean"], p["std"])
 
@@ -204,6 +215,7 @@ class Bundle:
             scores=s[np.arange(s.shape[0]), order[:, 0]],
             indices=order[:, 0].copy(),
             top_k=[[(names[j], float(s[r, j])) for j in row] for r, row in enumerate(order)],
+            seq=view.seq,
         )
 
     def predict_stream(self, frames, batch_size: int = 8, top_k: int = 1):
@@ -245,7 +257,7 @@ class Bundle:
         t0 = time.perf_counter()
         emb = self.embed(images)
         t_embed = time.perf_counter() - t0
-        with blas.limit(self.blas_threads):
+        with blas.limit(self.blas_threads), signing.using(self.policy):
             state, created = store.add_examples(self.path, name, emb, timeout=timeout)
         self._set_state(state)
         idx = state.classes.index(name)
@@ -261,8 +273,13 @@ class Bundle:
         )
 
     def remove_class(self, name: str, timeout: float | None = None) -> None:
-        """Forget class ``name`` on the device (``head.without_class``); journaled like an addition."""
-        self._set_state(store.remove_class(self.path, name, timeout=timeout))
+        """Forget class ``name`` on the device; journaled like an addition.
+
+        Exact inverse of the class's additions since the base (see ``edgecl_runtime.store.remove_class``):
+        for a class added on the device every other score is as before it was added.
+        """
+        with signing.using(self.policy):
+            self._set_state(store.remove_class(self.path, name, timeout=timeout))
 
     def merge(self, other: "Bundle | str | Path", out_path: str | Path | None = None) -> "Bundle":
         """Merge the on-device updates of ``other`` (same export) into this bundle, or into a new one at ``out_path``.
@@ -271,30 +288,36 @@ class Bundle:
         ``edgecl_runtime.store.merge``. Returns the merged bundle (``self``, refreshed, when in place).
         """
         other_path = other.path if isinstance(other, Bundle) else Path(other)
-        state = store.merge(self.path, other_path, out_path)
+        with signing.using(self.policy):
+            state = store.merge(self.path, other_path, out_path)
         if out_path is None or Path(out_path).resolve() == self.path.resolve():
             self._set_state(state)
             return self
-        return type(self).load(out_path, device=self.device)
+        with signing.using(self.policy):
+            return type(self).load(out_path, device=self.device)
 
     def history(self) -> dict[str, Any]:
         """The bundle's base, journaled updates and events (``edgecl_runtime.store.history``)."""
-        return store.history(self.path)
+        with signing.using(self.policy):
+            return store.history(self.path)
 
     def rollback(self, to: int) -> None:
         """Restore the state after update ``to`` (see ``edgecl history``)."""
-        self._set_state(store.rollback(self.path, to))
+        with signing.using(self.policy):
+            self._set_state(store.rollback(self.path, to))
 
     def compact(self) -> None:
         """Fold the journal into a new base (the current state)."""
-        self._set_state(store.compact(self.path))
+        with signing.using(self.policy):
+            self._set_state(store.compact(self.path))
 
     def refresh(self) -> bool:
         """Pick up updates other processes committed since this bundle was loaded; True if anything changed.
 
         Readers never see a mix: the new state is read completely, then swapped in.
         """
-        state = store.read_state(self.path, verify="state", full=False)
+        with signing.using(self.policy):
+            state = store.read_state(self.path, verify="state", full=False)
         changed = (state.manifest["journal"], state.seq, state.classes) != (
             self.manifest.get("journal"), self.seq, self.classes
         ) or state.manifest["head"]["file"] != self.manifest["head"]["file"]
@@ -331,4 +354,5 @@ class Bundle:
             "added_on_device": self._added_on_device(),
             "bundle_id": m.get("bundle_id"),
             "updates": self.seq,  # journaled on-device updates (see `edgecl history`)
+            "signed_by": (m.get("signature") or {}).get("key_id"),  # verified only with public keys configured
         }

@@ -48,3 +48,30 @@ class DeviceUnavailableError(EdgeclRuntimeError):
 
 class MissingDependencyError(EdgeclRuntimeError, ImportError):
     """A package the operation needs is not installed (the message names the install command)."""
+
+
+class StorageError(BundleError):
+    """The operating system refused a read or write of a bundle file: disk full, permission denied,
+    read-only file system, I/O error (``errno`` holds the OS error number).
+
+    Raised only before an update's commit point, so the bundle is unchanged and the update can be
+    retried once the cause is fixed; a failure after the commit point is a warning, not an error.
+    """
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class UnsafeFileError(BundleError):
+    """A symbolic link or other non-regular file stands where the bundle expects one of its own files
+    (or the optimised-model cache directory); the runtime neither reads nor writes through it."""
+
+
+class LimitExceededError(InvalidInputError):
+    """An image, array or document exceeds a documented resource limit (``edgecl_runtime.limits``)."""
+
+
+class SignatureError(BundleError):
+    """A device configured with public keys met an unsigned bundle or update, a signature by another key,
+    or an update it cannot sign (no signing key); see ``edgecl_runtime.signing``."""

@@ -10,11 +10,10 @@ import unicodedata
 
 import numpy as np
 
+from . import limits
 from .errors import InvalidInputError
 
 MAX_NAME_CHARS = 200
-MAX_IMAGE_PIXELS = 1 << 26  # 64 Mpixel per image: larger ones are almost surely a mistake
-MAX_BATCH_PIXELS = 1 << 28  # 256 Mpixel per call (~3 GiB as float32 RGB)
 # Control, surrogate, private-use, line/paragraph separators; format characters
 # (bidi overrides, zero-width spaces) except the zero-width joiners of emoji.
 _BAD_CATEGORIES = {"Cc", "Cs", "Co", "Zl", "Zp", "Cf"}
@@ -50,7 +49,7 @@ def class_name(name) -> str:
 
 
 def image_budget(images) -> None:
-    """Refuse image batches too large to preprocess (before any memory is allocated)."""
+    """Refuse image batches over the pixel budget (``edgecl_runtime.limits``) before any memory is allocated."""
     if isinstance(images, np.ndarray):
         shapes = [images.shape[-3:-1]] * (images.shape[0] if images.ndim == 4 else 1) if images.ndim >= 3 else [images.shape]
     elif isinstance(images, (list, tuple)):
@@ -60,11 +59,4 @@ def image_budget(images) -> None:
             return
     else:
         return  # preprocess reports the type error
-    total = 0
-    for i, s in enumerate(shapes):
-        pixels = int(np.prod(s, dtype=np.int64)) if len(s) else 0
-        if pixels > MAX_IMAGE_PIXELS:
-            raise InvalidInputError(f"image {i} has {pixels} pixels (shape {tuple(s)}); the limit is {MAX_IMAGE_PIXELS}")
-        total += pixels
-    if total > MAX_BATCH_PIXELS:
-        raise InvalidInputError(f"the batch holds {total} pixels; the limit per call is {MAX_BATCH_PIXELS}")
+    limits.check_pixels(shapes)

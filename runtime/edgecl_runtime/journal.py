@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
-from .errors import CorruptBundleError, MissingFileError
+from . import inputs, limits, signing, storage
+from .errors import CorruptBundleError, MissingFileError, StorageError
 
 MAGIC = b"ECJ1"
 _PREFIX = struct.Struct("<4sI32s")  # magic, payload length, digest
@@ -77,12 +77,21 @@ class Record:
         return {**d, **self.extra}
 
 
+def body_bytes(record: Record) -> bytes:
+    """The record's embeddings as stored (float32 LE, row-major), empty without."""
+    if record.embeddings is None:
+        return b""
+    return np.ascontiguousarray(record.embeddings, dtype="<f4").tobytes()
+
+
 def encode(record: Record, prev_digest: str) -> tuple[bytes, str]:
-    """Bytes of ``record`` chained after ``prev_digest``, and its digest."""
+    """Bytes of ``record`` chained after ``prev_digest`` (signed when a signing key is configured), and its digest."""
+    body = body_bytes(record)
+    record.extra.pop(signing.RECORD_FIELD, None)
+    sig = signing.sign_record(prev_digest, record.header(), body)
+    if sig is not None:
+        record.extra[signing.RECORD_FIELD] = sig
     header = json.dumps(record.header(), ensure_ascii=True, sort_keys=True).encode("ascii")
-    body = b""
-    if record.embeddings is not None:
-        body = np.ascontiguousarray(record.embeddings, dtype="<f4").tobytes()
     payload = header + b"\n" + body
     digest = hashlib.sha256(bytes.fromhex(prev_digest) + payload).digest()
     return _PREFIX.pack(MAGIC, len(payload), digest) + payload, digest.hex()
@@ -92,10 +101,12 @@ def _decode_payload(payload: bytes, where: str) -> Record:
     nl = payload.find(b"\n")
     if nl < 0:
         raise ValueError("no header")
-    h = json.loads(payload[:nl].decode("ascii"))
+    h = limits.json_loads(payload[:nl].decode("ascii"), "journal record header")
     body = payload[nl + 1 :]
     if not isinstance(h, dict) or h.get("op") not in OPS or not isinstance(h.get("class"), str):
         raise ValueError(f"bad header {h!r}")
+    if inputs.class_name(h["class"]) != h["class"]:  # an InvalidInputError is a ValueError too
+        raise ValueError(f"class name {h['class']!r} is not in normal form")
     if not all(isinstance(h.get(k), t) for k, t in (("seq", int), ("id", str), ("time", str))):
         raise ValueError(f"bad header {h!r}")
     emb = None
@@ -130,36 +141,17 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
     ``discarded`` bytes with the ``problem``. A missing file is an empty journal.
     """
     try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read()
+        data = storage.read_regular(path, start)
     except FileNotFoundError:
         data = b""
     except OSError as exc:
         raise CorruptBundleError(f"cannot read journal {path}: {exc}") from exc
     out = Scan([], start, start_digest, start_seq)
     pos = 0
+    batch: tuple | None = None  # (records, end, digest, seq, pos) before an open multi-record batch
     while pos < len(data):
-        problem = ""
-        if len(data) - pos < _PREFIX.size:
-            problem = "incomplete record prefix"
-        else:
-            magic, n, digest = _PREFIX.unpack_from(data, pos)
-            payload = data[pos + _PREFIX.size : pos + _PREFIX.size + n]
-            if magic != MAGIC or n > MAX_PAYLOAD:
-                problem = "bad record marker"
-            elif len(payload) < n:
-                problem = "incomplete record"
-            elif hashlib.sha256(bytes.fromhex(out.digest) + payload).digest() != digest:
-                problem = "digest mismatch"
-            else:
-                try:
-                    rec = _decode_payload(payload, str(path))
-                except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    problem = f"unreadable record ({exc})"
-                else:
-                    if rec.seq != out.seq + 1:
-                        problem = f"sequence number {rec.seq} after {out.seq}"
+        in_batch = len(out.records) - batch[0] if batch else None
+        problem, rec, n, digest = _next_record(data, pos, out, path, in_batch)
         if problem:
             if _followed_by_chain(data, pos, out.digest):
                 raise CorruptBundleError(
@@ -168,11 +160,59 @@ def scan(path: Path, start: int, start_digest: str, start_seq: int) -> Scan:
                 )
             out.discarded, out.problem = len(data) - pos, f"{problem} at byte {start + pos}"
             break
+        if "batch" in rec.extra and rec.extra["batch"][0] == 1:
+            batch = (len(out.records), out.end, out.digest, out.seq, pos)
         pos += _PREFIX.size + n
         rec.end, rec.digest = start + pos, digest.hex()
         out.records.append(rec)
         out.end, out.digest, out.seq = rec.end, rec.digest, rec.seq
+        if "batch" in rec.extra and rec.extra["batch"][0] == rec.extra["batch"][1]:
+            batch = None
+    if batch is not None:
+        _drop_open_batch(out, batch, len(data))
     return out
+
+
+def _next_record(data: bytes, pos: int, out: Scan, path: Path, in_batch: int | None):
+    """``(problem, record, payload length, digest)`` of the record at ``pos`` chained after ``out``."""
+    if len(data) - pos < _PREFIX.size:
+        return "incomplete record prefix", None, 0, b""
+    magic, n, digest = _PREFIX.unpack_from(data, pos)
+    payload = data[pos + _PREFIX.size : pos + _PREFIX.size + n]
+    if magic != MAGIC or n > MAX_PAYLOAD:
+        return "bad record marker", None, n, digest
+    if len(payload) < n:
+        return "incomplete record", None, n, digest
+    if hashlib.sha256(bytes.fromhex(out.digest) + payload).digest() != digest:
+        return "digest mismatch", None, n, digest
+    try:
+        rec = _decode_payload(payload, str(path))
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"unreadable record ({exc})", None, n, digest
+    if rec.seq != out.seq + 1:
+        return f"sequence number {rec.seq} after {out.seq}", rec, n, digest
+    return _batch_problem(rec, in_batch is not None, in_batch or 0), rec, n, digest
+
+
+def _drop_open_batch(out: Scan, batch: tuple, size: int) -> None:
+    """A multi-record append cut short: all or nothing, so none of it (its bytes become the discarded tail)."""
+    n_done = len(out.records) - batch[0]
+    del out.records[batch[0] :]
+    out.end, out.digest, out.seq = batch[1], batch[2], batch[3]
+    out.discarded = size - batch[4]
+    out.problem = (f"incomplete batch of updates at byte {out.end} ({n_done} records)"
+                   + (f", then {out.problem}" if out.problem else ""))
+
+
+def _batch_problem(rec: Record, open_batch: bool, done: int) -> str:
+    """Why ``rec`` cannot follow the records read so far, as far as multi-record batches go ("" if it can)."""
+    b = rec.extra.get("batch")
+    if b is None:
+        return "a record outside the open batch" if open_batch else ""
+    if not (isinstance(b, list) and len(b) == 2 and all(type(x) is int for x in b) and 1 <= b[0] <= b[1]):
+        return f"bad batch marker {b!r}"
+    expected = done + 1 if open_batch else 1
+    return "" if b[0] == expected else f"batch record {b[0]} where {expected} was due"
 
 
 def _followed_by_chain(data: bytes, pos: int, prev_digest: str, limit: int = 1000) -> bool:
@@ -230,34 +270,50 @@ def read_committed(path: Path, committed_bytes: int, committed_seq: int, committ
     return scan(path, committed_bytes, committed_digest, committed_seq)
 
 
+def encode_batch(records: list[Record], prev_digest: str) -> tuple[list[bytes], str]:
+    """The bytes of ``records`` chained after ``prev_digest`` (marked as one batch when several), and the last digest.
+
+    Several records are marked ``batch: [i, n]``: a reader applies them all or, when the append was
+    cut short, none (``scan``), so a merge is never half applied.
+    """
+    chunks = []
+    digest = prev_digest
+    for i, rec in enumerate(records):
+        if len(records) > 1:
+            rec.extra["batch"] = [i + 1, len(records)]
+        data, digest = encode(rec, digest)
+        chunks.append(data)
+        rec.digest = digest
+    return chunks, digest
+
+
 def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str) -> tuple[int, str]:
     """Write ``records`` after the first ``keep_bytes`` of ``path`` (dropping any torn tail) and fsync.
 
     Returns the new end offset and digest. This is the write-ahead step: once it
     returns, the records are durable and will be replayed even if the process
-    dies before the head state is replaced.
+    dies before the head state is replaced. If a write or the fsync fails, the
+    journal is cut back to ``keep_bytes`` (or the new file removed) and
+    ``StorageError`` is raised: the update is not committed.
     """
-    chunks = []
-    digest = prev_digest
-    for rec in records:
-        data, digest = encode(rec, digest)
-        chunks.append(data)
-        rec.digest = digest
+    chunks, digest = encode_batch(records, prev_digest)
     data = b"".join(chunks)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    created = False
     try:
-        if os.fstat(fd).st_size != keep_bytes:
-            os.ftruncate(fd, keep_bytes)  # drop a torn tail
-        half = len(data) // 2
-        os.pwrite(fd, data[:half], keep_bytes)
-        storage.crash_point(f"mid-write:{path.name}")
-        os.pwrite(fd, data[half:], keep_bytes + half)
-        storage.fsync_fd(fd)
+        try:
+            fd = storage.open_regular(path, os.O_RDWR)
+        except FileNotFoundError:
+            fd = storage.open_regular(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            created = True
+    except OSError as exc:
+        raise storage.storage_error(exc, f"open the journal {path}") from exc
+    try:
+        _write_records(fd, path, keep_bytes, data, created)
+    except OSError as exc:
+        _undo_append(fd, path, keep_bytes, created)
+        raise storage.storage_error(exc, f"append to the journal {path}") from exc
     finally:
         os.close(fd)
-    if created:
-        storage.fsync_dir(path.parent)
     end = keep_bytes
     for rec, chunk in zip(records, chunks):
         end += len(chunk)
@@ -265,10 +321,34 @@ def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str)
     return end, digest
 
 
+def _write_records(fd: int, path: Path, keep_bytes: int, data: bytes, created: bool) -> None:
+    if os.fstat(fd).st_size != keep_bytes:
+        storage.sys_truncate(fd, keep_bytes)  # drop a torn tail
+    half = len(data) // 2
+    storage.write_all(fd, memoryview(data)[:half], keep_bytes)
+    storage.crash_point(f"mid-write:{path.name}")
+    storage.write_all(fd, memoryview(data)[half:], keep_bytes + half)
+    storage.fsync_fd(fd)
+    if created:
+        storage.fsync_dir(path.parent)
+
+
+def _undo_append(fd: int, path: Path, keep_bytes: int, created: bool) -> None:
+    """Take back a failed append, so that no reader ever replays it (the caller then raises)."""
+    try:
+        if created:
+            os.unlink(path)
+        else:
+            os.ftruncate(fd, keep_bytes)
+            os.fsync(fd)
+    except OSError as exc:  # cannot happen on a full disk (shrinking frees space); say what is known
+        raise StorageError(
+            f"appending to the journal {path} failed and could not be taken back ({exc}); the update may "
+            "have been committed: reload the bundle and check its classes before retrying", exc.errno
+        ) from exc
+
+
 def write_prefix(src: Path, dst: Path, nbytes: int) -> None:
     """A new journal file ``dst`` holding the first ``nbytes`` of ``src`` (for rollback), atomically."""
-    data = b""
-    if nbytes:
-        with open(src, "rb") as f:
-            data = f.read(nbytes)
+    data = storage.read_regular(src, 0, nbytes) if nbytes else b""
     storage.atomic_write_bytes(dst, data)

@@ -23,7 +23,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CorruptBundleError, IncompatibleBundleError, MissingFileError, TamperedFileError
+from . import inputs, limits, signing, storage
+from .errors import (
+    CorruptBundleError,
+    IncompatibleBundleError,
+    InvalidInputError,
+    LimitExceededError,
+    MissingFileError,
+    TamperedFileError,
+)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgecl-bundle"
@@ -36,7 +44,7 @@ _ID = re.compile(r"^[0-9A-Za-z_-]{8,80}$")
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(storage.open_regular(path), "rb") as f:  # never through a symbolic link
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -220,7 +228,7 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
 
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` with its ``checksum`` field set (every writer of a version-2 manifest calls this)."""
-    out = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    out = signing.on_seal({k: v for k, v in manifest.items() if k != CHECKSUM_FIELD})
     out[CHECKSUM_FIELD] = manifest_checksum(out)
     return out
 
@@ -237,9 +245,11 @@ def read_manifest_bytes(bundle_dir: Path) -> bytes:
     if not bundle_dir.is_dir():
         raise MissingFileError(f"bundle directory not found: {bundle_dir}")
     try:
-        return path.read_bytes()
+        return storage.read_regular(path)
     except FileNotFoundError:
         raise MissingFileError(f"not an edgecl bundle: {path} is missing") from None
+    except PermissionError as exc:
+        raise storage.storage_error(exc, f"read {path}", unchanged=False) from exc
     except OSError as exc:
         raise CorruptBundleError(f"cannot read {path}: {exc}") from exc
 
@@ -247,12 +257,30 @@ def read_manifest_bytes(bundle_dir: Path) -> bytes:
 def parse_manifest(raw: bytes, where: str) -> tuple[dict[str, Any], int]:
     """Parse, version-check and validate manifest bytes; returns ``(manifest, version)``."""
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        manifest = limits.json_loads(raw.decode("utf-8"), where)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptBundleError(f"{where} is not valid JSON: {exc}") from exc
+    except LimitExceededError as exc:
+        raise CorruptBundleError(str(exc)) from exc
     version = check_version(manifest, where)
     validate(manifest, version)
+    check_class_names(manifest)
     return manifest, version
+
+
+def check_class_names(manifest: dict[str, Any]) -> None:
+    """Every class name in the manifest must be one ``add_class`` accepts, in normal form (``inputs.class_name``)."""
+    for field in ("classes", "base.classes"):
+        names = _lookup(manifest, field)
+        if names is _MISSING:
+            continue
+        for i, name in enumerate(names):
+            try:
+                ok = inputs.class_name(name) == name
+            except InvalidInputError as exc:
+                _fail(f"{field}[{i}]", f"is not a valid class name: {exc}")
+            if not ok:
+                _fail(f"{field}[{i}]", f"is not NFC-normalised: {json.dumps(name)[:80]}")
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -287,8 +315,7 @@ def verify_files(
 
 
 def _verify_one(path: Path, entry: dict[str, Any], collect: list | None, name: str) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(path)
+    storage.check_regular(path)
     size = path.stat().st_size
     if size != entry.get("bytes"):
         if collect is not None:

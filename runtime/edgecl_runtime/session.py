@@ -32,8 +32,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -44,18 +48,27 @@ try:
 except ImportError:  # the flavour is the installer's choice: edgecl-runtime[cpu] or [gpu]
     ort = None
 
-from .errors import CorruptBundleError, DeviceUnavailableError, InvalidInputError, MissingDependencyError
+from . import storage
+from .errors import (
+    CorruptBundleError,
+    DeviceUnavailableError,
+    EdgeclRuntimeError,
+    InvalidInputError,
+    MissingDependencyError,
+)
 from .manifest import sha256_file
+
+log = logging.getLogger("edgecl.runtime")
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 CACHE_DIR = ".ort-cache"
-GRAPH_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+GRAPH_LEVELS = {  # names of onnxruntime.GraphOptimizationLevel members
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 
 
@@ -98,7 +111,7 @@ def session_options(threads: int | None = None, level: str = "all") -> ort.Sessi
     if level not in GRAPH_LEVELS:
         raise InvalidInputError(f"graph optimisation level must be one of {', '.join(GRAPH_LEVELS)}, got {level!r}")
     so = ort.SessionOptions()
-    so.graph_optimization_level = GRAPH_LEVELS[level]
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only: the NCHWc "optimized model may not run elsewhere" warning is expected
     if threads is not None:
@@ -125,16 +138,26 @@ def cache_key(model_sha256: str, providers: Sequence[str], level: str) -> str:
 
 
 def _cached_model(cache_dir: Path, key: str) -> Path | None:
-    """The cached optimised model for ``key`` if it exists and its recorded sha256 matches, else None."""
+    """The cached optimised model for ``key`` if both files are regular and its recorded sha256 matches, else None."""
     model, meta = cache_dir / f"{key}.onnx", cache_dir / f"{key}.json"
-    if not (model.is_file() and meta.is_file()):
-        return None
     try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
+        storage.check_regular(model)
+        info = json.loads(storage.read_regular(meta, limit=1 << 16).decode("utf-8"))
         if info.get("bytes") == model.stat().st_size and info.get("sha256") == sha256_file(model):
             return model
-    except (OSError, ValueError):
+    except (OSError, ValueError, EdgeclRuntimeError):
         pass
+    return None
+
+
+def _cache_dir(model_path: Path, create: bool) -> Path | None:
+    """The bundle's ``.ort-cache`` directory if it is a real directory (made when ``create``), else None."""
+    cache_dir = model_path.parent / CACHE_DIR
+    with contextlib.suppress(OSError):
+        if create and not os.path.lexists(cache_dir):
+            os.mkdir(cache_dir)
+        if stat.S_ISDIR(os.lstat(cache_dir).st_mode):  # a symbolic link is never followed
+            return cache_dir
     return None
 
 
@@ -150,21 +173,27 @@ def _prune(cache_dir: Path, keep: str, source: str, providers: list[str]) -> Non
         if meta.stem == keep:
             continue
         try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = {"source": source, "providers": providers}  # unreadable: stale by definition
+            info = json.loads(storage.read_regular(meta, limit=1 << 16).decode("utf-8"))
+        except (OSError, ValueError, EdgeclRuntimeError):
+            info = {"source": source, "providers": providers}  # unreadable (or a link): stale by definition
         if info.get("source") == source and info.get("providers") == providers:
             _drop(cache_dir / f"{meta.stem}.onnx", meta)
 
 
 def _write_cache(model_path: Path, providers: list[str], threads: int | None, level: str, cache_dir: Path, key: str):
-    """Optimise ``model_path`` into the cache (temp name + rename); returns the session it built."""
-    cache_dir.mkdir(exist_ok=True)
-    tmp = cache_dir / f".{key}.{os.getpid()}.onnx.tmp"
-    so = session_options(threads, level)
-    so.optimized_model_filepath = str(tmp)
-    session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+    """Optimise ``model_path`` into the cache; returns the session it built.
+
+    onnxruntime writes the optimised graph into a fresh private directory (no name in it can be a
+    planted link), whose files are then renamed into the cache; the directory is removed whatever
+    happens, and those of dead processes are removed first.
+    """
+    storage.remove_dead_temps(cache_dir, ".build-")
+    work = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}.", suffix=storage.TMP_SUFFIX, dir=cache_dir))
     try:
+        tmp = work / "model.onnx"
+        so = session_options(threads, level)
+        so.optimized_model_filepath = str(tmp)
+        session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
         meta = {
             "source": model_path.name,
             "onnxruntime": ort.__version__,
@@ -174,14 +203,13 @@ def _write_cache(model_path: Path, providers: list[str], threads: int | None, le
             "bytes": tmp.stat().st_size,
             "sha256": sha256_file(tmp),
         }
-        meta_tmp = cache_dir / f".{key}.{os.getpid()}.json.tmp"
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        storage.write_new_file(work / "meta.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
         # model first, then its meta: a reader that sees the meta sees the complete model
-        os.replace(tmp, cache_dir / f"{key}.onnx")
-        os.replace(meta_tmp, cache_dir / f"{key}.json")
+        storage.sys_rename(tmp, cache_dir / f"{key}.onnx")
+        storage.sys_rename(work / "meta.json", cache_dir / f"{key}.json")
         _prune(cache_dir, keep=key, source=model_path.name, providers=providers)
     finally:
-        _drop(tmp, cache_dir / f".{key}.{os.getpid()}.json.tmp")
+        shutil.rmtree(work, ignore_errors=True)
     return session
 
 
@@ -201,8 +229,8 @@ def create_session(
     """
     model_path = Path(model_path)
     try:
-        if cache and level != "disable":
-            cache_dir = model_path.parent / CACHE_DIR
+        cache_dir = _cache_dir(model_path, create=True) if cache and level != "disable" else None
+        if cache_dir is not None:
             key = cache_key(model_sha256, providers, level)
             cached = _cached_model(cache_dir, key)
             if cached is not None:
@@ -214,8 +242,8 @@ def create_session(
             _drop(cache_dir / f"{key}.onnx", cache_dir / f"{key}.json")
             try:
                 return _write_cache(model_path, providers, threads, level, cache_dir, key), "built"
-            except OSError:
-                pass  # read-only bundle or full disk: run without a cache
+            except Exception as exc:  # noqa: BLE001 - read-only bundle, full disk, any cache failure: no cache
+                log.info("running %s without the optimised-model cache: %s", model_path, exc)
         so = session_options(threads, level)
         return ort.InferenceSession(str(model_path), sess_options=so, providers=providers), "direct"
     except (InvalidInputError, DeviceUnavailableError):
@@ -225,12 +253,19 @@ def create_session(
 
 
 def clear_cache(bundle_dir: str | Path) -> int:
-    """Delete a bundle's optimised-model cache; returns the number of files removed."""
+    """Delete a bundle's optimised-model cache (a link in its place is removed, not followed); returns the
+    number of entries removed."""
     cache_dir = Path(bundle_dir) / CACHE_DIR
     n = 0
+    if cache_dir.is_symlink():
+        _drop(cache_dir)
+        return 1
     if cache_dir.is_dir():
         for p in cache_dir.iterdir():
-            _drop(p)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                _drop(p)
             n += 1
         with contextlib.suppress(OSError):
             cache_dir.rmdir()

@@ -21,6 +21,7 @@ new state, never a mix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -33,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from . import inputs, journal, storage, tensors
+from . import inputs, journal, limits, signing, storage, tensors
 from .errors import (
     CorruptBundleError,
     EdgeclRuntimeError,
     IncompatibleBundleError,
     InvalidInputError,
     MissingFileError,
+    StorageError,
     TamperedFileError,
 )
 from .heads import head_class
@@ -216,6 +218,8 @@ def apply(head, classes: list[str], rec: Record, strict: bool = True):
         if len(classes) == 1:
             raise InvalidInputError(f"cannot remove {rec.name!r}: a bundle needs at least one class")
         index = classes.index(rec.name)
+        if rec.embeddings is not None and head.SHARED_STATISTICS:  # its known examples leave the shared statistics
+            return head.without_class(index, rec.embeddings), classes[:index] + classes[index + 1 :]
         return head.without_class(index), classes[:index] + classes[index + 1 :]
     raise CorruptBundleError(f"unknown journal operation {rec.op!r}")
 
@@ -230,6 +234,7 @@ def replay(head, classes: list[str], records: list[Record], where: str):
 
 
 def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool) -> State:
+    storage.check_bundle_dir(path)  # no symbolic link or special file is ever followed
     m, version = parse_manifest(raw, str(path / MANIFEST_NAME))
     trusted: list = []
     if version >= 2 and (bad := check_seal(m, MANIFEST_NAME)):
@@ -238,11 +243,13 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
                 f"{path / MANIFEST_NAME}: its content does not match its checksum field (edited or corrupt)"
             )
         trusted.append((MANIFEST_NAME, {"sha256": bad[0]}, {"sha256": bad[1]}))
+    signing.verify_manifest(m, str(path / MANIFEST_NAME))  # with trusted public keys configured
     if version == 1:
         m = _as_v2(m)
     if verify:
         names = None if verify is True else sorted({m["head"]["file"], m["base"]["file"]})
         verify_files(path, m, names, collect=trusted if trust_modified else None)
+    limits.check_head_file(path / m["head"]["file"], m["head"].get("arrays"), "head.arrays")  # before decompressing
     head, arrays = read_head(path, m)
     if version == 1:
         m["head"]["arrays"] = m["base"]["arrays"] = array_spec({k: v for k, v in arrays.items()})
@@ -259,6 +266,7 @@ def _read_once(path: Path, raw: bytes, verify, trust_modified: bool, full: bool)
         log.warning("%s; using the committed head state as trusted", exc)
         s = Scan([], j["bytes"], j["digest"], j["seq"])
     lagging = [r for r in s.records if r.end > j["bytes"]]
+    signing.verify_records(lagging, j["digest"], str(jpath))
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     classes = list(m["classes"])
@@ -377,7 +385,7 @@ def _write_state(st: State, head, classes: list[str], journal_entry: dict, base_
 # A writer's last state of each bundle, with the signatures of the files it was verified from: the next
 # update under the lock reuses it when the manifest bytes and the head/base files are unchanged, and only
 # reads (and replays) the journal records appended since, instead of re-reading and re-hashing the head.
-_WRITER_CACHE: dict[Path, tuple[State, tuple]] = {}
+_WRITER_CACHE: dict[Path, tuple[State, tuple, tuple]] = {}
 _WRITER_CACHE_SIZE = 4
 
 
@@ -400,7 +408,7 @@ def _remember(st: State) -> State:
         _WRITER_CACHE.pop(key, None)
         while len(_WRITER_CACHE) >= _WRITER_CACHE_SIZE:
             _WRITER_CACHE.pop(next(iter(_WRITER_CACHE)))
-        _WRITER_CACHE[key] = (st, _signature(st))
+        _WRITER_CACHE[key] = (st, _signature(st), signing.current().fingerprint())
     return st
 
 
@@ -409,7 +417,9 @@ def _cached_state(path: Path) -> State | None:
     hit = _WRITER_CACHE.get(path.resolve())
     if hit is None:
         return None
-    st, sig = hit
+    st, sig, policy = hit
+    if policy != signing.current().fingerprint():
+        return None  # verified under other keys: verify again
     try:
         if read_manifest_bytes(path) != st.raw:
             return None
@@ -431,6 +441,7 @@ def _cached_state(path: Path) -> State | None:
     if s.discarded:
         log.warning("%s: discarding %d bytes after the last complete journal record (%s)", jpath, s.discarded, s.problem)
     new = s.records[known:]
+    signing.verify_records(new, st.lagging[-1].digest if known else j["digest"], str(jpath))
     head, classes = replay(st.head, st.classes, new, str(jpath))
     scan = Scan(st.scan.records + new, s.end, s.digest, s.seq, s.discarded, s.problem)
     return State(path, {**st.manifest, "classes": classes}, st.disk_version, head, classes, scan,
@@ -438,12 +449,23 @@ def _cached_state(path: Path) -> State | None:
 
 
 def _locked_state(path: Path, timeout: float | None, full: bool = False, trust_modified: bool = False) -> State:
-    if not full and not trust_modified and (st := _cached_state(path)) is not None:
-        return st
-    st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
-    if not st.journal_ok and not trust_modified:
-        raise CorruptBundleError(f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
-    return _remember(st)
+    st = _cached_state(path) if not full and not trust_modified else None
+    if st is None:
+        st = read_state(path, verify="state", full=full, trust_modified=trust_modified)
+        if not st.journal_ok and not trust_modified:
+            raise CorruptBundleError(
+                f"{path}: the journal is corrupt; `edgecl compact --trust-modified` folds the head into a new base")
+        _remember(st)
+    _remove_leftovers(st)
+    return st
+
+
+def _remove_leftovers(st: State) -> None:
+    """Delete the files an interrupted update left (unreferenced head, base and journal files; temp files go
+    when the lock is taken), so that the next update after a failure starts from a clean directory."""
+    m = st.manifest
+    keep = {m["head"]["file"], m["base"]["file"], m["journal"]["file"], *m.get("files", {})}
+    storage.remove_stale(st.path, keep)
 
 
 def _snapshot_due(st: State, lagging: list[Record], end: int) -> bool:
@@ -462,6 +484,7 @@ def commit_records(st: State, records: list[Record], head, classes: list[str], s
     ``SNAPSHOT_EVERY`` / ``SNAPSHOT_BYTES``, for the first record of a journal file, and on the first
     update of a version-1 bundle.
     """
+    signing.require_signer(st.path)
     j = st.manifest["journal"]
     jpath = st.path / j["file"]
     end, digest = st.scan.end, st.scan.digest
@@ -471,7 +494,15 @@ def commit_records(st: State, records: list[Record], head, classes: list[str], s
     seq = records[-1].seq if records else st.scan.seq
     lagging = st.lagging + records
     if snapshot or (snapshot is None and _snapshot_due(st, lagging, end)):
-        return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+        try:
+            return _write_state(st, head, classes, {**j, "seq": seq, "bytes": end, "digest": digest})
+        except (StorageError, OSError) as exc:
+            if not records:
+                raise storage.storage_error(exc, f"write a head snapshot of {st.path}") if isinstance(exc, OSError) \
+                    else exc
+            # The records are committed (fsync'd journal): the snapshot only waits for the next update.
+            storage.warn_after_commit(f"{st.path}: the update is committed (journal), but the head snapshot "
+                                      f"failed and is postponed to the next update: {exc}")
     scan = Scan(st.scan.records + records, end, digest, seq)
     return _remember(State(st.path, {**st.manifest, "classes": list(classes)}, st.disk_version, head, list(classes),
                            scan, lagging, st.full, True, [], st.raw))
@@ -486,6 +517,21 @@ def snapshot(path: str | Path, timeout: float | None = None) -> State:
         if not st.lagging and st.disk_version >= 2:
             return st
         return commit_records(st, [], st.head, st.classes, snapshot=True)
+
+
+def reseal(path: str | Path, timeout: float | None = None) -> State:
+    """Rewrite the manifest as of now (the journal folded into a head snapshot first): what ``signing.sign_bundle``
+    calls under a signing key, so the new manifest carries its signature."""
+    path = Path(path)
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        if st.lagging or st.disk_version < 2:
+            return commit_records(st, [], st.head, st.classes, snapshot=True)
+        m, _ = parse_manifest(read_manifest_bytes(path), str(path / MANIFEST_NAME))
+        raw = storage.json_bytes(seal(m))
+        storage.atomic_write_bytes(path / MANIFEST_NAME, raw)
+        _WRITER_CACHE.pop(path.resolve(), None)
+        return read_state(path, verify="state", full=False)
 
 
 def _new_record(st: State, seq_offset: int, op: str, name: str, embeddings=None, **extra) -> Record:
@@ -521,17 +567,57 @@ def add_examples(path: str | Path, name: str, embeddings, timeout: float | None 
         return commit_records(st, [rec], head, classes), name not in st.classes
 
 
+def add_batch(path: str | Path, items, timeout: float | None = None) -> State:
+    """Add several ``(name, embeddings)`` updates as one journal append: all of them are committed, or none
+    (a batch cut short by a crash is discarded whole on replay, see ``journal.scan``)."""
+    path = Path(path)
+    items = [(inputs.class_name(name), emb) for name, emb in items]
+    if not items:
+        raise InvalidInputError("no updates given")
+    with storage.locked(path, timeout):
+        st = _locked_state(path, timeout)
+        dim = int(st.manifest["backbone"]["embedding_dim"])
+        head, classes, records = st.head, st.classes, []
+        for name, emb in items:
+            rec = _new_record(st, len(records) + 1, "add", name, _embeddings(emb, dim))
+            head, classes = apply(head, classes, rec)
+            records.append(rec)
+        return commit_records(st, records, head, classes)
+
+
 def remove_class(path: str | Path, name: str, timeout: float | None = None) -> State:
-    """Remove class ``name`` (the exact inverse of adding it, for additive heads); journaled."""
+    """Remove class ``name``; journaled.
+
+    The exact inverse of the class's journaled additions: its row goes, and for heads whose classes
+    share statistics (``ridge``: the Gram matrix ``G``) the examples added since the base (the
+    export, or the last ``compact``) leave them too, so a class added on the device and removed
+    again leaves every other score as it was. Examples the base holds (training data, or additions
+    folded by ``compact``) are not known to the device: for a class of the base, the removal drops
+    its row and its journaled examples, and its base examples stay in ``G`` (the other classes
+    still score as ridge regression fitted with them). See docs/bundle-format.md.
+    """
     path = Path(path)
     name = inputs.class_name(name)
     with storage.locked(path, timeout):
-        st = _locked_state(path, timeout)
+        st = _locked_state(path, timeout, full=True)
         if name not in st.classes:
             raise InvalidInputError(f"no class named {name!r}; the bundle has {len(st.classes)} classes")
-        rec = _new_record(st, 1, "remove_class", name)
+        rec = _new_record(st, 1, "remove_class", name, class_rows(st.scan.records, name))
         head, classes = apply(st.head, st.classes, rec)
         return commit_records(st, [rec], head, classes)
+
+
+def class_rows(records: list[Record], name: str) -> np.ndarray | None:
+    """The example embeddings the journal ``records`` added to class ``name`` since it last appeared, or None."""
+    rows: list[np.ndarray] = []
+    for r in records:
+        if r.name != name:
+            continue
+        if r.op == "remove_class":
+            rows = []
+        elif r.embeddings is not None:
+            rows.append(r.embeddings)
+    return np.concatenate(rows).astype(np.float32) if rows else None
 
 
 def history(path: str | Path) -> dict[str, Any]:
@@ -554,6 +640,7 @@ def history(path: str | Path) -> dict[str, Any]:
 
 def _read_base(st: State):
     verify_files(st.path, st.manifest, [st.manifest["base"]["file"]])
+    limits.check_head_file(st.path / st.manifest["base"]["file"], st.manifest["base"].get("arrays"), "base.arrays")
     return read_head(st.path, st.manifest, "base")
 
 
@@ -565,6 +652,7 @@ def rollback(path: str | Path, to: int, timeout: float | None = None) -> State:
     path = Path(path)
     with storage.locked(path, timeout):
         st = _locked_state(path, timeout, full=True)
+        signing.require_signer(path)
         m = st.manifest
         lo, hi = m["base"]["seq"], st.seq
         if not isinstance(to, int) or isinstance(to, bool) or not lo <= to <= hi:
@@ -593,6 +681,7 @@ def compact(path: str | Path, timeout: float | None = None, trust_modified: bool
     path = Path(path)
     with storage.locked(path, timeout):
         st = _locked_state(path, timeout, full=True, trust_modified=trust_modified)
+        signing.require_signer(path)
         m = st.manifest
         ids = sorted(known_ids(st))
         generation = int(m["head"].get("generation", 0)) + 1
@@ -633,7 +722,17 @@ def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"merge output {out} exists and is not empty")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=storage.TMP_SUFFIX, dir=out.parent))
+    storage.remove_dead_temps(out.parent, f".{out.name}.")  # of a merge that was killed
+    try:
+        return _merge_to_new(a, b, sb, out, timeout)
+    except OSError as exc:
+        raise storage.storage_error(exc, f"write the merged bundle {out}") from exc
+
+
+def _merge_to_new(a: Path, b: Path, sb: State, out: Path, timeout: float | None) -> State:
+    """Merge into a copy of ``a`` in a temporary directory next to ``out``, renamed to ``out`` when complete
+    (the commit point); the temporary directory is removed on any failure."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=storage.TMP_SUFFIX, dir=out.parent))
     try:
         with storage.locked(a, timeout):
             sa = _locked_state(a, timeout, full=True)
@@ -642,25 +741,25 @@ def merge(a: str | Path, b: str | Path, out: str | Path | None = None, timeout: 
                      sa.manifest["journal"]["file"], MANIFEST_NAME]
             for name in dict.fromkeys(names):
                 if (a / name).is_file():
-                    shutil.copy2(a / name, tmp / name)
+                    storage.copy_file(a / name, tmp / name)
         with storage.locked(tmp, timeout):
             st = _merge_into(_locked_state(tmp, timeout, full=True), sb, b)
         (tmp / storage.LOCK_NAME).unlink(missing_ok=True)
         tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700
+        storage.fsync_dir(tmp)
         if out.exists():
             out.rmdir()
-        tmp.rename(out)
-        storage.fsync_dir(out.parent)
+        storage.sys_rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    storage.fsync_dir_after_commit(out.parent, f"merging into {out}")
+    _WRITER_CACHE.pop(tmp.resolve(), None)
     st.path = out
     return st
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -689,8 +788,9 @@ def _merge_into(sa: State, sb: State, b: Path) -> State:
     for r in sb.scan.records:
         if r.id in known:
             continue
-        rec = Record(sa.seq + len(records) + 1, r.op, r.name, r.id, r.time, r.embeddings,
-                     {**r.extra, "merged_from": str(b)})
+        extra = {k: v for k, v in r.extra.items() if k not in ("batch", "sig")}  # this append's own
+        emb = class_rows(sa.scan.records + records, r.name) if r.op == "remove_class" else r.embeddings
+        rec = Record(sa.seq + len(records) + 1, r.op, r.name, r.id, r.time, emb, {**extra, "merged_from": str(b)})
         if r.op == "remove_class" and r.name not in classes:
             continue  # already gone on this side
         try:
@@ -717,7 +817,7 @@ def snapshot_files(path: str | Path) -> dict[str, str]:
 
 
 __all__ = [
-    "State", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
+    "State", "add_batch", "add_examples", "apply", "commit_records", "compact", "history", "initial_fields", "known_ids",
     "merge", "read_head", "read_state", "remove_class", "replay", "rollback", "snapshot", "snapshot_files",
     "bundle_bytes",
 ]

@@ -13,11 +13,13 @@ nothing executes.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from . import storage
 from .errors import CorruptBundleError, MissingFileError
 
 DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
@@ -103,8 +105,9 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of the head file at ``path``, memory-mapped (pages are read when an array is used)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        buf = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+        with os.fdopen(storage.open_regular(path), "rb") as f:  # never through a symbolic link
+            size = os.fstat(f.fileno()).st_size
+            buf = np.memmap(f, dtype=np.uint8, mode="r") if size else b""
     except FileNotFoundError:
         raise MissingFileError(f"bundle file missing: {path}") from None
     except (OSError, ValueError) as exc:

@@ -8,7 +8,7 @@ The training distribution (``edgecl``) adds its verbs (``train``, ``export``,
 never imports training code; without it those verbs say what to install.
 """
 
-from . import bench, device, store  # noqa: F401  (registers the commands)
+from . import bench, device, sign, store  # noqa: F401  (registers the commands)
 from .common import main
 
 __all__ = ["main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -54,8 +55,37 @@ def load_plugin(name: str, purpose: str):
         raise click.ClickException(f"{purpose} needs {exc.name or 'a training dependency'}: {exc}") from exc
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for any failure a command can meet (the runtime's errors, the OS's, memory, nesting)."""
+    from edgecl_runtime import EdgeclRuntimeError
+
+    if isinstance(exc, EdgeclRuntimeError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        from edgecl_runtime.storage import storage_error
+
+        what = f"access {exc.filename}" if exc.filename else "complete the command"
+        return f"StorageError: {storage_error(exc, what, unchanged=False)}"
+    if isinstance(exc, MemoryError):
+        return "out of memory: the input is too large for this device (see edgecl_runtime.limits for the budgets)"
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to process"
+    return f"internal error ({type(exc).__name__}: {exc}); EDGECL_DEBUG=1 shows the traceback"
+
+
 class EdgeclGroup(click.Group):
-    """A click group whose training verbs come from the ``edgecl.commands`` entry points."""
+    """A click group whose training verbs come from the ``edgecl.commands`` entry points, and that reports
+    every exception of a command as a one-line error with exit code 1 (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the command line's last line of defence
+            if os.environ.get("EDGECL_DEBUG"):
+                raise
+            raise click.ClickException(describe_error(exc)) from exc
 
     def list_commands(self, ctx):
         plugins = {ep.name for ep in entry_points(group=COMMANDS_GROUP)}
@@ -103,10 +133,25 @@ device_option = click.option(
 
 @click.group(cls=EdgeclGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgecl")
-def main():
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="Trust only bundles and updates signed by this Ed25519 key (PEM, from `edgecl keygen`); "
+                   "repeatable. Default: env EDGECL_PUBLIC_KEY.")
+@click.option("--signing-key", type=click.Path(dir_okay=False),
+              help="Sign this command's updates with this Ed25519 private key (needed to update a bundle when "
+                   "--public-key is set). Default: env EDGECL_SIGNING_KEY.")
+@click.pass_context
+def main(ctx, public_keys, signing_key):
     """Continual learning with pre-trained models, exported to the edge.
 
     Device verbs (predict, add-class, remove-class, eval, info, history,
-    rollback, compact, merge, bench) need only the runtime; training verbs
+    rollback, compact, merge, bench, sign, keygen) need only the runtime; training verbs
     (train, export, demo, ...) come with the training distribution `edgecl`.
+
+    Every failure is reported as one line on stderr with exit code 1
+    (EDGECL_DEBUG=1 shows the traceback); a failed update leaves the bundle unchanged.
     """
+    if public_keys or signing_key:
+        from edgecl_runtime import signing
+
+        policy = signing.make_policy(list(public_keys) or None, signing_key)
+        ctx.with_resource(signing.using(policy))

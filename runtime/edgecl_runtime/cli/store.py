@@ -101,7 +101,16 @@ def merge(a, b, out):
 @click.argument("bundle", type=click.Path())
 @click.argument("name")
 def remove_class(bundle, name):
-    """Forget class NAME on the device (journaled; `edgecl rollback` undoes it)."""
+    """Forget class NAME on the device (journaled; `edgecl rollback` undoes it).
+
+    For a class added on the device since the base (the export or the last
+    `compact`), removal is the exact inverse of its additions: every other
+    class scores as if it had never been added (also for ridge heads, whose
+    shared statistics lose its examples). For a class of the base (trained,
+    or folded by `compact`), its row goes and its journaled examples leave the
+    shared statistics; its base examples are not known to the device and stay
+    in a ridge head's Gram matrix (the other classes keep the fit that saw them).
+    """
     from edgecl_runtime import store
 
     st = _run(store.remove_class, bundle, name)

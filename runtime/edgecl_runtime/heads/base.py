@@ -76,6 +76,9 @@ def shifted_mean(protos: np.ndarray, counts: np.ndarray, index: int, total: np.n
 
 class Head(abc.ABC):
     kind: ClassVar[str]
+    # True when one class's examples enter the other classes' scores (``ridge``: the shared Gram matrix):
+    # its ``without_class(index, examples)`` then also takes the class's known examples out of them.
+    SHARED_STATISTICS: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

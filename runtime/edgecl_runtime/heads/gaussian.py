@@ -167,17 +167,26 @@ class GaussianHead(Head):
         return shrunk_covariance(self._blocks[index], int(self._counts[index]), *self.shrink, self.normalize_cov)
 
     def precisions(self) -> np.ndarray:
-        """``(C, D, D)`` float32 inverses of the scoring covariances (computed once, cached)."""
-        for c, p in enumerate(self._prec):
-            if p is None:
-                self._prec[c] = _precision(self.covariance(c))
-        return np.stack(self._prec) if self._prec else np.zeros((0, self.dim, self.dim), np.float32)
+        """``(C, D, D)`` float32 inverses of the scoring covariances (computed once, cached).
+
+        The stacked array is the only copy: the per-class entries become views of it.
+        """
+        stacked = self.__dict__.get("_stacked")
+        if stacked is None:
+            stacked = np.empty((self.num_classes, self.dim, self.dim), np.float32)
+            for c, p in enumerate(self._prec):
+                stacked[c] = _precision(self.covariance(c)) if p is None else p
+            self._prec, self._stacked = list(stacked), stacked
+        return stacked
 
     # ------------------------------------------------------------- inference
     def graph_inputs(self) -> dict[str, np.ndarray]:
         if self.beta != 1.0:
             raise InvalidInputError("a gaussian head with a Tukey transform has no single-file scoring (the transform belongs in the graph)")
-        return {"means": l2_normalize(self.means).astype(np.float32), "precisions": self.precisions()}
+        inputs = self.__dict__.get("_graph")
+        if inputs is None:
+            inputs = self._graph = {"means": l2_normalize(self.means).astype(np.float32), "precisions": self.precisions()}
+        return inputs
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         x = l2_normalize(tukey(embeddings, self.beta)).astype(np.float32)

@@ -143,6 +143,7 @@ class RidgeHead(Head):
     """Ridge classifier on (optionally randomly projected) embeddings; see the module doc."""
 
     kind = "ridge"
+    SHARED_STATISTICS = True  # G holds every class's examples
 
     def __init__(
         self,
@@ -354,7 +355,7 @@ class RidgeHead(Head):
             raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
         return int(index)
 
-    def _updated(self, index: int | None, embeddings: np.ndarray, sign: int) -> "RidgeHead":
+    def _updated(self, index: int | None, embeddings: np.ndarray, sign: int, allow_empty: bool = False) -> "RidgeHead":
         H = self.features(check_examples(embeddings, self.dim)).astype(np.float64)
         k = H.shape[0]
         Q, W, counts = self.Q, self.W, self._counts.copy()
@@ -364,7 +365,7 @@ class RidgeHead(Head):
             index = Q.shape[1] - 1
         else:
             index = self._check_index(index)
-            if counts[index] + sign * k < 1:
+            if counts[index] + sign * k < (0 if allow_empty else 1):
                 raise InvalidInputError(f"cannot remove {k} examples from a class that has {counts[index]}")
             Q = Q.copy()
             Q[:, index] += sign * total
@@ -405,6 +406,9 @@ class RidgeHead(Head):
     def without_examples(self, index: int, embeddings: np.ndarray) -> "RidgeHead":
         return self._updated(index, embeddings, -1)
 
-    def without_class(self, index: int) -> "RidgeHead":
+    def without_class(self, index: int, examples: np.ndarray | None = None) -> "RidgeHead":
+        """The head without class ``index``; ``examples`` (its known examples) also leave ``G`` first."""
+        if examples is not None:
+            return self._updated(index, examples, -1, allow_empty=True).without_class(index)
         keep = np.arange(self.num_classes) != self._check_index(index)
         return self._derived(self.Q[:, keep], self._counts[keep], self.W[:, keep])
