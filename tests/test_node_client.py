@@ -210,3 +210,20 @@ def test_compacted_and_rolled_back_bundles_match_python(bundle_dir, shapes_new):
         assert js["classes"] == py.classes and js["counts"] == py.head.counts.tolist() and js["seq"] == py.seq, step
         np.testing.assert_array_equal(np.array(js["prototypes"], np.float32), py.head.prototypes, err_msg=step)
         b.add_class("after-compaction", class_images(train, train.class_names[60], 3))
+
+
+def test_batches_replay_whole_or_not_at_all_as_in_python(bundle_dir, shapes_new):
+    """A multi-record append (store.add_batch) is replayed whole; cut short, it is dropped whole by both."""
+    train = shapes_new[0]
+    b = Bundle.load(bundle_dir)
+    b.add_class("first", class_images(train, train.class_names[70], 2))  # the journal's first record: a snapshot
+    store.add_batch(bundle_dir, [(f"batch-{c}", b.embed(class_images(train, train.class_names[c], 2))) for c in (71, 72, 73)])
+    jfile = bundle_dir / Bundle.load(bundle_dir).manifest["journal"]["file"]
+    for cut in (0, 7):  # the whole journal, then the last record torn
+        if cut:
+            jfile.write_bytes(jfile.read_bytes()[:-cut])
+        py = Bundle.load(bundle_dir)
+        js = run_node("info", bundle_dir, "--prototypes")
+        assert js["classes"] == py.classes and js["seq"] == py.seq
+        np.testing.assert_array_equal(np.array(js["prototypes"], np.float32), py.head.prototypes)
+        assert ("batch-71" in py.classes) == (cut == 0)
