@@ -48,7 +48,8 @@ def test_single_grayscale_rgba_and_mixed_sizes():
         (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
         ([], "empty"),
         (np.zeros((5, 8, 8), np.uint8), "ambiguous"),
-        ("cat.png", "numpy array"),
+        ("cat.png", "image file not found"),  # paths are read (load_images); a missing one is refused
+        (3.5, "numpy array"),
     ],
 )
 def test_bad_inputs_are_rejected_clearly(bad, msg):

@@ -16,7 +16,7 @@ from .errors import (
     MissingFileError,
 )
 from .manifest import onnx_file, single_file
-from .preprocess import preprocess
+from .preprocess import load_images, preprocess
 from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding  # noqa: F401
 
 
@@ -200,6 +200,8 @@ class Bundle:
             return self._forward(x, self._view, "scores")
 
     def predict(self, images, top_k: int = 1) -> Prediction:
+        """Top-``top_k`` classes of ``images``: uint8/float arrays (``edgecl_runtime.preprocess``),
+        a PIL image or an image file path, or a list of any of these."""
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         view = self._view  # scores and names from one state, whatever other threads do meanwhile
@@ -253,6 +255,7 @@ class Bundle:
         unchanged. See ``edgecl_runtime.store`` for the update protocol.
         """
         name = inputs.class_name(name)
+        images = load_images(images)  # PIL images / paths -> arrays, so the budget sees their sizes
         inputs.image_budget(images)
         t0 = time.perf_counter()
         emb = self.embed(images)

@@ -2,7 +2,9 @@
 
 Images are channels-last: one image ``(H, W)``, ``(H, W, C)`` or a batch
 ``(N, H, W, C)`` (or a list of images of any sizes), with C in {1, 3, 4}.
-``uint8`` holds 0..255 pixels; float arrays hold values in [0, 1]. Output is
+``uint8`` holds 0..255 pixels; float arrays hold values in [0, 1]. PIL images
+and image file paths (``str`` / ``os.PathLike``), alone or in a list, are read
+as uint8 RGB arrays first (``load_images``; Pillow is needed only then). Output is
 ``float32`` ``(N, 3, H, W)``, resized with an antialiased bilinear (triangle)
 filter and normalised with the manifest's mean/std.
 
@@ -18,6 +20,7 @@ results equal the dense filter to float32 rounding (~1e-6).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Sequence
 
@@ -138,8 +141,40 @@ def _to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
 
 
+def _is_pil(obj) -> bool:
+    return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert")
+
+
+def _load_one(item) -> list:
+    """One item of ``load_images``: a path gives its image(s) (a ``.npy`` file may hold a batch)."""
+    if isinstance(item, (str, os.PathLike)):
+        from .io import read_images
+
+        return read_images([item])
+    if _is_pil(item):
+        return [np.asarray(item.convert("RGB"), dtype=np.uint8)]
+    return [item]
+
+
+def load_images(images):
+    """PIL images and image file paths, alone or in a list, read as uint8 ``(H, W, 3)`` arrays.
+
+    Arrays and lists of arrays are returned unchanged; a single PIL image or a
+    single image path gives one ``(H, W, 3)`` array, a list gives a list.
+    """
+    if isinstance(images, (list, tuple)):
+        if not any(isinstance(im, (str, os.PathLike)) or _is_pil(im) for im in images):
+            return images
+        return [arr for im in images for arr in _load_one(im)]
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        loaded = _load_one(images)
+        return loaded[0] if len(loaded) == 1 else loaded
+    return images
+
+
 def _split(images) -> list[np.ndarray] | np.ndarray:
     """Validated NHWC batch (same-size arrays) or list of HWC images, in their own dtype (uint8 / float32)."""
+    images = load_images(images)
     if isinstance(images, np.ndarray):
         if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
             return _as_hwc3(images, "image")[None]

@@ -1,0 +1,211 @@
+"""The Flask application of ``edgecl serve``: the page, its static assets and the JSON API (docs/serve-api.md)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from importlib.resources import files
+from pathlib import Path
+
+from flask import Flask, Response, jsonify, request, send_file
+from werkzeug.exceptions import HTTPException
+
+from ..errors import EdgeclRuntimeError, InvalidInputError, LockTimeoutError
+from .errors import HTTPError, bad_request, not_found
+from .state import ServedBundle
+from .uploads import decode_data_url, decode_files
+
+API_VERSION = 1
+DEFAULT_TOP_K = 5
+MAX_BODY = 32 << 20  # bytes per request
+TOKEN_ENV = "EDGECL_SERVE_TOKEN"
+STATIC = Path(str(files("edgecl_runtime.serve") / "static"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(served: ServedBundle, token: str | None = None, max_body: int = MAX_BODY) -> Flask:
+    """The app serving ``served``; with a ``token`` every request must carry it (else 401)."""
+    app = Flask("edgecl_runtime.serve", static_folder=str(STATIC), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    app.json.sort_keys = False
+    _errors(app)
+    if token:
+        _require_token(app, token)
+    _pages(app, served)
+    _reads(app, served)
+    _updates(app, served)
+    return app
+
+
+def _error(status: int, message: str):
+    return jsonify({"error": message, "status": status}), status
+
+
+def _errors(app: Flask) -> None:
+    app.register_error_handler(HTTPError, lambda e: _error(e.status, e.message))
+    app.register_error_handler(InvalidInputError, lambda e: _error(400, str(e)))
+    app.register_error_handler(LockTimeoutError, lambda e: _error(503, f"the bundle is busy: {e}"))
+    app.register_error_handler(EdgeclRuntimeError, lambda e: _error(500, f"{type(e).__name__}: {e}"))
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        if e.code == 413:
+            return _error(413, f"request body too large; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes")
+        return _error(e.code or 500, e.description or e.name)
+
+
+TOKEN_COOKIE = "edgecl_token"
+
+
+def _require_token(app: Flask, token: str) -> None:
+    """Every request needs the token: header, ``?token=``, or the cookie set when the page was opened with it."""
+
+    def given() -> str:
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return auth[7:]
+        return request.args.get("token") or request.cookies.get(TOKEN_COOKIE, "")
+
+    @app.before_request
+    def check():
+        if not hmac.compare_digest(given().encode(), token.encode()):
+            return _error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or open the page with ?token=TOKEN")
+        return None
+
+    @app.after_request
+    def remember(response):
+        if request.args.get("token") and request.cookies.get(TOKEN_COOKIE) != token:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
+
+def _pages(app: Flask, served: ServedBundle) -> None:
+    @app.get("/")
+    def index():
+        return send_file(STATIC / "index.html", max_age=0)
+
+    @app.get("/api/thumbs/<name>")
+    def thumb(name):
+        path = served.thumbs.file(name)
+        if path is None:
+            raise not_found(f"no thumbnail {name!r}")
+        return send_file(path, mimetype="image/jpeg", max_age=3600)
+
+    @app.get("/bundle/<name>")
+    def bundle_file(name):
+        if name not in served.bundle_files() or not (served.path / name).is_file():
+            raise not_found(f"{name!r} is not a file of the bundle now (re-read manifest.json)")
+        return send_file(served.path / name, mimetype="application/octet-stream", max_age=0, etag=False)
+
+    @app.get("/api/bundle.zip")
+    def bundle_zip():
+        return Response(served.zip_bytes(), mimetype="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="{served.path.name}.zip"'})
+
+
+def _top_k() -> int:
+    raw = request.args.get("top_k", str(DEFAULT_TOP_K))
+    if not raw.isdigit() or int(raw) < 1:
+        raise bad_request(f"top_k must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _reads(app: Flask, served: ServedBundle) -> None:
+    @app.get("/api/info")
+    def info():
+        return jsonify(_info(served))
+
+    @app.get("/api/classes")
+    def classes():
+        return jsonify({"classes": served.classes()})
+
+    @app.get("/api/history")
+    def history():
+        return jsonify(served.history())
+
+    @app.post("/api/predict")
+    def predict():
+        return jsonify(served.predict(decode_files(request.files.getlist("image")), _top_k()))
+
+
+def _teach(served: ServedBundle, name, create: bool):
+    """A teach request: multipart images, or JSON feature rows (from the in-browser mode)."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "features" not in body:
+            raise bad_request("JSON body must be an object with 'features' (and 'name' on create)")
+        name = body.get("name") if create else name
+        thumbs = body.get("thumbnails") or []
+        if not isinstance(thumbs, list):
+            raise bad_request("'thumbnails' must be a list of data: URLs")
+        images = [decode_data_url(t, f"thumbnail {i}") for i, t in enumerate(thumbs[:64])]
+        return served.teach(name, create, features=body["features"], thumbnails=images)
+    if create:
+        name = request.form.get("name")
+        if name is None:
+            raise bad_request("missing form field 'name' (the class name)")
+    return served.teach(name, create, images=decode_files(request.files.getlist("image")))
+
+
+def _updates(app: Flask, served: ServedBundle) -> None:
+    @app.post("/api/classes")
+    def create_class():
+        return jsonify(_teach(served, None, create=True)), 201
+
+    @app.post("/api/classes/<name>/examples")
+    def add_examples(name):
+        return jsonify(_teach(served, name, create=False))
+
+    @app.delete("/api/classes/<name>")
+    def remove_class(name):
+        return jsonify(served.remove(name))
+
+    @app.post("/api/rollback")
+    def rollback():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "to" not in body:
+            raise bad_request("JSON body must be {\"to\": UPDATE_NUMBER} (see GET /api/history)")
+        return jsonify(served.rollback(body["to"]))
+
+
+def _info(served: ServedBundle) -> dict:
+    b = served.bundle
+    classes, _, seq = served.current()
+    m = b.manifest
+    model_file = (m.get("model") or m.get("backbone") or {}).get("file")
+    browser = _browser_mode(m)
+    return {
+        "api_version": API_VERSION,
+        "name": served.path.name,
+        "format_version": m.get("format_version"),
+        "head": m["head"]["kind"],
+        "backbone": (m.get("backbone") or m.get("model") or {}).get("name"),
+        "input_size": m["preprocess"]["input_size"],
+        "preprocess": m["preprocess"],
+        "num_classes": len(classes),
+        "seq": seq,
+        "device": b.device,
+        "model_file": model_file,
+        "browser_mode": browser is None,
+        "browser_mode_unavailable": browser,
+        "default_top_k": DEFAULT_TOP_K,
+    }
+
+
+def _browser_mode(m: dict) -> str | None:
+    """Why the page cannot run this bundle in the browser, or None when it can."""
+    if m["head"]["kind"] != "prototype_cosine":
+        return f"the in-browser mode runs prototype_cosine heads; this bundle's head is {m['head']['kind']}"
+    if int(m.get("format_version", 0)) < 2:
+        return "the in-browser mode needs a bundle of format 2 or later"
+    if not (STATIC / "vendor" / "onnxruntime-web" / "ort.wasm.min.mjs").is_file():
+        return "onnxruntime-web is not packaged: run `npm ci && node vendor.mjs` in runtime/web"
+    return None

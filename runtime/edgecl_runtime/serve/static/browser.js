@@ -1,0 +1,93 @@
+// The in-browser engine: the bundle's model runs in onnxruntime-web (WebAssembly), preprocessing and the
+// prototype head run in JavaScript (runtime/js, vendored by runtime/web/vendor.mjs), so a prediction needs no
+// server round trip. The head state is read from the bundle's own files (manifest, head file, journal replay);
+// teaching computes feature rows here and journals them through the API (POST ... {"features": rows}).
+import * as ort from "./vendor/onnxruntime-web/ort.wasm.min.mjs";
+import { loadBundle } from "./vendor/edgecl-js/index.mjs";
+import { api, fetchBytes } from "./api.js";
+
+ort.env.wasm.wasmPaths = new URL("./vendor/onnxruntime-web/", import.meta.url).href;
+ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation (SharedArrayBuffer); one is enough here
+const THUMB = 96;
+
+/** An uploaded or captured image as the RGBA pixels the runtime's preprocessing takes (no scaling). */
+async function pixels(blob) {
+  const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bmp.width, bmp.height);
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bmp, 0, 0);
+  const { data, width, height } = ctx.getImageData(0, 0, bmp.width, bmp.height);
+  bmp.close();
+  return { data, width, height, channels: 4 };
+}
+
+/** A small JPEG data: URL of the image for the class gallery (canvas scaling is fine for a thumbnail). */
+async function thumbnail(blob) {
+  const bmp = await createImageBitmap(blob);
+  const s = Math.min(bmp.width, bmp.height);
+  const canvas = new OffscreenCanvas(THUMB, THUMB);
+  canvas.getContext("2d").drawImage(bmp, (bmp.width - s) / 2, (bmp.height - s) / 2, s, s, 0, 0, THUMB, THUMB);
+  bmp.close();
+  const jpeg = await canvas.convertToBlob({ type: "image/jpeg", quality: 0.85 });
+  return new Promise((res) => {
+    const r = new FileReader();
+    r.onload = () => res(r.result);
+    r.readAsDataURL(jpeg);
+  });
+}
+
+export class BrowserEngine {
+  static async create(info) {
+    const engine = new BrowserEngine(info);
+    await engine.refresh();
+    return engine;
+  }
+
+  constructor(info) {
+    this.name = "browser";
+    this.info = info;
+    this.model = null;  // {name, bytes}: the model file never changes after export (checksummed)
+    this.session = null;
+    // onnxruntime-web, with the session made once and reused across reloads of the head state
+    this.ort = { Tensor: ort.Tensor, InferenceSession: { create: async (bytes, opts) => {
+      this.session ??= await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], ...opts });
+      return this.session;
+    } } };
+  }
+
+  async readFile(name) {
+    if (this.model?.name === name) return this.model.bytes;
+    const bytes = await fetchBytes(`/bundle/${encodeURIComponent(name)}`);
+    if (bytes && name === this.info.model_file) this.model = { name, bytes };
+    return bytes;
+  }
+
+  /** Re-read the bundle's state (head file + journal replay, verified against the manifest). */
+  async refresh() {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.bundle = await loadBundle({ readFile: (n) => this.readFile(n), ort: this.ort, verify: true });
+        return;
+      } catch (err) {  // an update between our reads replaced a file: read the new manifest
+        if (attempt >= 5) throw err;
+      }
+    }
+  }
+
+  async predict(item) {
+    const [p] = await this.bundle.predict([await pixels(item.blob)], { topK: this.info.default_top_k });
+    return p.top_k.map(([name, score]) => ({ class: name, score }));
+  }
+
+  /** Feature rows computed here, journaled by the server with store.add_examples. */
+  async teach(name, create, items) {
+    const images = await Promise.all(items.map((it) => pixels(it.blob)));
+    const { features, n } = await this.bundle.run(images);
+    const F = features.length / n;
+    const rows = Array.from({ length: n }, (_, i) => Array.from(features.subarray(i * F, (i + 1) * F)));
+    const thumbnails = await Promise.all(items.map((it) => thumbnail(it.blob)));
+    const url = create ? "/api/classes" : `/api/classes/${encodeURIComponent(name)}/examples`;
+    const body = JSON.stringify(create ? { name, features: rows, thumbnails } : { features: rows, thumbnails });
+    return api(url, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  }
+}
