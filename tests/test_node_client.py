@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgecl_runtime import Bundle, store
-from edgecl_runtime.preprocess import preprocess
+from edgecl_runtime.manifest import FORMAT_VERSION
+from edgecl_runtime.preprocess import preprocess, resize
 from tests.conftest import ROOT, class_images
 from tests.fixtures import copy_fixture
 
@@ -43,7 +44,9 @@ def save(tmp_path, name, images):
 
 def test_node_unit_tests():
     """runtime/js/test: format readers (safetensors header validation, npy, npz, ONNX metadata), journal, head."""
-    proc = subprocess.run([NODE, "--test", "test/"], cwd=JS, capture_output=True, text=True, timeout=300)
+    files = sorted(str(p.relative_to(JS)) for p in (JS / "test").glob("*.test.mjs"))
+    assert files
+    proc = subprocess.run([NODE, "--test", *files], cwd=JS, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
@@ -61,10 +64,18 @@ def test_preprocessing_matches_python(bundle_dir, tmp_path, shape):
         np.testing.assert_array_equal(got, ref)
 
 
-def test_predictions_agree_with_python_on_1000_images(bundle_dir, shapes_new, tmp_path):
+def odd_sized(images):
+    """The images resized to 45x41 (so both clients resize them back to the model's input size)."""
+    return np.clip(np.round(resize(images, (45, 41))), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", ["native", "45x41"])
+def test_predictions_agree_with_python_on_1000_images(bundle_dir, shapes_new, tmp_path, size):
     images = shapes_new[1].images  # 100 classes x 10, 70 of them unseen by the bundle
+    images = images if size == "native" else odd_sized(images)
     assert len(images) >= 500
     py = Bundle.load(bundle_dir)
+    assert run_node("info", bundle_dir)["format_version"] == py.manifest["format_version"] == FORMAT_VERSION
     scores = py.scores(images)
     pred = py.predict(images)
     js = run_node("predict", bundle_dir, save(tmp_path, "test", images))
@@ -184,3 +195,35 @@ def test_other_head_kinds_are_refused_clearly(bundle_dir):
     manifest.write_text(json.dumps(m))
     proc = run_node("info", bundle_dir, ok=False)
     assert proc.returncode == 1 and "IncompatibleBundleError" in proc.stderr and "prototype_cosine" in proc.stderr
+
+
+def test_compacted_and_rolled_back_bundles_match_python(bundle_dir, shapes_new):
+    """A base file from a compaction (with the folded update ids) and a rolled-back journal read as in Python."""
+    b = journaled(bundle_dir, shapes_new)
+    b.rollback(3)
+    b.compact()
+    assert b.manifest["head"]["file"].startswith("base-")
+    train = shapes_new[0]
+    for step in ("compacted", "added after"):
+        py = Bundle.load(bundle_dir)
+        js = run_node("info", bundle_dir, "--prototypes")
+        assert js["classes"] == py.classes and js["counts"] == py.head.counts.tolist() and js["seq"] == py.seq, step
+        np.testing.assert_array_equal(np.array(js["prototypes"], np.float32), py.head.prototypes, err_msg=step)
+        b.add_class("after-compaction", class_images(train, train.class_names[60], 3))
+
+
+def test_batches_replay_whole_or_not_at_all_as_in_python(bundle_dir, shapes_new):
+    """A multi-record append (store.add_batch) is replayed whole; cut short, it is dropped whole by both."""
+    train = shapes_new[0]
+    b = Bundle.load(bundle_dir)
+    b.add_class("first", class_images(train, train.class_names[70], 2))  # the journal's first record: a snapshot
+    store.add_batch(bundle_dir, [(f"batch-{c}", b.embed(class_images(train, train.class_names[c], 2))) for c in (71, 72, 73)])
+    jfile = bundle_dir / Bundle.load(bundle_dir).manifest["journal"]["file"]
+    for cut in (0, 7):  # the whole journal, then the last record torn
+        if cut:
+            jfile.write_bytes(jfile.read_bytes()[:-cut])
+        py = Bundle.load(bundle_dir)
+        js = run_node("info", bundle_dir, "--prototypes")
+        assert js["classes"] == py.classes and js["seq"] == py.seq
+        np.testing.assert_array_equal(np.array(js["prototypes"], np.float32), py.head.prototypes)
+        assert ("batch-71" in py.classes) == (cut == 0)

@@ -3,9 +3,11 @@
 // record = b"ECJ1" | payload length u32 LE | digest (32 bytes) | payload
 // payload = one-line ASCII JSON header | b"\n" | float32 LE rows (k x F)
 // digest = sha256(previous digest | payload), from genesis = sha256(b"edgecl-journal\0" + base.id).
+// The records of one multi-record append are marked batch: [i, n] and are applied all or none.
 // `sha256(bytes)` is injected (sync or async, returning 32 bytes): node:crypto in Node, WebCrypto elsewhere.
 
 import { CorruptBundleError } from "./errors.mjs";
+import { className } from "./names.mjs";
 
 export const MAGIC = "ECJ1";
 const PREFIX = 40;
@@ -42,6 +44,7 @@ export function decodePayload(payload) {
       || !Number.isInteger(h.seq) || typeof h.id !== "string" || typeof h.time !== "string") {
     throw new Error(`bad header ${text}`);
   }
+  if (className(h.class) !== h.class) throw new Error(`class name ${JSON.stringify(h.class)} is not in normal form`);
   let rows = null;
   if ("shape" in h) {
     const s = h.shape;
@@ -57,7 +60,7 @@ export function decodePayload(payload) {
   return { seq: h.seq, op: h.op, name: h.class, id: h.id, time: h.time, rows, extra };
 }
 
-async function checkRecord(data, pos, prevDigest, prevSeq, sha256) {
+async function checkRecord(data, pos, prevDigest, prevSeq, sha256, inBatch) {
   if (data.length - pos < PREFIX) return { problem: "incomplete record prefix" };
   const n = new DataView(data.buffer, data.byteOffset + pos + 4, 4).getUint32(0, true);
   if (!isMagic(data, pos) || n > MAX_PAYLOAD) return { problem: "bad record marker" };
@@ -72,7 +75,29 @@ async function checkRecord(data, pos, prevDigest, prevSeq, sha256) {
     return { problem: `unreadable record (${err.message})` };
   }
   if (rec.seq !== prevSeq + 1) return { problem: `sequence number ${rec.seq} after ${prevSeq}` };
+  const problem = batchProblem(rec, inBatch !== null, inBatch || 0);
+  if (problem) return { problem };
   return { rec: { ...rec, digest }, next: pos + PREFIX + n };
+}
+
+/** Why rec cannot follow the records read so far as far as multi-record batches go ("" if it can):
+ * records of one append are marked batch: [i, n] and apply all or none (journal.py _batch_problem). */
+function batchProblem(rec, open, done) {
+  const b = rec.extra.batch;
+  if (b === undefined) return open ? "a record outside the open batch" : "";
+  if (!(Array.isArray(b) && b.length === 2 && b.every(Number.isInteger) && b[0] >= 1 && b[0] <= b[1])) {
+    return `bad batch marker ${JSON.stringify(b)}`;
+  }
+  const expected = open ? done + 1 : 1;
+  return b[0] === expected ? "" : `batch record ${b[0]} where ${expected} was due`;
+}
+
+/** A batch cut short: none of it is applied, its bytes become the discarded tail (journal.py _drop_open_batch). */
+function dropOpenBatch(out, batch, size) {
+  const done = out.records.length - batch.count;
+  out.records.length = batch.count;
+  Object.assign(out, { end: batch.end, digest: batch.digest, seq: batch.seq, discarded: size - batch.pos });
+  out.problem = `incomplete batch of updates at byte ${out.end} (${done} records)${out.problem ? `, then ${out.problem}` : ""}`;
 }
 
 /** Whether a valid record chained to the damaged record at pos follows it (then that one was complete:
@@ -98,12 +123,14 @@ async function followedByChain(data, pos, prevDigest, sha256, limit = 1000) {
 
 /** Records of journal bytes `data` (read from byte `start` of the file), chained from `startDigest`/`startSeq`.
  * Stops at the first incomplete or invalid record: what follows is `discarded` (a torn write) unless a later
- * valid record chains from it, which is a CorruptBundleError. Each record gets `end` (file offset after it). */
+ * valid record chains from it, which is a CorruptBundleError; a multi-record append cut short is discarded
+ * whole. Each record gets `end` (file offset after it). */
 export async function scan(data, { start = 0, startDigest, startSeq, sha256 = webSha256, where = "journal" }) {
   const out = { records: [], end: start, digest: startDigest, seq: startSeq, discarded: 0, problem: "" };
-  let pos = 0;
+  let pos = 0, batch = null; // batch: the state before an open multi-record append
   while (pos < data.length) {
-    const { rec, next, problem } = await checkRecord(data, pos, out.digest, out.seq, sha256);
+    const inBatch = batch ? out.records.length - batch.count : null;
+    const { rec, next, problem } = await checkRecord(data, pos, out.digest, out.seq, sha256, inBatch);
     if (problem) {
       if (await followedByChain(data, pos, out.digest, sha256)) {
         throw new CorruptBundleError(`${where}: the record at byte ${start + pos} is damaged (${problem}) but later records `
@@ -113,11 +140,15 @@ export async function scan(data, { start = 0, startDigest, startSeq, sha256 = we
       out.problem = `${problem} at byte ${start + pos}`;
       break;
     }
+    const mark = rec.extra.batch;
+    if (mark && mark[0] === 1) batch = { count: out.records.length, end: out.end, digest: out.digest, seq: out.seq, pos };
     pos = next;
     rec.end = start + pos;
     out.records.push(rec);
     Object.assign(out, { end: rec.end, digest: rec.digest, seq: rec.seq });
+    if (mark && mark[0] === mark[1]) batch = null;
   }
+  if (batch) dropOpenBatch(out, batch, data.length);
   return out;
 }
 

@@ -10,7 +10,8 @@ const BASE = "a73d825fdab84f81b991aa49b826efd8";
 
 function record(prev, header, rows) {
   const body = rows ? new Uint8Array(Float32Array.from(rows).buffer) : new Uint8Array(0);
-  const payload = Buffer.concat([Buffer.from(JSON.stringify(header) + "\n", "ascii"), body]);
+  const ascii = JSON.stringify(header).replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  const payload = Buffer.concat([Buffer.from(ascii + "\n", "ascii"), body]);
   const digest = createHash("sha256").update(Buffer.concat([Buffer.from(prev, "hex"), payload])).digest();
   const prefix = Buffer.alloc(8);
   prefix.write("ECJ1", 0, "ascii");
@@ -18,11 +19,12 @@ function record(prev, header, rows) {
   return [Buffer.concat([prefix, digest, payload]), digest.toString("hex")];
 }
 
-async function journal(n) {
+async function journal(n, batches = {}) {
   let prev = await genesis(BASE, nodeSha256);
   const parts = [];
   for (let i = 1; i <= n; i++) {
-    const [bytes, d] = record(prev, { seq: i, op: "add", class: `c${i}`, id: `${i}`.padStart(16, "0"), time: "t", shape: [1, 2] }, [i, -i]);
+    const extra = batches[i] ? { batch: batches[i] } : {};
+    const [bytes, d] = record(prev, { seq: i, op: "add", class: `c${i}`, id: `${i}`.padStart(16, "0"), time: "t", shape: [1, 2], ...extra }, [i, -i]);
     parts.push(bytes);
     prev = d;
   }
@@ -86,4 +88,25 @@ test("resize weights rows sum to one", () => {
     const w = resizeWeights(i, o);
     for (let r = 0; r < o; r++) assert.ok(Math.abs(w.subarray(r * i, (r + 1) * i).reduce((a, b) => a + b, 0) - 1) < 1e-6);
   }
+});
+
+test("a multi-record append is applied whole or, cut short, not at all", async () => {
+  const opts = { startDigest: await genesis(BASE), startSeq: 0, sha256: nodeSha256 };
+  const data = await journal(4, { 2: [1, 3], 3: [2, 3], 4: [3, 3] });
+  assert.equal((await scan(data, opts)).records.length, 4);
+  const cut = await scan(data.subarray(0, data.length - 3), opts);
+  assert.deepEqual(cut.records.map((r) => r.seq), [1]);
+  assert.equal(cut.end + cut.discarded, data.length - 3);
+  assert.match(cut.problem, /^incomplete batch of updates at byte \d+ \(2 records\), then incomplete record/);
+  const open = await scan(await journal(2, { 1: [1, 2] }), opts); // record 2 is outside the open batch
+  assert.equal(open.records.length, 0);
+  assert.match(open.problem, /incomplete batch .* a record outside the open batch/);
+});
+
+test("a record whose class name is not NFC is unreadable", async () => {
+  const prev = await genesis(BASE);
+  const [bytes] = record(prev, { seq: 1, op: "remove_class", class: "Cafe\u0301", id: "0".repeat(16), time: "t" });
+  const s = await scan(new Uint8Array(bytes), { startDigest: prev, startSeq: 0, sha256: nodeSha256 });
+  assert.equal(s.records.length, 0);
+  assert.match(s.problem, /not in normal form/);
 });
