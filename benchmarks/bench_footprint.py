@@ -66,6 +66,19 @@ def case(name: str, args: list[str], work: Path, threads: int, repeats: int) -> 
     }
 
 
+NOTES = """
+Notes. Targets: bundle <= ONNX backbone + 20 MB for RanPAC M = 2048 on MobileNetV2@112 (the SimpleCIL
+row's model.onnx, 8.9 MB, is that backbone: 28.0 <= 28.9 MB; the RanPAC model.onnx holds the backbone and
+the 10.5 MB random projection, its head file 8.6 MB: G's upper triangle in float32, Q, weights); peak RSS at
+batch 1 <= 2 x ONNX + 100 MiB (met by every case but FeCAM on MobileNetV2: its precisions are C x D x D,
+6.5 MB per class at D = 1280, by the method's design; at D = 192 (the ViT) 147 KB per class, and it is met);
+predict at batch 1 <= 1.1 x the backbone alone (the "model to scores / to features" ratio, timed in
+alternating blocks on one preprocessed image; met by every head kind). The add-class update includes the
+journal append and its fsync; the first update of a ridge head also forms (G + lam I)^-1 (not in the
+median of the timed rounds). Other jobs shared the 2-core machine (load average above).
+"""
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Bundle footprint and overhead (format 3)\n", f"Command: `{result['command']}`  ",
              f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), load average at start "
@@ -77,6 +90,7 @@ def markdown(result: dict) -> str:
                      f"{r['peak_rss_b1_mib']:.0f} ({r['rss_target_mib']:.0f}) | {r['predict_b1_ms']:.2f} | "
                      f"{r['scores_b1_ms']:.2f} / {r['embed_b1_ms']:.2f} = x{r['head_overhead_b1']:.3f} | "
                      f"{r['add_class_update_ms']:.1f} |")
+    lines.append(NOTES)
     lines.append("\nPer case, the commands that made and measured it:\n")
     for name, r in result["cases"].items():
         lines.append(f"- {name}: " + "; ".join(f"`{c}`" for c in r["commands"]))

@@ -164,7 +164,8 @@ def topological_sort(graph) -> None:
 
 
 def metadata(kind: str, classes: list[str], preprocess: dict, head_inputs: dict, format_version: int) -> dict[str, str]:
-    """``metadata_props`` of ``model.onnx`` (strings every ONNX Runtime binding can read)."""
+    """``metadata_props`` of ``model.onnx``: string key/values stored in the ONNX file (Python's onnxruntime
+    returns them from ``get_modelmeta().custom_metadata_map``; runtime/js reads them from the protobuf)."""
     return {
         "edgecl.format_version": str(format_version),
         "edgecl.head_kind": kind,
