@@ -109,6 +109,7 @@ def run_experiment(
         f"average incremental accuracy {metrics.average_incremental:.2f}%, last {metrics.last:.2f}%, "
         f"forgetting {metrics.forgetting:.2f}"
     )
+    log(f"embeddings: {features.summary()}")
     result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test)
     if out_dir is not None:
         config = asdict(cfg) | {"class_order": scenario.class_order}

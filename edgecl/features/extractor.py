@@ -18,8 +18,8 @@ Later calls, other learners of a grid and other processes read the rows they
 need. A module that is still changing (``frozen=False``: EASE's per-task
 adapters, SLCA's slow learner, prompt pools) bypasses the store: exactly the
 requested rows are computed with eager torch. Without a store
-(``cache_dir=None``) every call computes its rows (the behaviour before the
-cache existed).
+(``cache_dir=None``) every call computes its rows (with ``engine="torch"``:
+the behaviour before the cache existed).
 
 The engine (``edgecl.features.engines``): ``auto`` measures the parity-checked
 candidates on a sample batch of a split of at least ``AUTO_MIN_IMAGES`` images
@@ -98,8 +98,10 @@ class FeatureExtractor:
               progress: Callable | None = None) -> torch.Tensor:
         """``(len(indices), D)`` float32 embeddings of ``dataset.images[indices]`` (all images if ``None``)."""
         idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-        if self.store is None or not frozen:
-            engine = torch_engine(module, self.device)
+        if not frozen:
+            return torch.from_numpy(self._run(torch_engine(module, self.device), dataset.images, idx, progress))
+        if self.store is None:
+            engine = self._engine(self.engine_kind(module, self.state_key(module), dataset), module, dataset)
             return torch.from_numpy(self._run(engine, dataset.images, idx, progress))
         matrix = self.matrix(module, dataset, progress)
         return torch.from_numpy(np.array(matrix[idx], dtype=np.float32))
@@ -117,6 +119,17 @@ class FeatureExtractor:
             compute = lambda: self._run(self._engine(kind, module, dataset), dataset.images, full, progress)  # noqa: E731
             self._matrices[key] = self.store.get_or_create(key, compute)
         return self._matrices[key]
+
+    def store_counts(self) -> dict[str, int] | None:
+        """Matrices read from the store (``hits``), computed into it (``misses``), invalid files rebuilt."""
+        s = self.store
+        return None if s is None else {"hits": s.hits, "misses": s.misses, "rebuilt": s.rebuilt}
+
+    def summary(self) -> str:
+        engines = ", ".join(sorted(set(self.engines_used.values()))) or "torch"
+        counts = self.store_counts()
+        cache = "no cache" if counts is None else f"cache hits {counts['hits']}, misses {counts['misses']}"
+        return f"engine {engines}, {cache}" + (f", {counts['rebuilt']} invalid file(s) rebuilt" if counts and counts["rebuilt"] else "")
 
     # ----------------------------------------------------------------- keys
     def preprocessing_key(self) -> str:
@@ -143,12 +156,15 @@ class FeatureExtractor:
     # -------------------------------------------------------------- engines
     def engine_kind(self, module: nn.Module, state: str, dataset) -> str:
         """The engine for ``module``: forced, recorded earlier (in this process or the store), or measured."""
+        if state not in self.engines_used:
+            self.engines_used[state] = self._choose_engine(module, state, dataset)
+        return self.engines_used[state]
+
+    def _choose_engine(self, module: nn.Module, state: str, dataset) -> str:
         if self.engine != "auto":
             return self.engine
         if self.device != "cpu" or len(dataset) < AUTO_MIN_IMAGES:
             return "torch"
-        if state in self.engines_used:
-            return self.engines_used[state]
         record = f"engine-{state}-t{self._threads()}-{torch.__version__}"
         kind = self.store.read_text(record) if self.store is not None else None
         if kind not in ENGINES:
@@ -156,7 +172,6 @@ class FeatureExtractor:
             self._engines[(state, kind)] = engine
             if self.store is not None:
                 self.store.write_text(record, kind)
-        self.engines_used[state] = kind
         return kind
 
     def _engine(self, kind: str, module: nn.Module, dataset) -> Engine:
