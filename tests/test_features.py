@@ -210,3 +210,19 @@ def test_forced_engine_is_used_and_in_the_key(tmp_path):
     np.testing.assert_allclose(out.numpy(), eager(net, ds, [0, 1, 2]), rtol=0, atol=PARITY_ATOL)
     extractor(tmp_path, engine="torch").embed(net, ds, [0])
     assert len(list(tmp_path.glob("*.emb"))) == 2
+
+
+@pytest.mark.parametrize("learner,args", [("simplecil", {}), ("ranpac", {"M": 256})])
+def test_cached_run_gives_the_accuracy_of_an_uncached_one(tmp_path, monkeypatch, learner, args):
+    """Through the experiment: the cache (cold, then warm) changes no accuracy figure; training rows keep
+    the loader's order (RanPAC's validation split depends on it)."""
+    from edgecl.experiment import RunConfig, run_experiment
+
+    def run(cache):
+        cfg = RunConfig(dataset="shapes:20", learner=learner, learner_args=args, engine="torch", embedding_cache=cache)
+        return run_experiment(cfg, log=lambda s: None)
+
+    monkeypatch.setattr("edgecl.experiment.default_cache_dir", lambda: tmp_path)
+    plain, cold, warm = run(False), run(True), run(True)
+    assert cold.learner.features.store.misses == 2 and warm.learner.features.store.hits == 2
+    assert plain.metrics.overall == cold.metrics.overall == warm.metrics.overall

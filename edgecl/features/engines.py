@@ -1,6 +1,6 @@
 """Inference engines for a frozen embedding module: images ``(N, C, H, W)`` float32 -> ``(N, D)`` float32.
 
-* ``torch``: the module itself, eager, under ``torch.inference_mode`` (the reference).
+* ``torch``: the module itself, eager, under ``torch.no_grad`` (the reference).
 * ``torch-fused``: traced and frozen TorchScript with ``optimize_for_inference``
   (BatchNorm folded into the convolutions, oneDNN layouts on CPU).
 * ``onnx``: the graph exported with the exporter's own ``export_onnx`` (the
@@ -38,7 +38,7 @@ class EngineError(RuntimeError):
 
 def torch_engine(module: nn.Module, device: str = "cpu") -> Engine:
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: modules still in training may keep tensors for autograd
             return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
     return run

@@ -98,7 +98,7 @@ class FeatureExtractor:
               progress: Callable | None = None) -> torch.Tensor:
         """``(len(indices), D)`` float32 embeddings of ``dataset.images[indices]`` (all images if ``None``)."""
         idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-        if not frozen:
+        if not frozen or (self.store is None and self.engine == "torch"):
             return torch.from_numpy(self._run(torch_engine(module, self.device), dataset.images, idx, progress))
         if self.store is None:
             engine = self._engine(self.engine_kind(module, self.state_key(module), dataset), module, dataset)
