@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -62,6 +63,7 @@ def loadavg() -> list[float]:
 
 def before_tree(commit: str, dest: Path) -> list[str]:
     """``commit``'s sources under ``dest``; the ``PYTHONPATH`` entries that import them first."""
+    dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return [str(dest), str(dest / "runtime"), str(dest / "export")]
@@ -76,14 +78,18 @@ def linked_cache(real: Path, dest: Path) -> Path:
     return dest
 
 
-def run_variant(config: dict, threads: int, env: dict, out_dir: str = "") -> dict:
-    t0 = time.perf_counter()
+def run_variant(config: dict, threads: int, env: dict, cwd: Path, out_dir: str = "") -> dict:
+    """One run in a fresh process started in ``cwd`` (not the repository: ``python -c`` imports from its
+    working directory first); wall time and the CPU time (user + system) of the process."""
+    t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", DRIVER.format(threads=threads), json.dumps(config), out_dir],
-                          env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+                          env=env, capture_output=True, text=True, cwd=cwd)
+    wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"variant failed:\n{proc.stderr[-3000:]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": round(wall, 2), "loadavg_after": loadavg()}
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "loadavg_after": loadavg()}
 
 
 def e2e(args, work: Path) -> dict:
@@ -99,10 +105,11 @@ def e2e(args, work: Path) -> dict:
         after_env = dict(env, EDGECL_CACHE_DIR=str(cache))
         row = {"loadavg_before": loadavg()}
         variants = {
-            "before": lambda: run_variant(base, args.threads, before_env),
-            "torch-nocache": lambda: run_variant({**base, "engine": "torch", "embedding_cache": False}, args.threads, env),
-            "cold": lambda: run_variant(base, args.threads, after_env),
-            "warm": lambda: run_variant(base, args.threads, after_env, out_dir=str(work / "run-warm")),
+            "before": lambda: run_variant(base, args.threads, before_env, work),
+            "torch-nocache": lambda: run_variant({**base, "engine": "torch", "embedding_cache": False}, args.threads,
+                                                 env, work),
+            "cold": lambda: run_variant(base, args.threads, after_env, work),
+            "warm": lambda: run_variant(base, args.threads, after_env, work, out_dir=str(work / "run-warm")),
         }
         for v in args.variants.split(","):
             row[v] = variants[v]()
@@ -110,9 +117,12 @@ def e2e(args, work: Path) -> dict:
         print(json.dumps(row), flush=True)
     variants = args.variants.split(",")
     wall = {v: statistics.median(row[v]["wall_s"] for row in rounds) for v in variants}
+    cpu = {v: statistics.median(row[v]["cpu_s"] for row in rounds) for v in variants}
     same = all(row[v]["accuracy"] == row["before"]["accuracy"] for row in rounds for v in variants)
     speedups = {f"speedup_{v}": round(wall["before"] / wall[v], 2) for v in variants if v != "before" and "before" in wall}
-    return {"config": base, "rounds": rounds, "median_wall_s": wall, "identical_accuracy": same, **speedups}
+    cpu_speedups = {f"cpu_speedup_{v}": round(cpu["before"] / cpu[v], 2) for v in variants if v != "before" and "before" in cpu}
+    return {"config": base, "rounds": rounds, "median_wall_s": wall, "median_cpu_s": cpu, "identical_accuracy": same,
+            **speedups, **cpu_speedups}
 
 
 def throughput(args, work: Path) -> dict:
@@ -195,12 +205,14 @@ def markdown(report: dict) -> str:
     if e:
         lines += ["## End to end", "", f"Config: `{json.dumps(e['config'])}`, {len(e['rounds'])} round(s), variants "
                   "interleaved in each round, each in a fresh process.", "",
-                  "| variant | median wall (s) | last | avg-inc | embeddings |", "|---|---|---|---|---|"]
+                  "| variant | median wall (s) | median CPU (s) | last | avg-inc | embeddings |", "|---|---|---|---|---|---|"]
         for v, wall in e["median_wall_s"].items():
             run = e["rounds"][-1][v]
-            lines.append(f"| {v} | {wall:.1f} | {run['last']:.2f} | {run['average_incremental']:.2f} | {run['embeddings'] or '(before)'} |")
+            lines.append(f"| {v} | {wall:.1f} | {e['median_cpu_s'][v]:.1f} | {run['last']:.2f} | "
+                         f"{run['average_incremental']:.2f} | {run['embeddings'] or '(code before the service)'} |")
         speedups = ", ".join(f"{k[len('speedup_'):]} {v}x" for k, v in e.items() if k.startswith("speedup_"))
-        lines += ["", f"Speed-up over before (median wall): {speedups}. "
+        cpu_speedups = ", ".join(f"{k[len('cpu_speedup_'):]} {v}x" for k, v in e.items() if k.startswith("cpu_speedup_"))
+        lines += ["", f"Speed-up over before, wall: {speedups}; CPU time: {cpu_speedups}. "
                   f"Accuracy after every task identical in all variants: {e['identical_accuracy']}.", ""]
     t = report.get("throughput")
     if t:

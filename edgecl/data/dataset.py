@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from edgecl_runtime.preprocess import preprocess
+
+
+T = TypeVar("T")
+
+
+def prefetched(fn: Callable[..., T], items: Iterable) -> Iterator[T]:
+    """``fn(item)`` for each item, in order, computing the next one on a worker thread while the caller
+    works on the current one (preprocessing is numpy, which releases the GIL)."""
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pending = pool.submit(fn, next(items))
+        except StopIteration:
+            return
+        for item in items:
+            current, pending = pending, pool.submit(fn, item)
+            yield current.result()
+        yield pending.result()
 
 
 @dataclass
@@ -84,7 +103,10 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.next_order()
-        for i in range(0, len(order), self.batch_size):
+
+        def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[i : i + self.batch_size]
             x = preprocess(self.dataset.images[idx], self.input_size, self.mean, self.std)
-            yield torch.from_numpy(x), torch.from_numpy(self.dataset.labels[idx])
+            return torch.from_numpy(x), torch.from_numpy(self.dataset.labels[idx])
+
+        yield from prefetched(batch, range(0, len(order), self.batch_size))

@@ -32,7 +32,6 @@ the current one.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -194,19 +193,14 @@ class FeatureExtractor:
         """``engine`` over ``images[idx]`` in batches; the next batch is preprocessed on a worker thread."""
         from edgecl_runtime.preprocess import preprocess
 
-        starts = list(range(0, len(idx), self.batch_size))
-        if not starts:
-            return np.zeros((0, 0), np.float32)
+        from ..data.dataset import prefetched
 
         def prep(i: int) -> np.ndarray:
             return preprocess(images[idx[i : i + self.batch_size]], self.input_size, self.mean, self.std)
 
-        out = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(prep, starts[0])
-            for k in progress(range(len(starts))) if progress else range(len(starts)):
-                x = pending.result()
-                if k + 1 < len(starts):
-                    pending = pool.submit(prep, starts[k + 1])
-                out.append(engine(x))
-        return np.concatenate(out).astype(np.float32, copy=False)
+        starts = range(0, len(idx), self.batch_size)
+        batches = prefetched(prep, starts)
+        if progress:  # the bar needs a length: it runs over the batch starts, in step with the batches
+            batches = (x for _, x in zip(progress(starts), batches))
+        out = [engine(x) for x in batches]
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), np.float32)
