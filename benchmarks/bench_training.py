@@ -200,7 +200,8 @@ def engines_by_backbone(args) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# {report['name']}", "", f"Command: `{report['command']}`", "",
-             f"Machine: {report['machine']}; load average before {report['loadavg_before']}, after {report['loadavg_after']}.", ""]
+             f"Machine: {report['machine']}; load average before {report['loadavg_before']}, after {report['loadavg_after']}.", "",
+             *[p for note in report.get("notes", []) for p in (note, "")]]
     e = report.get("e2e")
     if e:
         lines += ["## End to end", "", f"Config: `{json.dumps(e['config'])}`, {len(e['rounds'])} round(s), variants "
@@ -246,16 +247,25 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engine-backbones", default="mobilenetv2-imagenet@96,edgecl-resnet10t,edgecl-vit-tiny")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--note", action="append", default=[], help="a paragraph for the .md (kept in the .json)")
+    p.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json (with --note added)")
     args = p.parse_args()
     if args.before_commit is None:
         args.before_commit = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                             capture_output=True, text=True).stdout.strip()
     import platform
 
+    if args.table_only:
+        path = Path(args.out) / f"{args.name}.json"
+        report = json.loads(path.read_text())
+        report["notes"] = report.get("notes", []) + args.note
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        (Path(args.out) / f"{args.name}.md").write_text(markdown(report))
+        return
     report = {"name": args.name, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
               "before_commit": args.before_commit, "threads": args.threads,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
-              "loadavg_before": loadavg()}
+              "loadavg_before": loadavg(), "notes": args.note}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         work = Path(tmp)
         if "e2e" in args.parts:
