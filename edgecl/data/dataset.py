@@ -15,6 +15,15 @@ from edgecl_runtime.preprocess import preprocess
 T = TypeVar("T")
 
 
+def preprocess_rows(images: np.ndarray, idx: np.ndarray, input_size, mean, std) -> np.ndarray:
+    """``preprocess(images[idx])`` on one BLAS thread, as the runtime does: the resize's small matrix
+    products are many times slower with OpenBLAS threads competing with the model's."""
+    from edgecl_runtime import blas
+
+    with blas.limit(1):
+        return preprocess(images[idx], input_size, mean, std)
+
+
 def prefetched(fn: Callable[..., T], items: Iterable) -> Iterator[T]:
     """``fn(item)`` for each item, in order, computing the next one on a worker thread while the caller
     works on the current one (preprocessing is numpy, which releases the GIL)."""
@@ -106,7 +115,7 @@ class BatchLoader:
 
         def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[i : i + self.batch_size]
-            x = preprocess(self.dataset.images[idx], self.input_size, self.mean, self.std)
+            x = preprocess_rows(self.dataset.images, idx, self.input_size, self.mean, self.std)
             return torch.from_numpy(x), torch.from_numpy(self.dataset.labels[idx])
 
         yield from prefetched(batch, range(0, len(order), self.batch_size))

@@ -184,19 +184,18 @@ class FeatureExtractor:
         return int(self.threads or torch.get_num_threads())
 
     def _sample(self, dataset) -> np.ndarray:
-        from edgecl_runtime.preprocess import preprocess
+        from ..data.dataset import preprocess_rows
 
-        return preprocess(dataset.images[:SAMPLE_BATCH], self.input_size, self.mean, self.std)
+        return preprocess_rows(dataset.images, np.arange(min(SAMPLE_BATCH, len(dataset))), self.input_size, self.mean,
+                               self.std)
 
     # -------------------------------------------------------------- batches
     def _run(self, engine: Engine, images: np.ndarray, idx: np.ndarray, progress: Callable | None) -> np.ndarray:
         """``engine`` over ``images[idx]`` in batches; the next batch is preprocessed on a worker thread."""
-        from edgecl_runtime.preprocess import preprocess
-
-        from ..data.dataset import prefetched
+        from ..data.dataset import prefetched, preprocess_rows
 
         def prep(i: int) -> np.ndarray:
-            return preprocess(images[idx[i : i + self.batch_size]], self.input_size, self.mean, self.std)
+            return preprocess_rows(images, idx[i : i + self.batch_size], self.input_size, self.mean, self.std)
 
         starts = range(0, len(idx), self.batch_size)
         batches = prefetched(prep, starts)
