@@ -21,11 +21,12 @@ optional input size: ``mobilenetv2-imagenet@64``; ``--img-size`` sets it for eve
 backbone that can change it (not the embedded ones). A timm model needs
 ``--weights NAME=FILE``.
 
-Embedding cache: for learners that only ever run images through the frozen
-backbone (``FROZEN_BACKBONE_LEARNERS``, e.g. SimpleCIL), the backbone is wrapped
-so that an image's embedding is computed once per process and reused by every
-seed and protocol (key: hash of the preprocessed input, so it is exact). Learners
-that train or hook into the backbone are never cached. ``--no-cache`` turns it off.
+Embeddings: every run embeds through ``edgecl.features`` (the experiment's
+``FeatureExtractor``): each image is embedded once per frozen module state and
+kept under ``$EDGECL_CACHE_DIR/embeddings``, so the runs of a grid that share a
+backbone and data set (every seed, protocol and frozen-backbone learner) reuse
+one computation; ``--engine`` picks the engine (default auto), ``--no-cache``
+recomputes everything in every run (as before the cache existed).
 
 Example (the SimpleCIL table of issue 5)::
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -51,15 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Learners whose training and inference only call the frozen backbone's forward:
-# their embeddings can be cached across runs. Add a learner here only if that holds.
-FROZEN_BACKBONE_LEARNERS = {"simplecil", "fecam", "ranpac"}
-
-
-def frozen_backbone(learner: str, hparams: dict[str, Any]) -> bool:
-    """True if this learner with these hyper-parameters only calls the frozen backbone (RanPAC: no first-session PEFT)."""
-    return learner in FROZEN_BACKBONE_LEARNERS and hparams.get("first_session", "none") == "none"
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -115,52 +106,6 @@ def _split(text: str) -> list[str]:
     if not items:
         raise ValueError(f"empty list: {text!r}")
     return items
-
-
-# ------------------------------------------------------------- embedding cache
-class EmbeddingCache:
-    """Embeddings of preprocessed images, keyed by (backbone weights, input bytes): exact reuse."""
-
-    def __init__(self):
-        self.store: dict[tuple[str, bytes], Any] = {}
-        self.hits = self.misses = 0
-
-    def wrap(self, backbone):
-        """A ``Backbone`` computing through this cache (same spec and model, so runs save as usual)."""
-        import torch
-
-        from edgecl.backbones import Backbone
-
-        cache = self
-        key_prefix = f"{backbone.spec.weights_sha256 or backbone.spec.weights}:{backbone.spec.input_size}"
-
-        class CachedBackbone(Backbone):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                arr = np.ascontiguousarray(x.detach().cpu().numpy())
-                keys = [(key_prefix, hashlib.blake2b(row.tobytes(), digest_size=16).digest()) for row in arr]
-                todo = [i for i, k in enumerate(keys) if k not in cache.store]
-                if todo:
-                    with torch.no_grad():
-                        new = self.model(x[todo]).detach().cpu()
-                    for i, e in zip(todo, new):
-                        cache.store[keys[i]] = e.clone()
-                cache.misses += len(todo)
-                cache.hits += len(keys) - len(todo)
-                return torch.stack([cache.store[k] for k in keys]).to(x.device)
-
-        return CachedBackbone(backbone.model, backbone.spec)
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Make ``run_experiment`` build cached backbones (it creates the backbone itself)."""
-        from edgecl import experiment
-
-        original = experiment.create_backbone
-        experiment.create_backbone = lambda *a, **k: self.wrap(original(*a, **k))
-        try:
-            yield self
-        finally:
-            experiment.create_backbone = original
 
 
 # ----------------------------------------------------------------- machine info
@@ -241,14 +186,12 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "notes": list(args.note),
         "runs": [],
     }
-    cache = EmbeddingCache()
     n_classes = {d: _num_classes(d, args.data_seed, args.train_per_class, args.test_per_class) for d in datasets}
     total = len(learners) * len(backbones) * len(datasets) * len(protocols) * len(seeds)
     i = 0
     # Backbone-major order: one backbone's embeddings are reused by every run that follows.
     for bb in backbones:
         for dataset in datasets:
-            cache.store.clear()  # keep memory to one (backbone, dataset) at a time
             for learner in learners:
                 for proto in protocols:
                     for seed in seeds:
@@ -258,7 +201,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             learner=learner, learner_args=learner_args.get(learner, {}), init_cls=proto.init_cls(n_classes[dataset]),
                             increment=proto.increment, order_seed=seed, data_seed=args.data_seed,
                             batch_size=args.batch_size, train_per_class=args.train_per_class,
-                            test_per_class=args.test_per_class,
+                            test_per_class=args.test_per_class, engine=args.engine, embedding_cache=args.cache,
                         )
                         stub = {"config": asdict(cfg), "backbone": bb.label, "protocol": proto.label}
                         reached.add(run_key(stub))
@@ -266,11 +209,10 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             report["runs"].append(done[run_key(stub)])
                             log(f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: done before")
                             continue
-                        use_cache = args.cache and frozen_backbone(learner, cfg.learner_args)
                         t0 = time.perf_counter()
-                        with cache.installed() if use_cache else contextlib.nullcontext():
-                            result = run_experiment(cfg, log=lambda s: None)
+                        result = run_experiment(cfg, log=lambda s: None)
                         wall = time.perf_counter() - t0
+                        features = result.learner.features
                         m = result.metrics
                         seen = np.cumsum([len(t) for t in result.scenario.tasks]).tolist()
                         spec = result.learner.backbone.spec
@@ -284,14 +226,16 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
                             "last": m.last,
                             "forgetting": m.forgetting,
                             "wall_time_s": round(wall, 2),
-                            "embedding_cache": use_cache,
+                            "embedding_cache": args.cache,
+                            "embedding_engines": sorted(set(features.engines_used.values())),
+                            "embedding_store": features.store_counts(),
                             "backbone_spec": {"name": spec.name, "timm_name": spec.timm_name,
                                               "input_size": list(spec.input_size), "weights_sha256": spec.weights_sha256},
                         })
                         log(
                             f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: "
                             f"avg-inc {m.average_incremental:.2f} last {m.last:.2f} forgetting {m.forgetting:.2f} "
-                            f"({wall:.1f} s{', cached embeddings' if use_cache else ''})"
+                            f"({wall:.1f} s; embeddings {features.summary()})"
                         )
                         write_json(with_previous(report, done, reached), out_json)
     report = with_previous(report, done, reached)
@@ -459,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 when other work shares the CPU)")
-    p.add_argument("--no-cache", dest="cache", action="store_false", help="never reuse embeddings across runs")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="no embedding cache: every run embeds every image again, after every task")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-fused", "onnx"],
+                   help="embedding engine of frozen modules (see edgecl.features.engines)")
     p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
     p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")

@@ -11,6 +11,7 @@ import torch
 
 from .backbones import DEFAULT_BACKBONE, create_backbone
 from .data import ArrayDataset, BatchLoader, load_dataset
+from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner
 from .protocol import ClassIncremental, IncrementalMetrics
 from .rundir import save_run
@@ -33,6 +34,8 @@ class RunConfig:
     test_per_class: int = 10  # embedded shapes only
     test_fraction: float = 0.2  # sources without a fixed test split
     device: str = "cpu"
+    engine: str = "auto"  # embedding engine for frozen modules: auto | torch | torch-fused | onnx
+    embedding_cache: bool = True  # embed each image once per module state (edgecl.features)
 
 
 @dataclass
@@ -46,9 +49,22 @@ class RunResult:
     test: ArrayDataset  # remapped
 
 
-def evaluate(learner, ds: ArrayDataset, spec, batch_size: int = 256) -> np.ndarray:
-    loader = BatchLoader(ds, spec.input_size, spec.mean, spec.std, batch_size)
-    return torch.cat([learner.predict(x) for x, _ in loader]).numpy()
+def evaluate(learner, ds: ArrayDataset, spec, batch_size: int = 256, indices=None,
+             features: FeatureExtractor | None = None) -> np.ndarray:
+    """Predicted class of each image of ``ds`` (of its rows ``indices``), embedded through ``features``
+    (default: no cache, eager torch) and scored by ``learner.scores`` in batches of ``batch_size``."""
+    if features is None:
+        features = FeatureExtractor(spec.input_size, spec.mean, spec.std, batch_size=batch_size, engine="torch",
+                                    device=learner.device)
+    feats = features.embed(learner.embedding_module(), ds, indices, frozen=learner.embedding_frozen)
+    preds = [learner.scores(feats[i : i + batch_size]).argmax(dim=1) for i in range(0, len(feats), batch_size)]
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def make_features(cfg: RunConfig, spec) -> FeatureExtractor:
+    """The run's embedding service: cached under the edgecl cache directory unless ``cfg.embedding_cache`` is off."""
+    return FeatureExtractor(spec.input_size, spec.mean, spec.std, engine=cfg.engine, device=cfg.device,
+                            cache_dir=default_cache_dir() if cfg.embedding_cache else None)
 
 
 def run_experiment(
@@ -75,15 +91,15 @@ def run_experiment(
     scenario = ClassIncremental(train.num_classes, cfg.init_cls, cfg.increment, seed=cfg.order_seed)
     train, test = scenario.remap(train), scenario.remap(test)
     learner = create_learner(cfg.learner, backbone, device=cfg.device, **cfg.learner_args)
+    learner.features = features = make_features(cfg, spec)
     metrics = IncrementalMetrics()
     log(f"{cfg.learner} on {cfg.dataset} with {spec.name} ({spec.weights}); {scenario.describe()}")
     for t, classes in enumerate(scenario.tasks):
-        loader = BatchLoader(
-            scenario.task_data(train, t), spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True, seed=t
-        )
+        loader = BatchLoader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True, seed=t,
+                             indices=scenario.task_indices(train, t))
         learner.fit_task(loader, progress=bar(f"task {t + 1}/{scenario.num_tasks}"))
-        seen = scenario.seen_data(test, t)
-        metrics.record(seen.labels, evaluate(learner, seen, spec), scenario.tasks)
+        seen = scenario.seen_indices(test, t)
+        metrics.record(test.labels[seen], evaluate(learner, test, spec, indices=seen, features=features), scenario.tasks)
         chance = 100.0 / (classes[-1] + 1)
         log(
             f"task {t + 1}/{scenario.num_tasks}: classes {classes[0]}-{classes[-1]}, "
@@ -93,6 +109,7 @@ def run_experiment(
         f"average incremental accuracy {metrics.average_incremental:.2f}%, last {metrics.last:.2f}%, "
         f"forgetting {metrics.forgetting:.2f}"
     )
+    log(f"embeddings: {features.summary()}")
     result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test)
     if out_dir is not None:
         config = asdict(cfg) | {"class_order": scenario.class_order}

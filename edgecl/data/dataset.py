@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from edgecl_runtime.preprocess import preprocess
+
+
+T = TypeVar("T")
+
+
+def preprocess_rows(images: np.ndarray, idx: np.ndarray, input_size, mean, std) -> np.ndarray:
+    """``preprocess(images[idx])`` on one BLAS thread, as the runtime does: the resize's small matrix
+    products are many times slower with OpenBLAS threads competing with the model's."""
+    from edgecl_runtime import blas
+
+    with blas.limit(1):
+        return preprocess(images[idx], input_size, mean, std)
+
+
+def prefetched(fn: Callable[..., T], items: Iterable) -> Iterator[T]:
+    """``fn(item)`` for each item, in order, computing the next one on a worker thread while the caller
+    works on the current one (preprocessing is numpy, which releases the GIL)."""
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pending = pool.submit(fn, next(items))
+        except StopIteration:
+            return
+        for item in items:
+            current, pending = pending, pool.submit(fn, item)
+            yield current.result()
+        yield pending.result()
 
 
 @dataclass
@@ -38,11 +66,15 @@ class ArrayDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def class_indices(self, classes: Sequence[int]) -> np.ndarray:
+        """Rows whose label is in ``classes``, ascending."""
+        return np.flatnonzero(np.isin(self.labels, np.asarray(list(classes), dtype=np.int64)))
+
     def select_classes(self, classes: Sequence[int]) -> "ArrayDataset":
         """The samples whose label is in ``classes`` (labels unchanged)."""
-        mask = np.isin(self.labels, np.asarray(list(classes), dtype=np.int64))
-        domains = None if self.domains is None else self.domains[mask]
-        return ArrayDataset(self.images[mask], self.labels[mask], self.class_names, domains)
+        idx = self.class_indices(classes)
+        domains = None if self.domains is None else self.domains[idx]
+        return ArrayDataset(self.images[idx], self.labels[idx], self.class_names, domains)
 
     def relabel(self, order: Sequence[int]) -> "ArrayDataset":
         """Relabel so that class ``order[i]`` becomes label ``i``."""
@@ -53,7 +85,8 @@ class ArrayDataset:
 
 
 class BatchLoader:
-    """Re-iterable batches of preprocessed ``(x, y)`` torch tensors."""
+    """Re-iterable batches of preprocessed ``(x, y)`` torch tensors of ``dataset`` (of its rows ``indices``
+    if given, e.g. one task's images of a whole split; every pass reshuffles them when ``shuffle``)."""
 
     def __init__(
         self,
@@ -64,21 +97,30 @@ class BatchLoader:
         batch_size: int = 64,
         shuffle: bool = False,
         seed: int = 0,
+        indices: Sequence[int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.dataset = dataset
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
         self.batch_size, self.shuffle = batch_size, shuffle
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return -(-len(self.indices) // self.batch_size)
+
+    def next_order(self) -> np.ndarray:
+        """The dataset rows of the next pass, in its order (drawing the shuffle, as iterating does)."""
+        n = len(self.indices)
+        return self.indices[self._rng.permutation(n)] if self.shuffle else self.indices
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.dataset)
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
-        for i in range(0, n, self.batch_size):
+        order = self.next_order()
+
+        def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[i : i + self.batch_size]
-            x = preprocess(self.dataset.images[idx], self.input_size, self.mean, self.std)
-            yield torch.from_numpy(x), torch.from_numpy(self.dataset.labels[idx])
+            x = preprocess_rows(self.dataset.images, idx, self.input_size, self.mean, self.std)
+            return torch.from_numpy(x), torch.from_numpy(self.dataset.labels[idx])
+
+        yield from prefetched(batch, range(0, len(order), self.batch_size))

@@ -75,6 +75,10 @@ class FirstSessionPeft(PrototypeLearner):
     def embedding_module(self) -> nn.Module:
         return self._embedding
 
+    @property
+    def embedding_frozen(self) -> bool:
+        return self.adapted  # PEFT trained on the first task, then frozen for good
+
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         classes = task_labels(loader)
         if not self.adapted:

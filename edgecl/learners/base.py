@@ -7,6 +7,13 @@ a loader of ``(x, y)`` batches whose labels are global class indices (task
 classes seen so far. ``state``/``load_state`` round-trip the learned state as
 numpy arrays; ``embedding_module`` and ``export_head`` tell the exporter what
 goes into ``backbone.onnx`` and the runtime head.
+
+Scoring is split in two: ``embedding_module()`` maps images to embeddings and
+``scores`` maps embeddings to class scores (``logits`` is both). Embeddings
+of a ``BatchLoader``'s images go through ``self.features``, the experiment's
+``edgecl.features.FeatureExtractor`` (by default one without a cache, eager
+torch), which reuses them while ``embedding_frozen`` says the embedding
+module no longer changes in this run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,13 @@ class Learner(abc.ABC):
         self.device = device
         self.hparams = hparams
         self.num_classes = 0
+        self.features = None  # an edgecl.features.FeatureExtractor; the experiment sets its own
+
+    @property
+    def embedding_frozen(self) -> bool:
+        """True when ``embedding_module()`` will not change any more in this run (its embeddings can be
+        computed once for a whole data split and reused); learners that train it later override this."""
+        return True
 
     # ------------------------------------------------------------ training
     @abc.abstractmethod
@@ -38,8 +52,13 @@ class Learner(abc.ABC):
 
     # ----------------------------------------------------------- inference
     @abc.abstractmethod
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, num_classes)`` for embeddings ``feats`` ``(N, D)`` of ``embedding_module()`` (CPU)."""
+
+    @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Scores ``(N, num_classes)`` for preprocessed images ``x``."""
+        return self.scores(self.embedding_module()(x.to(self.device)).float().cpu())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,12 +66,28 @@ class Learner(abc.ABC):
 
     @torch.no_grad()
     def embed(self, loader, progress: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone embeddings and labels of every batch of ``loader``."""
+        """Embeddings and labels of one pass over ``loader`` (in its order); a ``BatchLoader``'s through
+        ``self.features``, any other iterable of ``(x, y)`` batch by batch."""
+        from ..data import BatchLoader
+
+        if isinstance(loader, BatchLoader):
+            idx = loader.next_order()
+            features = self.features or self.default_features(loader)
+            feats = features.embed(self.embedding_module(), loader.dataset, idx, frozen=self.embedding_frozen,
+                                   progress=progress)
+            return feats, torch.from_numpy(loader.dataset.labels[idx])
         feats, labels = [], []
         for x, y in progress(loader) if progress else loader:
             feats.append(self.embedding_module()(x.to(self.device)).float().cpu())
             labels.append(y)
         return torch.cat(feats), torch.cat(labels)
+
+    def default_features(self, loader):
+        """No cache, eager torch: every call embeds its images (a learner used outside an experiment)."""
+        from ..features import FeatureExtractor
+
+        return FeatureExtractor(loader.input_size, loader.mean, loader.std, batch_size=loader.batch_size,
+                                engine="torch", device=self.device)
 
     # ------------------------------------------------------- state, export
     @abc.abstractmethod

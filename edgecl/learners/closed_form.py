@@ -32,11 +32,10 @@ class HeadLearner(ConfiguredLearner):
         self.head = None
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
         if self.head is None:
             raise RuntimeError(f"{self.name} has not learned any class yet")
-        emb = self.embedding_module()(x.to(self.device)).float().cpu().numpy()
-        return torch.from_numpy(self.head.scores(emb))
+        return torch.from_numpy(self.head.scores(feats.numpy()))
 
     def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
         return self.head.kind, self.head.arrays()

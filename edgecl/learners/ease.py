@@ -162,15 +162,18 @@ class EASE(PrototypeLearner):
         hp = self.hparams
         return subspace_weights(self.task_of_class, len(self.adapters), hp["alpha"], hp["beta"], self.offset)
 
+    @property
+    def embedding_frozen(self) -> bool:
+        return False  # a new adapter (subspace) every task
+
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
         if not self.hparams["reweight"]:
-            return super().logits(x)
+            return super().scores(feats)
         from edgecl_runtime.heads.subspace import SubspaceCosineHead  # the exported head scores here too
 
         _, arrays = self.export_head()
-        feats = self.embedding_module()(x.to(self.device)).float().cpu().numpy()
-        return torch.from_numpy(SubspaceCosineHead(**arrays).scores(feats))
+        return torch.from_numpy(SubspaceCosineHead(**arrays).scores(feats.numpy()))
 
     def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
         kind, arrays = super().export_head()

@@ -139,9 +139,12 @@ class PromptLearner(Learner):
     def embedding_module(self) -> nn.Module:
         return self.net
 
+    @property
+    def embedding_frozen(self) -> bool:
+        return False  # the prompt pool trains on every task
+
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.net(x.to(self.device)).float().cpu()
+    def scores(self, emb: torch.Tensor) -> torch.Tensor:
         if self.hp["head"] == "linear":
             return emb @ self.weight.T + self.bias
         return F.normalize(emb, dim=1) @ F.normalize(self.prototypes, dim=1).T

@@ -81,8 +81,7 @@ class PrototypeLearner(ConfiguredLearner):
         return self.means.float()
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.embedding_module()(x.to(self.device)).float().cpu()
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(feats, dim=1) @ F.normalize(self.prototypes, dim=1).T
 
     # ------------------------------------------------------- state, export

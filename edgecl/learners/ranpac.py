@@ -65,13 +65,18 @@ class RanPAC(HeadLearner):
             raise ValueError("ranpac: M (0: no random projection) and adapt_epochs must be >= 0")
         rng = np.random.default_rng(hp["seed"])
         self.W_rand = rng.standard_normal((backbone.embedding_dim, hp["M"])).astype(np.float32) if hp["M"] else None
-        self.peft = None
+        self.peft, self.adapted = None, False
         if hp["first_session"] != "none":
             self.peft = PeftModel(self.backbone.model, hp["first_session"], bottleneck=hp["bottleneck"],
                                   prompt_length=hp["prompt_length"], seed=hp["seed"]).to(device)
 
     def embedding_module(self) -> nn.Module:
         return self.peft if self.peft is not None else self.backbone
+
+    @property
+    def embedding_frozen(self) -> bool:
+        # the PEFT module trains on the first task only (before its first embedding), then stays frozen
+        return self.peft is None or self.num_classes > 0 or self.hp["adapt_epochs"] == 0 or self.adapted
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         if self.peft is not None and self.num_classes == 0 and self.hp["adapt_epochs"] > 0:
@@ -88,6 +93,7 @@ class RanPAC(HeadLearner):
                        epochs=hp["adapt_epochs"], lr=hp["adapt_lr"], head="cosine", device=self.device,
                        seed=hp["seed"], progress=progress)
         self.peft.freeze()
+        self.adapted = True
 
     def state(self) -> dict[str, np.ndarray]:
         out = super().state()

@@ -52,8 +52,7 @@ class SimpleCIL(Learner):
         return (self._sums / self._counts[:, None]).float()
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(x.to(self.device)).float().cpu()
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(feats, dim=1) @ F.normalize(self.prototypes, dim=1).T
 
     def state(self) -> dict[str, np.ndarray]:

@@ -89,6 +89,11 @@ class SLCA(HeadLearner):
         if hp["epochs"] < 0 or hp["tune_blocks"] < 0 or hp["lr_backbone"] < 0:
             raise ValueError("slca: epochs, tune_blocks and lr_backbone must be >= 0")
 
+    @property
+    def embedding_frozen(self) -> bool:
+        hp = self.hp
+        return hp["tune_blocks"] == 0 or hp["epochs"] == 0 or hp["lr_backbone"] == 0  # else fine-tuned every task
+
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         params = last_blocks(self.backbone.model, self.hp["tune_blocks"])
         if params and self.hp["epochs"] > 0:

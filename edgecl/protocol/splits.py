@@ -61,6 +61,14 @@ class ClassIncremental:
             raise ValueError(f"scenario has {self.num_classes} classes, data set {ds.num_classes}")
         return ds.relabel(self.class_order)
 
+    def task_indices(self, ds: ArrayDataset, t: int) -> np.ndarray:
+        """Rows of ``ds`` (remapped) holding task ``t``'s classes, ascending."""
+        return ds.class_indices(self.tasks[t])
+
+    def seen_indices(self, ds: ArrayDataset, t: int) -> np.ndarray:
+        """Rows of ``ds`` holding every class seen up to and including task ``t``, ascending."""
+        return ds.class_indices(range(self.tasks[t][-1] + 1))
+
     def task_data(self, ds: ArrayDataset, t: int) -> ArrayDataset:
         """Samples of task ``t``'s classes (``ds`` already remapped)."""
         return ds.select_classes(self.tasks[t])
