@@ -93,7 +93,7 @@ def run_variant(config: dict, threads: int, env: dict, cwd: Path, out_dir: str =
 
 
 def e2e(args, work: Path) -> dict:
-    from edgecl.pretrain.checkpoint import cache_dir
+    from edgecl.paths import cache_dir
 
     base = {"dataset": args.dataset, "backbone": args.backbone, "img_size": args.img_size, "learner": args.learner,
             "init_cls": args.init_cls, "increment": args.increment}

@@ -9,7 +9,7 @@ import importlib
 _EXPORTS = {
     "ArrayDataset": ".dataset",
     "BatchLoader": ".dataset",
-    "DataError": ".sources",
+    "DataError": ".errors",
     "load_dataset": ".sources",
     "make_shapes": ".synthetic",
     "shapes_class_names": ".synthetic",

@@ -56,7 +56,7 @@ from PIL import Image, ImageDraw
 from . import generated
 from .augment import AugmentConfig, augment_art
 from .fonts import drawable, pil_font
-from .sources import DataError
+from .errors import DataError
 
 GENERATOR_VERSION = 1
 FILL = 0.85  # the longer side of the art's bounding box, as a fraction of the canvas

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .sources import DataError
+from .errors import DataError
 
 CHUNK = 256  # images per random stream / work unit
 
@@ -144,7 +144,7 @@ def stderr_progress(label: str) -> Callable[[int, int], None]:
 
 def cache_root(kind: str) -> Path:
     """``$EDGECL_CACHE_DIR/<kind>``, the cache directory of one kind of generated data."""
-    from ..pretrain.checkpoint import cache_dir  # the one cache dir of edgecl ($EDGECL_CACHE_DIR)
+    from ..paths import cache_dir  # the one cache dir of edgecl ($EDGECL_CACHE_DIR)
 
     return cache_dir() / kind
 

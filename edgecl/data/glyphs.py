@@ -49,7 +49,7 @@ import numpy as np
 from . import generated
 from .augment import AugmentConfig, augment
 from .fonts import Face, matplotlib_faces, noto_cjk_faces, pil_font
-from .sources import DataError
+from .errors import DataError
 
 GENERATOR_VERSION = 1
 MIN_FONTS = 8  # a benchmark class is drawn by at least this many fonts

@@ -31,13 +31,10 @@ from edgecl_runtime.io import IMAGE_SUFFIXES, read_image
 from edgecl_runtime.preprocess import resize
 
 from .synthetic import make_shapes
+from .errors import DataError  # noqa: F401  (re-exported: edgecl.data.DataError)
 
 if TYPE_CHECKING:  # imported where used: glyph generation workers must not import torch
     from .dataset import ArrayDataset
-
-
-class DataError(ValueError):
-    """A data source that cannot be read as a class-labelled image set."""
 
 
 def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:

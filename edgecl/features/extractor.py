@@ -67,7 +67,7 @@ def images_digest(images: np.ndarray) -> str:
 
 def default_cache_dir() -> Path:
     """``<edgecl cache dir>/embeddings`` (``$EDGECL_CACHE_DIR``, see ``edgecl.pretrain.checkpoint.cache_dir``)."""
-    from ..pretrain.checkpoint import cache_dir
+    from ..paths import cache_dir
 
     return cache_dir() / "embeddings"
 

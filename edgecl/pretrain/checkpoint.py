@@ -23,15 +23,9 @@ import torch
 from torch import nn
 
 from .recipe import Recipe, config_hash
+from ..paths import cache_dir  # noqa: F401  (re-exported: edgecl.pretrain.cache_dir)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-def cache_dir() -> Path:
-    if os.environ.get("EDGECL_CACHE_DIR"):
-        return Path(os.environ["EDGECL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgecl"
 
 
 def checkpoint_name(name: str, recipe: Recipe) -> str:

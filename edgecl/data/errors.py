@@ -1,0 +1,5 @@
+"""The data layer's error, in a module of its own so that every data source can raise it."""
+
+
+class DataError(ValueError):
+    """A data source that cannot be read as a class-labelled image set."""
