@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from .common import device_option, load_bundle, load_plugin, main
-from .device import known_images
+from .device import bundle_accuracy
 
 
 def device_benchmark(bundle: str | Path, device: str = "auto", threads: int | None = None, repeats: int = 50,
@@ -35,16 +35,6 @@ def device_benchmark(bundle: str | Path, device: str = "auto", threads: int | No
     result = json.loads(proc.stdout)
     result["import_runtime_s"] = import_seconds("edgecl_runtime")
     return result
-
-
-def bundle_accuracy(b, dataset: str, split: str = "test", data_seed: int = 0, batch_size: int = 256) -> dict:
-    """Top-1 of bundle ``b`` on the images of ``dataset``'s ``split`` whose classes it knows."""
-    import numpy as np
-
-    images, truth, skipped = known_images(b, dataset, split, data_seed)
-    pred = np.concatenate([b.predict(images[i : i + batch_size]).indices for i in range(0, len(images), batch_size)])
-    return {"dataset": dataset, "split": split, "images": int(len(images)), "classes": int(len(set(truth.tolist()))),
-            "top1": float(np.mean(pred == truth)), "skipped_unknown": skipped}
 
 
 def _fmt(ms: float) -> str:

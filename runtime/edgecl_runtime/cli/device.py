@@ -86,6 +86,20 @@ def known_images(b, dataset: str, split: str, data_seed: int):
     return ds.images[mask], truth, int((~mask).sum())
 
 
+def bundle_accuracy(b, dataset: str, split: str = "test", data_seed: int = 0, batch_size: int = 256,
+                    progress=None) -> dict:
+    """Top-1 of bundle ``b`` on the images of ``dataset``'s ``split`` whose classes it knows.
+
+    ``progress``: an optional wrapper of the batch iterable (``progress_bar``)."""
+    import numpy as np
+
+    images, truth, skipped = known_images(b, dataset, split, data_seed)
+    batches = range(0, len(images), batch_size)
+    pred = np.concatenate([b.predict(images[i : i + batch_size]).indices for i in (progress or iter)(batches)])
+    return {"dataset": dataset, "split": split, "images": int(len(images)), "classes": int(len(set(truth.tolist()))),
+            "top1": float(np.mean(pred == truth)), "skipped_unknown": skipped}
+
+
 @main.command(name="eval")
 @click.argument("bundle", type=click.Path())
 @click.option("--dataset", default="shapes", show_default=True, help="Data source, as for `train`.")
@@ -96,25 +110,20 @@ def known_images(b, dataset: str, split: str, data_seed: int):
 @threads_option
 def eval_cmd(bundle, dataset, split, data_seed, as_json, device):
     """Top-1 accuracy of BUNDLE on a data set's classes that the bundle knows."""
-    import numpy as np
-
     from edgecl_runtime import EdgeclRuntimeError
 
     b = load_bundle(bundle, device)
-    images, truth, skipped = known_images(b, dataset, split, data_seed)
-    correct = 0
     try:
-        for i in progress_bar(f"eval on {len(images)} images")(range(0, len(images), 256)):
-            correct += int(np.sum(b.predict(images[i : i + 256]).indices == truth[i : i + 256]))
+        result = {**bundle_accuracy(b, dataset, split, data_seed, progress=progress_bar(f"eval on {dataset}")),
+                  "device": b.device}
     except EdgeclRuntimeError as exc:
         fail(exc)
-    result = {"dataset": dataset, "split": split, "images": len(images), "classes": len(set(truth.tolist())),
-              "top1": correct / len(images), "skipped_unknown": skipped, "device": b.device}
     if as_json:
         click.echo(json.dumps(result))
         return
+    skipped = result["skipped_unknown"]
     click.echo(
-        f"top-1 {100.0 * result['top1']:.2f}% on {len(images)} images of "
+        f"top-1 {100.0 * result['top1']:.2f}% on {result['images']} images of "
         f"{result['classes']} classes ({b.device})" + (f"; {skipped} images of unknown classes skipped" if skipped else "")
     )
 
