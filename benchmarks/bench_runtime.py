@@ -45,7 +45,7 @@ FLOOR = {"resnet10t"}  # measured as a floor: the issue's targets are for Mobile
 
 def vit_available() -> bool:
     """The embedded ViT is benchmarked only with its shipped weights (re-making them takes ~17 min)."""
-    from edgecl.backbones import embedded
+    from edgecl.zoo import embedded
 
     weights = Path(embedded.__file__).parent / "weights"
     return any("vit" in p.name for p in weights.glob("*")) if weights.is_dir() else False
@@ -202,7 +202,7 @@ def main() -> None:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     result = {"command": " ".join(["python", *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": machine(), "torch": torch.__version__, "threads": args.threads, "note": args.note,
-              "skipped": [] if "vit-tiny" in models else ["vit-tiny: no shipped weights (edgecl/backbones/weights)"],
+              "skipped": [] if "vit-tiny" in models else ["vit-tiny: no shipped weights (edgecl/zoo/weights)"],
               "models": [bench_model(m, {**MODELS[m], **overrides}, Path(args.work), args.threads, args.repeats,
                                      not args.no_compile, log, args.allow_divergence) for m in models]}
     result["elapsed_s"] = time.time() - t0

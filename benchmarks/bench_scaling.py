@@ -141,7 +141,7 @@ def main() -> None:
 
     import torch
 
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
     from edgecl_export import export_learner
     from edgecl_runtime.benchmark import machine
     from edgecl_runtime.heads import HEADS

@@ -185,7 +185,7 @@ def engines_by_backbone(args) -> dict:
     """``pick_engine`` timings (batch 32, random input) for each of ``--engine-backbones``."""
     import numpy as np
 
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
     from edgecl.features.engines import pick_engine
 
     out = {}

@@ -34,7 +34,7 @@ LEARNERS = ("simplecil", "l2p", "dualprompt", "coda_prompt")
 
 def default_backbone() -> tuple[str, str | None, int | None]:
     """The embedded ViT when its weights are at hand (never pre-train it here), else a random ViT-tiny."""
-    from edgecl.backbones.embedded import EMBEDDED, weights_path
+    from edgecl.zoo.embedded import EMBEDDED, weights_path
 
     if "edgecl-vit-tiny" in EMBEDDED and weights_path("edgecl-vit-tiny").is_file():
         return "edgecl-vit-tiny", None, None
@@ -44,9 +44,10 @@ def default_backbone() -> tuple[str, str | None, int | None]:
 def timing_backbone(name: str, weights, img_size):
     """``create_backbone``, except that an embedded backbone whose weights are not made yet gets its
     architecture with random weights: timing does not depend on the weights, and pre-training takes long."""
-    from edgecl.backbones import Backbone, BackboneSpec, create_backbone
+    from edgecl.backbones import Backbone, BackboneSpec
+    from edgecl.zoo import create_backbone
     from edgecl.backbones.base import build_timm, embedding_dim_of
-    from edgecl.backbones.embedded import EMBEDDED, weights_path
+    from edgecl.zoo.embedded import EMBEDDED, weights_path
 
     if name in EMBEDDED and weights is None and not weights_path(name).is_file():
         r = EMBEDDED[name]

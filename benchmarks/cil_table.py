@@ -91,7 +91,7 @@ class BackboneChoice:
 
 
 def parse_backbones(text: str, img_size: int | None, weights: dict[str, str]) -> list[BackboneChoice]:
-    from edgecl.backbones import EMBEDDED
+    from edgecl.zoo import EMBEDDED
 
     out = []
     for item in _split(text):

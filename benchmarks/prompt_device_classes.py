@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
     from edgecl.data import load_dataset
     from edgecl.experiment import RunConfig, run_experiment
     from edgecl_export import export_run

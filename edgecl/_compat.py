@@ -41,12 +41,9 @@ def _ensure_torchvision() -> None:
 
 
 def import_timm():
-    """Return the ``timm`` module, working around a CUDA-only torchvision, with edgecl's own
-    architectures registered (``edgecl.backbones.vit_hybrid``)."""
+    """Return the ``timm`` module, working around a CUDA-only torchvision (edgecl's own architectures
+    are registered by ``edgecl.backbones.timm_models``)."""
     _ensure_torchvision()
     import timm
 
-    from .backbones.vit_hybrid import register
-
-    register()
     return timm

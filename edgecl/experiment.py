@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .backbones import DEFAULT_BACKBONE, create_backbone
+from .zoo import DEFAULT_BACKBONE, create_backbone
 from .data import ArrayDataset, BatchLoader, load_dataset
 from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl.backbones import create_backbone
+from edgecl.zoo import create_backbone
 from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
 from edgecl.learners import LEARNERS, create_learner
@@ -112,7 +112,7 @@ def test_hyper_parameters_are_validated():
 @pytest.mark.parametrize("name, hparams", [("aper", {"peft": "adapter"}), ("aper", {"peft": "ssf"}), ("vpt", {}), ("ease", {})])
 def test_on_the_embedded_vit_adaptation_is_not_worse_than_simplecil(name, hparams):
     """The survey's claim on a real pre-trained ViT (here: the embedded one, when its weights are committed)."""
-    from edgecl.backbones.embedded import SHIPPED
+    from edgecl.zoo.embedded import SHIPPED
 
     if "edgecl-vit-tiny" not in SHIPPED:
         pytest.skip("the embedded ViT's weights are not committed")

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from edgecl._compat import import_timm
-from edgecl.backbones import BackboneError, create_backbone
-from edgecl.backbones.embedded import weights_path
+from edgecl.backbones import BackboneError
+from edgecl.zoo import create_backbone
+from edgecl.zoo.embedded import weights_path
 
 
 def _save_checkpoint(model, path):

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from edgecl.backbones import create_backbone
+from edgecl.zoo import create_backbone
 from edgecl_export import ExportError, export_learner
-from edgecl_export.onnx_graph import export_onnx, parity
+from edgecl.onnx_graph import export_onnx, parity
 from edgecl_runtime.manifest import sha256_file
 from edgecl_runtime.preprocess import preprocess
 

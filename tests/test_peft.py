@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl.backbones import create_backbone
+from edgecl.zoo import create_backbone
 from edgecl.peft import PEFT_METHODS, ParallelEmbedding, PeftError, PeftModel, vit_pool, vit_tokens
-from edgecl_export.onnx_graph import export_onnx, parity
+from edgecl.onnx_graph import export_onnx, parity
 from peft_helpers import small_vit
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

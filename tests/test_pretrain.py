@@ -7,8 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgecl.backbones import BackboneError, create_backbone
-from edgecl.backbones import embedded
+from edgecl.backbones import BackboneError
+from edgecl.zoo import create_backbone
+from edgecl.zoo import embedded
 from edgecl.pretrain import Recipe, cache_path, config_hash, ensure_pretrained, pretrain, read_metadata
 from edgecl.pretrain import checkpoint as checkpoint_mod
 
@@ -54,7 +55,6 @@ def test_hash_changes_with_every_field():
 
 
 def test_recipe_init_loads_a_submodule_by_name(monkeypatch):
-    import edgecl.backbones as backbones
     from edgecl._compat import import_timm
     from edgecl.pretrain.trainer import apply_init, build_model, init_states
 
@@ -64,8 +64,9 @@ def test_recipe_init_loads_a_submodule_by_name(monkeypatch):
                         model_kwargs={"img_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2})
     torch.manual_seed(1)
     cnn = import_timm().create_model("resnet10t", num_classes=0)
-    monkeypatch.setattr(backbones, "create_backbone", lambda name: type("B", (), {"model": cnn})())
-    states = init_states(recipe)
+    with pytest.raises(ValueError, match="pass resolve="):
+        init_states(recipe)  # the recipe names a backbone: pretrain cannot build it by itself
+    states = init_states(recipe, resolve=lambda name: type("B", (), {"model": cnn})())
     model = build_model(recipe)
     assert not torch.equal(model.patch_embed.backbone.conv1[0].weight, cnn.conv1[0].weight)
     apply_init(model, states)
@@ -103,21 +104,20 @@ def test_cache_keyed_by_hash_and_atomic(cache, monkeypatch):
     meta = read_metadata(path)
     assert Recipe.from_dict(__import__("json").loads(meta["edgecl_recipe"])) == recipe
     mtime = path.stat().st_mtime_ns
-    monkeypatch.setattr("edgecl.pretrain.trainer.pretrain", lambda *a, **k: pytest.fail("cache hit expected"))
+    monkeypatch.setattr(checkpoint_mod, "pretrain", lambda *a, **k: pytest.fail("cache hit expected"))
     assert ensure_pretrained("tiny", recipe) == path and path.stat().st_mtime_ns == mtime
     monkeypatch.undo()
     monkeypatch.setenv("EDGECL_CACHE_DIR", str(cache))
 
     # A crash while writing leaves neither a partial file under the final name nor a temp file.
     other = TINY.with_(steps=2)
-    import safetensors.torch
 
     def crash(state, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr(checkpoint_mod, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         ensure_pretrained("tiny", other)
     assert sorted(p.name for p in (cache / "backbones").iterdir()) == [path.name]
@@ -204,7 +204,7 @@ def test_embedded_vit_refuses_tampered_weights(tmp_path, monkeypatch):
 
 @needs_vit
 def test_embedded_vit_onnx_parity(tmp_path):
-    from edgecl_export.onnx_graph import export_onnx, parity
+    from edgecl.onnx_graph import export_onnx, parity
 
     bb = create_backbone("edgecl-vit-tiny")
     path = tmp_path / "vit.onnx"
@@ -232,7 +232,7 @@ def test_glyphs_task_streams_fresh_labelled_batches():
 
 
 def test_probe_accuracies_on_separable_and_random_features():
-    from edgecl.pretrain.probe import ncm_accuracy, ridge_accuracy
+    from edgecl.zoo.probe import ncm_accuracy, ridge_accuracy
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((5, 16)) * 5
@@ -247,7 +247,7 @@ def test_probe_accuracies_on_separable_and_random_features():
 
 
 def test_glyphs_task_with_teacher_distils(tmp_path):
-    from edgecl.backbones import NAMED
+    from edgecl.zoo import NAMED
     from edgecl.pretrain import make_task
 
     if NAMED["efficientnet-lite0-imagenet"].status() != "installed":
@@ -256,14 +256,16 @@ def test_glyphs_task_with_teacher_distils(tmp_path):
         task="glyphs", steps=3, batch_size=8,
         task_kwargs={"num_classes": 10, "teacher": "efficientnet-lite0-imagenet", "teacher_size": 32},
     )
-    task = make_task(recipe)
+    from edgecl.zoo import create_backbone
+
+    task = make_task(recipe, create_backbone)
     assert task.targets == {"teacher": 1280}
     x, y = next(iter(task.batches()))
     assert y["teacher"].shape == (8, 1280) and y["teacher"].dtype == np.float32
-    res = pretrain(recipe, threads=1)
+    res = pretrain(recipe, threads=1, resolve=create_backbone)
     assert {"loss_teacher", "cos_teacher", "acc_glyph"} <= set(res.metrics)
     assert -1.0 <= res.metrics["cos_teacher"] <= 1.0
-    again = _state(pretrain(recipe, threads=1).model)  # glyph stream and teacher are deterministic too
+    again = _state(pretrain(recipe, threads=1, resolve=create_backbone).model)  # glyph stream and teacher are deterministic too
     assert all(torch.equal(v, again[k]) for k, v in _state(res.model).items())
 
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from edgecl._compat import import_timm
-from edgecl.backbones import BackboneError, create_backbone
+from edgecl.backbones import BackboneError
+from edgecl.zoo import create_backbone
 from edgecl.backbones.base import read_state_dict
-from edgecl.backbones.pretrained import NAMED
+from edgecl.zoo.pretrained import NAMED
 from edgecl_runtime.preprocess import preprocess
 
 MBV2, LITE0 = NAMED["mobilenetv2-imagenet"], NAMED["efficientnet-lite0-imagenet"]
@@ -160,7 +161,7 @@ def test_sha256_mismatch_and_missing_package_are_clear(tmp_path):
 
 @pytest.mark.parametrize("entry", [pytest.param(MBV2, marks=needs_mbv2), pytest.param(LITE0, marks=needs_lite0)], ids=lambda e: e.name)
 def test_onnx_parity_at_small_size(entry, tmp_path):
-    from edgecl_export.onnx_graph import export_onnx, parity
+    from edgecl.onnx_graph import export_onnx, parity
 
     bb = create_backbone(entry.name, img_size=48)
     export_onnx(bb, bb.spec.input_size, tmp_path / "b.onnx")

@@ -142,7 +142,7 @@ def test_prototype_bundle_adds_a_class_on_the_device(run, tmp_path, colours):
 
 @pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
 def test_hparams_are_validated(name):
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
 
     bb = create_backbone(VIT["backbone"], weights="random", img_size=32)
     with pytest.raises(ValueError, match="allowed: .*epochs"):
@@ -162,7 +162,7 @@ def test_hparams_are_validated(name):
 
 
 def test_prompt_learners_need_a_vit():
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
 
     with pytest.raises(ValueError, match="timm VisionTransformer"):
         create_learner("l2p", create_backbone("resnet10t", weights="random"))
@@ -184,7 +184,7 @@ def test_linear_head_scores_and_class_removal():
 
 
 def test_prompted_pass_without_prompts_is_the_frozen_model():
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
     from edgecl.peft.base import vit_tokens
     from edgecl.peft.prompts import prompted_features
 
@@ -247,7 +247,7 @@ def test_coda_grows_orthogonal_components_and_freezes_old_ones():
 @pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
 def test_pretrained_vit_learns_shapes(name, tmp_path):
     """On the embedded pre-trained ViT, shapes:20 (colour x shape) is learned well above chance."""
-    from edgecl.backbones.embedded import weights_path
+    from edgecl.zoo.embedded import weights_path
     from edgecl.experiment import RunConfig, run_experiment
 
     if not weights_path("edgecl-vit-tiny").is_file():

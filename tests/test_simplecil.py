@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from edgecl.backbones import create_backbone
+from edgecl.zoo import create_backbone
 from edgecl.data import BatchLoader
 from edgecl.experiment import evaluate
 from edgecl.learners import LEARNERS, create_learner

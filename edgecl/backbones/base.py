@@ -13,6 +13,8 @@ from torch import nn
 from edgecl_runtime.manifest import sha256_file
 
 from .._compat import import_timm
+from .keymaps import KEYMAPS, KeyMapError, find_keymap
+from .vit_hybrid import register as register_vit_hybrid
 
 
 class BackboneError(ValueError):
@@ -76,6 +78,13 @@ class Backbone(nn.Module):
 sha256_of = sha256_file  # one implementation for training and device side
 
 
+def timm_models():
+    """The ``timm`` module with edgecl's own architectures registered (``edgecl_vit_tiny_r10t``)."""
+    timm = import_timm()
+    register_vit_hybrid()
+    return timm
+
+
 def _create(timm, timm_name: str, kwargs: dict[str, Any], **extra) -> nn.Module:
     try:
         return timm.create_model(timm_name, **extra, **kwargs)
@@ -88,7 +97,7 @@ def _create(timm, timm_name: str, kwargs: dict[str, Any], **extra) -> nn.Module:
 
 def build_timm(timm_name: str, model_kwargs: dict[str, Any], weights_file: Path | None) -> nn.Module:
     """``timm.create_model`` with ``num_classes=0``, then a strict load of ``weights_file`` (see ``load_weights``)."""
-    timm = import_timm()
+    timm = timm_models()
     if not timm.is_model(timm_name):
         close = timm.list_models(f"*{timm_name.split('_')[0]}*")[:8]
         raise BackboneError(f"unknown timm model {timm_name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
@@ -101,7 +110,7 @@ def build_timm(timm_name: str, model_kwargs: dict[str, Any], weights_file: Path 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: ``.safetensors``, or a torch ``.pth``/``.bin`` (a plain state dict or a
     training checkpoint holding one under ``state_dict``/``model``/EMA keys; ``module.`` prefixes removed)."""
-    timm = import_timm()
+    timm = timm_models()
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"weights file not found: {path}")
@@ -117,7 +126,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _timm_filter_fn(timm_name: str):
     """The checkpoint filter timm itself applies for this architecture (e.g. ViT position-embedding
     resampling for another ``img_size``): the model module's ``checkpoint_filter_fn``, if any."""
-    timm = import_timm()
+    timm = timm_models()
     module = sys.modules.get(timm.models.model_entrypoint(timm_name).__module__)
     return getattr(module, "checkpoint_filter_fn", None)
 
@@ -138,8 +147,6 @@ def load_weights(model: nn.Module, timm_name: str, path: Path) -> str | None:
     and examples, and the model is left as it was. Returns the name of the
     remap applied, if any.
     """
-    from .keymaps import KEYMAPS, KeyMapError, find_keymap
-
     sd = read_state_dict(path)
     keymap, hint = find_keymap(sd), ""
     if keymap is not None and not keymap.fits(timm_name):
@@ -185,7 +192,7 @@ def load_weights(model: nn.Module, timm_name: str, path: Path) -> str | None:
 
 
 def data_config(model: nn.Module, timm_name: str) -> tuple[tuple[int, int, int], tuple, tuple]:
-    timm = import_timm()
+    timm = timm_models()
     cfg = timm.data.resolve_data_config({}, model=model)
     return tuple(int(v) for v in cfg["input_size"]), tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
 

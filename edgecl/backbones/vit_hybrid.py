@@ -16,7 +16,7 @@ learns from the first hundred steps ("Early convolutions help transformers see
 better", Xiao et al., 2021). Its stem keeps BatchNorm: the learners keep frozen
 backbones in eval mode.
 
-``register()`` adds the model to timm's registry; ``edgecl._compat.import_timm``
+``register()`` adds the model to timm's registry; ``edgecl.backbones.timm_models``
 calls it, so ``timm.create_model("edgecl_vit_tiny_r10t", ...)`` works wherever
 edgecl creates models.
 """
@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 
 from torch import nn
+
+from .._compat import import_timm
 
 MODEL_NAME = "edgecl_vit_tiny_r10t"
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
@@ -40,8 +42,6 @@ class ResNetStem(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from .._compat import import_timm
-
         r = import_timm().create_model("resnet10t", pretrained=False, num_classes=0)
         self.conv1, self.bn1, self.act1, self.maxpool = r.conv1, r.bn1, r.act1, r.maxpool
         self.layer1, self.layer2 = r.layer1, r.layer2

@@ -12,8 +12,8 @@ def backbones():
 
     Any other timm model works too with --weights FILE (loaded strictly).
     """
-    from ..backbones import EMBEDDED, NAMED
-    from ..backbones.embedded import weights_path, weights_status
+    from ..zoo import EMBEDDED, NAMED
+    from ..zoo.embedded import weights_path, weights_status
 
     rows = []
     for name, recipe in EMBEDDED.items():

@@ -13,7 +13,7 @@ ARCH_ALIASES = {"vit": "edgecl-vit-tiny", "resnet10t": "edgecl-resnet10t"}
 
 def resolve_arch(arch: str) -> str:
     """An alias (``vit``, ``resnet10t``) or an embedded backbone name -> the embedded name."""
-    from ..backbones.embedded import EMBEDDED
+    from ..zoo.embedded import EMBEDDED
 
     name = ARCH_ALIASES.get(arch, arch)
     if name not in EMBEDDED:
@@ -41,8 +41,8 @@ def resolve_arch(arch: str) -> str:
 @click.option("--force", is_flag=True, help="Train even if --out or the cache entry exists, and replace it.")
 def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_every, eval_every, out, force):
     """Pre-train an embedded backbone (supervised, fresh augmented batches) and save its checkpoint."""
-    from ..backbones.embedded import EMBEDDED
     from ..pretrain import cache_path, config_hash, pretrain as run, save_checkpoint
+    from ..zoo import EMBEDDED, create_backbone
 
     name = resolve_arch(arch)
     recipe = EMBEDDED[name]
@@ -66,7 +66,7 @@ def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_eve
                f"{recipe.task} {recipe.task_kwargs}, {recipe.steps} steps x {recipe.batch_size}, {threads} thread(s)")
     try:
         result = run(recipe, threads=threads, progress=progress_bar("pre-training"), log=click.echo,
-                     log_every=log_every, eval_every=eval_every)
+                     log_every=log_every, eval_every=eval_every, resolve=create_backbone)
     except (ValueError, RuntimeError, OSError) as exc:
         fail(exc)
     save_checkpoint(result.model, path, recipe, result.metrics, dtype=dtype, threads=threads)

@@ -58,7 +58,8 @@ def _parse_learner_args(ctx, param, values) -> dict:
 def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, engine,
           embedding_cache, threads, out_dir, learner_args):
     """Run the class-incremental protocol and save the run to --out."""
-    from ..backbones import DEFAULT_BACKBONE, BackboneError
+    from ..backbones import BackboneError
+    from ..zoo import DEFAULT_BACKBONE
     from ..data import DataError
     from ..experiment import RunConfig, run_experiment
     from ..features import EngineError

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..onnx_graph import export_onnx
+
 ENGINES = ("torch", "torch-fused", "onnx")
 ENGINE_CHOICES = ("auto", *ENGINES)
 PARITY_ATOL = 1e-4
@@ -74,9 +76,7 @@ def onnx_engine(module: nn.Module, input_size, threads: int | None) -> Engine:
 
 
 def export_graph(module: nn.Module, input_size, path: Path) -> None:
-    """The exporter's ONNX graph of ``module`` (the one dependency of training on ``edgecl_export``)."""
-    from edgecl_export.onnx_graph import export_onnx
-
+    """The exporter's ONNX graph of ``module`` (``edgecl.onnx_graph``, which bundles use too)."""
     export_onnx(module, input_size, path)
 
 

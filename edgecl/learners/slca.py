@@ -54,14 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._compat import import_timm
 from .closed_form import RIDGE_DEFAULTS, HeadLearner, check_ridge_hparams, grow_ridge, task_classes
 from .registry import register_learner
 
 
 def last_blocks(model: nn.Module, k: int) -> list[nn.Parameter]:
     """Parameters of the last ``k`` blocks of a timm model (its fine-grained parameter groups)."""
-    from .._compat import import_timm
-
     if k <= 0:
         return []
     named = dict(model.named_parameters())

@@ -7,18 +7,20 @@
 * ``checkpoint``: atomic safetensors files with their recipe, the hash-keyed cache,
   :func:`ensure_pretrained` (cache hit or train).
 
-``edgecl pretrain`` is the command line; ``edgecl.backbones.embedded`` names the
-recipes of the embedded backbones.
+``edgecl pretrain`` is the command line; ``edgecl.zoo.embedded`` names the
+recipes of the embedded backbones and ``edgecl.zoo.create_backbone`` builds the backbones a
+recipe names (``resolve=``).
 """
 
 from .checkpoint import cache_dir, cache_path, ensure_pretrained, read_metadata, save_checkpoint
 from .recipe import Recipe, config_hash
-from .tasks import TASKS, make_task
+from .tasks import TASKS, Resolve, make_task
 from .trainer import PretrainResult, pretrain
 
 __all__ = [
     "PretrainResult",
     "Recipe",
+    "Resolve",
     "TASKS",
     "cache_dir",
     "cache_path",

@@ -22,8 +22,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .recipe import Recipe, config_hash
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from ..paths import cache_dir  # noqa: F401  (re-exported: edgecl.pretrain.cache_dir)
+from .recipe import Recipe, config_hash
+from .trainer import Resolve, pretrain
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -47,8 +51,6 @@ def save_checkpoint(
     ``seconds`` is left out), so the same recipe, threads, torch build and CPU type give the
     same file byte for byte.
     """
-    from safetensors.torch import save_file
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     path = Path(path)
@@ -108,8 +110,6 @@ def _sort_metadata(path: str | Path) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a checkpoint (recipe JSON, config hash, metrics)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
@@ -117,7 +117,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 CACHE_THREADS = 1  # torch threads of a checkpoint made on first use (see ensure_pretrained)
 
 
-def ensure_pretrained(name: str, recipe: Recipe, progress: Callable | None = None, threads: int = CACHE_THREADS) -> Path:
+def ensure_pretrained(
+    name: str, recipe: Recipe, progress: Callable | None = None, threads: int = CACHE_THREADS,
+    resolve: Resolve | None = None,
+) -> Path:
     """The cached checkpoint of ``name`` for ``recipe``, training and caching it if absent.
 
     The cache key is the recipe alone, so the weights must not depend on the caller:
@@ -126,12 +129,10 @@ def ensure_pretrained(name: str, recipe: Recipe, progress: Callable | None = Non
     weights drift apart over training). Other checkpoints are made from them (the
     embedded ViT's stem and distillation target come from ``edgecl-resnet10t-glyphs``),
     so this is what makes ``edgecl pretrain --threads 1`` on a fresh machine give the
-    committed file byte for byte.
+    committed file byte for byte. ``resolve`` builds the backbones the recipe names (see ``pretrain``).
     """
-    from .trainer import pretrain
-
     path = cache_path(name, recipe)
     if path.is_file():
         return path
-    result = pretrain(recipe, threads=threads, progress=progress)
+    result = pretrain(recipe, threads=threads, progress=progress, resolve=resolve)
     return save_checkpoint(result.model, path, recipe, result.metrics, threads=threads)

@@ -19,13 +19,21 @@ Tasks (``TASKS``):
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
+from edgecl_runtime.preprocess import preprocess
+
+from ..backbones import Backbone
+from ..data import glyphs
+from ..data.synthetic import COLOURS, SHAPES, render
 from .recipe import Recipe
 
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]
+# Builds a backbone a recipe names (its ``init``, a task's teacher): ``resolve(name, img_size=None)``.
+Resolve = Callable[..., Backbone]
 
 
 class PretrainTask:
@@ -39,8 +47,9 @@ class PretrainTask:
     heads: dict[str, int]
     targets: dict[str, int] = {}
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, resolve: Resolve | None = None):
         self.recipe = recipe
+        self.resolve = resolve
         self.size = int(recipe.input_size[1])
 
     def batches(self) -> Iterator[Batch]:
@@ -58,16 +67,12 @@ class ShapesFactors(PretrainTask):
 
     CHUNK = 16_384  # images rendered at a time; the default recipe (120 x 128) fits in one chunk
 
-    def __init__(self, recipe: Recipe, holdout_size: int = 1000):
-        super().__init__(recipe)
-        from ..data.synthetic import COLOURS, SHAPES
-
+    def __init__(self, recipe: Recipe, holdout_size: int = 1000, resolve: Resolve | None = None):
+        super().__init__(recipe, resolve)
         self.heads = {"shape": len(SHAPES), "colour": len(COLOURS)}
         self.holdout_size = int(holdout_size)
 
     def _render(self, rng: np.random.Generator, n: int) -> Batch:
-        from ..data.synthetic import render
-
         shapes = rng.integers(0, self.heads["shape"], n)
         colours = rng.integers(0, self.heads["colour"], n)
         return render(shapes, colours, rng, self.size), {"shape": shapes, "colour": colours}
@@ -100,18 +105,18 @@ class Glyphs(PretrainTask):
 
     def __init__(
         self, recipe: Recipe, num_classes: int = 1000, holdout_per_class: int = 1, source: str = "auto",
-        teacher: str | None = None, teacher_size: int | None = None,
+        teacher: str | None = None, teacher_size: int | None = None, resolve: Resolve | None = None,
     ):
-        super().__init__(recipe)
+        super().__init__(recipe, resolve)
         self.num_classes = int(num_classes)
         self.holdout_per_class = int(holdout_per_class)
         self.source = source
         self.heads = {"glyph": self.num_classes}
         self.teacher = None
         if teacher is not None:
-            from ..backbones import create_backbone
-
-            self.teacher = create_backbone(teacher, img_size=teacher_size)
+            if resolve is None:
+                raise ValueError("the glyphs task's teacher is a backbone: pass resolve= (edgecl.zoo.create_backbone)")
+            self.teacher = resolve(teacher, img_size=teacher_size)
             self.targets = {"teacher": self.teacher.embedding_dim}
             # Targets are centred (mean of a separate calibration batch): raw CNN embeddings share a
             # large common direction that a cosine loss would reward for any input.
@@ -119,10 +124,6 @@ class Glyphs(PretrainTask):
             self._mean = self._teacher_features(calib).mean(0)
 
     def _teacher_features(self, images: np.ndarray) -> np.ndarray:
-        import torch
-
-        from edgecl_runtime.preprocess import preprocess
-
         spec = self.teacher.spec
         with torch.no_grad():
             return self.teacher(torch.from_numpy(preprocess(images, spec.input_size, spec.mean, spec.std))).numpy()
@@ -139,8 +140,6 @@ class Glyphs(PretrainTask):
             yield images, self._labels(images, labels)
 
     def holdout(self) -> Batch:
-        from ..data import glyphs
-
         ds = glyphs.pretrain_corpus(
             self.num_classes, self.holdout_per_class, size=self.size, seed=self.recipe.data_seed + 1,
             source=self.source, workers=1, cache=False,
@@ -150,19 +149,17 @@ class Glyphs(PretrainTask):
 
 
 def glyphs_stream(num_classes: int, batch_size: int, size: int, seed: int, source: str, num_batches: int):
-    from ..data import glyphs
-
     return glyphs.pretrain_batches(num_classes, batch_size, size=size, seed=seed, source=source, num_batches=num_batches)
 
 
 TASKS: dict[str, type[PretrainTask]] = {"shapes-factors": ShapesFactors, "glyphs": Glyphs}
 
 
-def make_task(recipe: Recipe) -> PretrainTask:
+def make_task(recipe: Recipe, resolve: Resolve | None = None) -> PretrainTask:
     if recipe.task not in TASKS:
         raise ValueError(f"unknown pre-training task {recipe.task!r}; known: {', '.join(TASKS)}")
     kwargs: dict[str, Any] = dict(recipe.task_kwargs)
     try:
-        return TASKS[recipe.task](recipe, **kwargs)
+        return TASKS[recipe.task](recipe, resolve=resolve, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad task_kwargs for {recipe.task!r}: {exc}") from exc

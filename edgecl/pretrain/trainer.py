@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecl_runtime.preprocess import preprocess
+
+from ..backbones import Backbone, timm_models
 from .recipe import Recipe
-from .tasks import make_task
+from .tasks import Resolve, make_task
 
 
 @dataclass
@@ -58,17 +61,15 @@ def deterministic(seed: int, threads: int | None = None) -> Iterator[None]:
 
 def build_model(recipe: Recipe) -> nn.Module:
     """The recipe's timm model, randomly initialised from the current torch RNG, ``num_classes=0``."""
-    from .._compat import import_timm
-
-    return import_timm().create_model(recipe.timm_name, pretrained=False, num_classes=0, **recipe.model_kwargs)
+    return timm_models().create_model(recipe.timm_name, pretrained=False, num_classes=0, **recipe.model_kwargs)
 
 
-def init_states(recipe: Recipe) -> dict[str, dict[str, torch.Tensor]]:
-    """``recipe.init``'s state dicts, per submodule prefix (made before seeding: a backbone made on
-    first use here must not change the random stream of the run)."""
-    from ..backbones import create_backbone
-
-    return {prefix: create_backbone(name).model.state_dict() for prefix, name in recipe.init.items()}
+def init_states(recipe: Recipe, resolve: Resolve | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """``recipe.init``'s state dicts, per submodule prefix, from the backbones ``resolve`` builds (made
+    before seeding: a backbone made on first use here must not change the random stream of the run)."""
+    if recipe.init and resolve is None:
+        raise ValueError("recipe init names backbones: pass resolve= (edgecl.zoo.create_backbone) to build them")
+    return {prefix: resolve(name).model.state_dict() for prefix, name in recipe.init.items()}
 
 
 def apply_init(model: nn.Module, states: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -98,8 +99,6 @@ def lr_factor(recipe: Recipe, step: int) -> float:
 
 
 def _to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
-    from edgecl_runtime.preprocess import preprocess
-
     return torch.from_numpy(preprocess(images, recipe.input_size, recipe.mean, recipe.std))
 
 
@@ -137,10 +136,15 @@ def pretrain(
     log: Callable[[str], None] | None = None,
     log_every: int = 0,
     eval_every: int = 0,
+    resolve: Resolve | None = None,
 ) -> PretrainResult:
-    """Train ``recipe``'s backbone; ``progress`` wraps the step iterator (e.g. a progress bar)."""
-    task = make_task(recipe)
-    states = init_states(recipe)
+    """Train ``recipe``'s backbone; ``progress`` wraps the step iterator (e.g. a progress bar).
+
+    ``resolve(name, img_size=None)`` builds a backbone the recipe names (its ``init`` and a task's
+    teacher), e.g. ``edgecl.zoo.create_backbone``; recipes that name none need no ``resolve``.
+    """
+    task = make_task(recipe, resolve)
+    states = init_states(recipe, resolve)
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     with deterministic(recipe.seed, threads):

@@ -34,7 +34,7 @@ from edgecl_runtime.store import initial_fields
 
 from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer, fixed_transform
 from .model_graph import metadata as model_metadata
-from .onnx_graph import INPUT_NAME, ExportError, export_onnx, parity
+from edgecl.onnx_graph import INPUT_NAME, ExportError, export_onnx, parity
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
 
 MODEL_ONNX = "model.onnx"
@@ -199,7 +199,7 @@ def _manifest(learner, kind, class_names, dim, opset, exporter, precision_sectio
 
 def weights_record(spec) -> dict:
     """Where the backbone's weights came from, with no machine path: package, version, file name, sha256."""
-    from edgecl.backbones import weights_source
+    from edgecl.zoo import weights_source
 
     return weights_source(spec)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .onnx_graph import INPUT_NAME, ExportError
+from edgecl.onnx_graph import INPUT_NAME, ExportError
 
 FEATURES = "features"
 SCORES = "scores"

@@ -65,7 +65,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .onnx_graph import INPUT_NAME, ExportError
+from edgecl.onnx_graph import INPUT_NAME, ExportError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 HEAD_PRECISIONS = ("fp32", "fp16")

@@ -30,7 +30,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import BackboneError, sha256_of
+from ..backbones import BackboneError, sha256_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

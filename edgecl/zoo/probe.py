@@ -8,7 +8,7 @@
 Both are deterministic and take seconds, so pre-training recipes can be compared on
 held-out benchmark classes (e.g. ``glyphs:200:cross``)::
 
-    python -m edgecl.pretrain.probe --dataset glyphs:200:cross edgecl-vit-tiny edgecl-resnet10t
+    python -m edgecl.zoo.probe --dataset glyphs:200:cross edgecl-vit-tiny edgecl-resnet10t
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ import argparse
 import numpy as np
 import torch
 
+from ..backbones import Backbone, BackboneSpec
+from ..data import BatchLoader, load_dataset
+from ..pretrain.trainer import build_model, deterministic
+from . import create_backbone
+from .embedded import EMBEDDED
+
 
 @torch.no_grad()
 def embed(backbone, dataset, batch_size: int = 256) -> np.ndarray:
     """Embeddings ``(N, D)`` float64 of a ``Backbone`` on an ``ArrayDataset`` (preprocessed to its input)."""
-    from ..data import BatchLoader
-
     spec = backbone.spec
     loader = BatchLoader(dataset, spec.input_size, spec.mean, spec.std, batch_size=batch_size)
     backbone.eval()
@@ -59,10 +63,6 @@ def probe(backbone, train, test) -> dict[str, float]:
 
 def random_embedded(name: str, seed: int = 0):
     """Embedded backbone ``name``'s architecture, randomly initialised (the baseline of pre-training)."""
-    from ..backbones import Backbone, BackboneSpec
-    from ..backbones.embedded import EMBEDDED
-    from .trainer import build_model, deterministic
-
     recipe = EMBEDDED[name]
     with deterministic(seed):
         model = build_model(recipe).eval()
@@ -75,9 +75,6 @@ def random_embedded(name: str, seed: int = 0):
 
 
 def main(argv=None) -> None:
-    from ..backbones import create_backbone
-    from ..data import load_dataset
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("backbones", nargs="+",
                     help="backbone names (NAME@IMG_SIZE to change the input size); NAME=WEIGHTS for a timm model "
