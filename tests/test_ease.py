@@ -97,7 +97,7 @@ def test_ease_grows_one_frozen_adapter_per_task_and_learns(ease):
     with torch.no_grad():
         feats = learner.embedding_module()(x).double()
     for c in range(10, 15):
-        torch.testing.assert_close(learner.means[c], feats[torch.from_numpy(last.labels) == c].mean(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(learner.prototypes[c].double(), feats[torch.from_numpy(last.labels) == c].mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_ease_exports_all_adapters_in_one_graph_and_adds_classes_on_the_device(ease, tmp_path):

@@ -59,5 +59,5 @@ def test_registry_and_bad_hparams():
 
     with pytest.raises(ValueError, match="unknown learner"):
         create_learner("nope", bb)
-    with pytest.raises(ValueError, match="no hyper-parameters"):
+    with pytest.raises(ValueError, match="simplecil has no hyper-parameter"):
         create_learner("simplecil", bb, lr=0.1)

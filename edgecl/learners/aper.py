@@ -80,7 +80,7 @@ class FirstSessionPeft(PrototypeLearner):
         return self.adapted  # PEFT trained on the first task, then frozen for good
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
-        classes = task_labels(loader)
+        classes = task_labels(loader, self.num_classes)
         if not self.adapted:
             hp = self.hparams
             self.train_stats = fit_classifier(

@@ -9,7 +9,8 @@ numpy arrays; ``embedding_module`` and ``export_head`` tell the exporter what
 goes into ``backbone.onnx`` and the runtime head.
 
 Scoring is split in two: ``embedding_module()`` maps images to embeddings and
-``scores`` maps embeddings to class scores (``logits`` is both). Embeddings
+``scores`` maps embeddings to class scores (``logits`` is both). ``head_class`` is
+the runtime head (``edgecl_runtime.heads``) the learner exports; ``head_kind`` is its kind. Embeddings
 of a ``BatchLoader``'s images go through ``self.features``, the experiment's
 ``edgecl.features.FeatureExtractor`` (by default one without a cache, eager
 torch), which reuses them while ``embedding_frozen`` says the embedding
@@ -25,12 +26,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecl_runtime.heads.base import Head
+
 from ..backbones import Backbone
+from ..data import BatchLoader
+from ..features import FeatureExtractor
 
 
 class Learner(abc.ABC):
     name: ClassVar[str]
-    head_kind: ClassVar[str]  # a head kind the runtime knows (runtime.heads.HEADS)
+    head_class: ClassVar[type[Head]]  # the runtime head the learner exports (per instance where an hparam picks it)
+
+    @property
+    def head_kind(self) -> str:
+        """The kind of the exported runtime head (``edgecl_runtime.heads.HEADS``), from the head class itself."""
+        return self.head_class.kind
 
     def __init__(self, backbone: Backbone, device: str = "cpu", **hparams: Any):
         self.backbone = backbone.to(device)
@@ -68,8 +78,6 @@ class Learner(abc.ABC):
     def embed(self, loader, progress: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and labels of one pass over ``loader`` (in its order); a ``BatchLoader``'s through
         ``self.features``, any other iterable of ``(x, y)`` batch by batch."""
-        from ..data import BatchLoader
-
         if isinstance(loader, BatchLoader):
             idx = loader.next_order()
             features = self.features or self.default_features(loader)
@@ -84,8 +92,6 @@ class Learner(abc.ABC):
 
     def default_features(self, loader):
         """No cache, eager torch: every call embeds its images (a learner used outside an experiment)."""
-        from ..features import FeatureExtractor
-
         return FeatureExtractor(loader.input_size, loader.mean, loader.std, batch_size=loader.batch_size,
                                 engine="torch", device=self.device)
 

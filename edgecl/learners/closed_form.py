@@ -1,10 +1,4 @@
-"""Shared parts of learners whose classifier is a closed-form runtime head (RanPAC, SLCA, FeCAM).
-
-``HeadLearner`` keeps its classifier as the very ``edgecl_runtime.heads`` object the
-device will run (numpy): training accumulates statistics into it, ``logits``
-scores the backbone's embeddings with it, and ``export_head`` writes its
-arrays. The exported bundle therefore scores exactly like the torch learner;
-the only difference left is ONNX vs torch for the backbone (<= 1e-4).
+"""The ridge classifier of RanPAC and SLCA (the runtime's ``ridge`` head, grown task by task).
 
 ``select_lambda`` is RanPAC's choice of the ridge parameter and ``grow_ridge``
 its per-task update, shared with SLCA's closed-form classifier alignment.
@@ -15,58 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from .hparams import ConfiguredLearner
+from edgecl_runtime.heads.ridge import RidgeHead, random_features
+
+from .hparams import require
+from .labels import task_classes
 
 LAMBDA_GRID = [10.0**k for k in range(-8, 9)]  # RanPAC's grid
 RIDGE_DEFAULTS: dict[str, Any] = {"lambda_min_exp": -8, "lambda_max_exp": 8, "val_fraction": 0.2, "seed": 0}
 
 
-class HeadLearner(ConfiguredLearner):
-    """A ``Learner`` whose classifier is a runtime head ``self.head``; subclasses set ``defaults`` (and
-    ``choices``, ``positive``: see ``edgecl.learners.hparams``)."""
-
-    def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        super().__init__(backbone, device, **hparams)
-        self.head = None
-
-    @torch.no_grad()
-    def scores(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            raise RuntimeError(f"{self.name} has not learned any class yet")
-        return torch.from_numpy(self.head.scores(feats.numpy()))
-
-    def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
-        return self.head.kind, self.head.arrays()
-
-    def state(self) -> dict[str, np.ndarray]:
-        return dict(self.head.arrays())
-
-    def _load_head(self, head_cls, state: dict[str, np.ndarray]) -> None:
-        """Rebuild ``self.head`` from ``state`` with the runtime's own validation."""
-        n = int(np.asarray(state["counts"]).shape[0])
-        self.head = head_cls.from_arrays(state, n, self.backbone.embedding_dim)
-        self.num_classes = n
-
-
 def check_ridge_hparams(learner: str, hp: dict[str, Any]) -> None:
-    if not 0 < hp["val_fraction"] < 1:
-        raise ValueError(f"{learner}: val_fraction must lie in (0, 1), got {hp['val_fraction']}")
-    if hp["lambda_min_exp"] > hp["lambda_max_exp"]:
-        raise ValueError(f"{learner}: lambda_min_exp must be <= lambda_max_exp")
-
-
-def task_classes(labels: np.ndarray, num_classes: int) -> tuple[list[int], list[int]]:
-    """``(old, new)`` classes present in ``labels``; new ones must be ``num_classes, num_classes + 1, ...``."""
-    present = sorted(int(c) for c in np.unique(labels))
-    if not present:
-        raise ValueError("fit_task got no training samples")
-    old = [c for c in present if c < num_classes]
-    new = [c for c in present if c >= num_classes]
-    if new and new != list(range(num_classes, num_classes + len(new))):
-        raise ValueError(f"new classes must follow the {num_classes} known ones without gaps, got {new}")
-    return old, new
+    """The ridge hyper-parameters' bounds (``ConfigError``)."""
+    require(learner, 0 < hp["val_fraction"] < 1, f"val_fraction must lie in (0, 1), got {hp['val_fraction']}")
+    require(learner, hp["lambda_min_exp"] <= hp["lambda_max_exp"], "lambda_min_exp must be <= lambda_max_exp")
 
 
 def select_lambda(
@@ -107,8 +63,6 @@ def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_
     ``10^lambda_min_exp .. 10^lambda_max_exp`` and applied to the statistics
     accumulated over all tasks, in float64.
     """
-    from edgecl_runtime.heads.ridge import RidgeHead, random_features
-
     H = random_features(feats, W_rand).astype(np.float64)
     _, new = task_classes(labels, num_classes)
     n = num_classes + len(new)

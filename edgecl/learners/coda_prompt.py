@@ -13,14 +13,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..peft.prompts import CodaPromptPool
-from .prompting import PromptLearner, block_list
+from .prompting import COMMON_CHOICES, COMMON_DEFAULTS, PromptLearner, block_list
 from .registry import register_learner
 
 
 @register_learner
 class CodaPrompt(PromptLearner):
     name = "coda_prompt"
-    defaults: ClassVar[dict[str, Any]] = {"layers": "0,1,2,3,4", "length": 8, "per_task": 10, "ortho": 0.1}
+    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "layers": "0,1,2,3,4", "length": 8, "per_task": 10, "ortho": 0.1}
+    choices: ClassVar[dict[str, tuple]] = COMMON_CHOICES
     aux_coef_name = "ortho"
 
     def make_pool(self, dim, hp):

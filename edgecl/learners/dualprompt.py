@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..peft.prompts import DualPromptPool
-from .prompting import PromptLearner, block_list
+from .prompting import COMMON_CHOICES, COMMON_DEFAULTS, PromptLearner, block_list
 from .registry import register_learner
 
 
 @register_learner
 class DualPrompt(PromptLearner):
     name = "dualprompt"
-    defaults: ClassVar[dict[str, Any]] = {"g_layers": "0,1", "e_layers": "2,3,4", "g_length": 5, "e_length": 5, "pull": 1.0}
+    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "g_layers": "0,1", "e_layers": "2,3,4", "g_length": 5, "e_length": 5, "pull": 1.0}
+    choices: ClassVar[dict[str, tuple]] = COMMON_CHOICES
     aux_coef_name = "pull"
 
     def make_pool(self, dim, hp):

@@ -47,8 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecl_runtime.heads.prototype import PrototypeCosineHead
+from edgecl_runtime.heads.subspace import SubspaceCosineHead
+
+from ..errors import NotTrainedError, StateError
 from ..peft import ParallelEmbedding, PeftModel
 from .aper import TRAIN_DEFAULTS
+from .hparams import require
 from .prototypes import PrototypeLearner
 from .registry import register_learner
 from .training import HEAD_TYPES, fit_classifier, task_labels
@@ -102,10 +107,13 @@ class EASE(PrototypeLearner):
     choices = {"head": HEAD_TYPES}
     positive = ("epochs", "lr", "bottleneck")
 
+    def validate(self, hp: dict[str, Any]) -> None:
+        super().validate(hp)
+        require(self.name, hp["alpha"] >= 0 and hp["beta"] >= 0,
+                f"alpha and beta must be >= 0, got {hp['alpha']} and {hp['beta']}")
+
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
-        if self.hparams["alpha"] < 0 or self.hparams["beta"] < 0:
-            raise ValueError(f"ease: alpha and beta must be >= 0, got {self.hparams['alpha']} and {self.hparams['beta']}")
         self.adapters: list[PeftModel] = []
         self.task_of_class = torch.zeros(0, dtype=torch.int64)
         self._embedding: nn.Module | None = None
@@ -117,7 +125,8 @@ class EASE(PrototypeLearner):
 
     @property
     def head_kind(self) -> str:
-        return "subspace_cosine" if self.hparams["reweight"] else "prototype_cosine"
+        """What the bundle gets: the subspace head (``reweight``) or the prototype head it trains."""
+        return (SubspaceCosineHead if self.hparams["reweight"] else PrototypeCosineHead).kind
 
     @property
     def embedding_dim(self) -> int:
@@ -125,7 +134,7 @@ class EASE(PrototypeLearner):
 
     def embedding_module(self) -> nn.Module:
         if self._embedding is None:
-            raise RuntimeError("ease has no embedding before its first task")
+            raise NotTrainedError("ease has no embedding before its first task")
         return self._embedding
 
     def _new_adapter(self) -> PeftModel:
@@ -138,9 +147,7 @@ class EASE(PrototypeLearner):
         self._embedding = ParallelEmbedding(self.backbone.model, adapters, include_base=bool(self.offset))
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
-        classes = task_labels(loader)
-        if int(classes.min()) < self.num_classes:
-            raise ValueError(f"ease: a task must bring new classes (>= {self.num_classes}), got {int(classes.min())}")
+        classes = task_labels(loader, self.num_classes, new_only=True)  # a new subspace per task: new classes only
         hp, dim = self.hparams, self.backbone.embedding_dim
         adapter = self._new_adapter()
         self.train_stats = fit_classifier(
@@ -151,12 +158,13 @@ class EASE(PrototypeLearner):
         adapter.freeze()
         self._set_adapters([*self.adapters, adapter])
         if self.num_classes:  # the new subspace's block, complemented below
-            self.means = torch.cat([self.means, torch.zeros(self.num_classes, dim, dtype=torch.float64)], dim=1)
+            self.set_prototypes(np.hstack([self.head.prototypes, np.zeros((self.num_classes, dim), np.float32)]))
         feats, labels = self.embed(loader)
         new = self.add_examples(feats, labels)
         task = len(self.adapters) - 1
         self.task_of_class = torch.cat([self.task_of_class, torch.full((len(new),), task, dtype=torch.int64)])
-        self.means = complement(self.means, self.task_of_class, dim, self.offset)
+        means = complement(self.prototypes.double(), self.task_of_class, dim, self.offset)
+        self.set_prototypes(means.float().numpy())
 
     def _weights(self) -> torch.Tensor:
         hp = self.hparams
@@ -170,17 +178,16 @@ class EASE(PrototypeLearner):
     def scores(self, feats: torch.Tensor) -> torch.Tensor:
         if not self.hparams["reweight"]:
             return super().scores(feats)
-        from edgecl_runtime.heads.subspace import SubspaceCosineHead  # the exported head scores here too
-
-        _, arrays = self.export_head()
+        _, arrays = self.export_head()  # the exported head scores here too
         return torch.from_numpy(SubspaceCosineHead(**arrays).scores(feats.numpy()))
 
     def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
-        kind, arrays = super().export_head()
+        _, arrays = super().export_head()
+        arrays = dict(arrays)
         if self.hparams["reweight"]:
             w = self._weights().float().numpy()
             arrays.update(weights=w[:-1].copy(), new_class_weights=w[-1].copy())
-        return kind, arrays
+        return self.head_kind, arrays
 
     def extra_state(self) -> dict[str, np.ndarray]:
         out = {"task_of_class": self.task_of_class.numpy().copy()}
@@ -195,10 +202,10 @@ class EASE(PrototypeLearner):
             if m:
                 per.setdefault(int(m.group(1)), {})[m.group(2)] = value
         if sorted(per) != list(range(len(per))):
-            raise ValueError(f"ease state has adapters {sorted(per)}, expected 0..{len(per) - 1}")
+            raise StateError(f"ease state has adapters {sorted(per)}, expected 0..{len(per) - 1}")
         task_of_class = torch.as_tensor(np.asarray(state["task_of_class"]), dtype=torch.int64)
         if task_of_class.shape != np.shape(state["prototypes"])[:1] or (len(per) == 0 and len(task_of_class)):
-            raise ValueError(f"ease state: task_of_class {tuple(task_of_class.shape)} does not fit the prototypes")
+            raise StateError(f"ease state: task_of_class {tuple(task_of_class.shape)} does not fit the prototypes")
         adapters = []
         for k in range(len(per)):
             self.adapters = adapters  # seeds follow the adapter index

@@ -25,19 +25,21 @@ from typing import Callable
 
 import numpy as np
 
-from .closed_form import HeadLearner, task_classes
+from edgecl_runtime.heads.gaussian import GaussianHead
+
+from ..errors import StateError
+from .head_learner import HeadLearner
+from .labels import task_classes
 from .registry import register_learner
 
 
 @register_learner
 class FeCAM(HeadLearner):
     name = "fecam"
-    head_kind = "gaussian"
+    head_class = GaussianHead
     defaults = {"beta": 0.5, "shrink1": 1.0, "shrink2": 1.0, "normalize_cov": True}
 
     def __init__(self, backbone, device: str = "cpu", **hparams):
-        from edgecl_runtime.heads.gaussian import GaussianHead
-
         super().__init__(backbone, device, **hparams)
         hp = self.hp
         self.head = GaussianHead.empty(backbone.embedding_dim, hp["beta"], (hp["shrink1"], hp["shrink2"]),
@@ -53,11 +55,9 @@ class FeCAM(HeadLearner):
         self.head, self.num_classes = head, head.num_classes
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        from edgecl_runtime.heads.gaussian import GaussianHead
-
-        self._load_head(GaussianHead, state)
+        self._load_head(state)
         hp = self.hp
         if (self.head.beta, self.head.shrink, self.head.normalize_cov) != (
             hp["beta"], (hp["shrink1"], hp["shrink2"]), hp["normalize_cov"]
         ):
-            raise ValueError("fecam state does not match the beta/shrink1/shrink2/normalize_cov hyper-parameters")
+            raise StateError("fecam state does not match the beta/shrink1/shrink2/normalize_cov hyper-parameters")

@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..peft.prompts import L2PPool
-from .prompting import PromptLearner
+from .prompting import COMMON_CHOICES, COMMON_DEFAULTS, PromptLearner
 from .registry import register_learner
 
 
 @register_learner
 class L2P(PromptLearner):
     name = "l2p"
-    defaults: ClassVar[dict[str, Any]] = {"size": 10, "length": 5, "top_n": 5, "pull": 0.1, "pool": "prompt"}
-    choices: ClassVar[dict[str, tuple]] = {"pool": ("prompt", "cls")}
+    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "size": 10, "length": 5, "top_n": 5, "pull": 0.1, "pool": "prompt"}
+    choices: ClassVar[dict[str, tuple]] = {**COMMON_CHOICES, "pool": ("prompt", "cls")}
     aux_coef_name = "pull"
 
     def make_pool(self, dim, hp):

@@ -24,7 +24,6 @@ Subclasses set ``name``, ``defaults`` (their hyper-parameters) and build the poo
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -33,37 +32,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..peft.prompts import PromptedViT
-from .base import Learner
-from .hparams import resolve_hparams
+from edgecl_runtime.heads.linear import LinearHead
+from edgecl_runtime.heads.prototype import PrototypeCosineHead
 
-HEADS = {"linear": "linear", "prototype": "prototype_cosine"}
+from ..errors import ConfigError, StateError
+from ..loop import cosine_schedule, epochs, mask_logits, train
+from ..peft.prompts import PromptedViT
+from .hparams import ConfiguredLearner
+from .labels import loader_labels, task_classes
+
+HEADS = {"linear": LinearHead, "prototype": PrototypeCosineHead}
 COMMON_DEFAULTS: dict[str, Any] = {"epochs": 3, "lr": 0.01, "head": "linear", "seed": 0}
+COMMON_CHOICES: dict[str, tuple] = {"head": tuple(HEADS)}
 
 
 def block_list(hp: dict[str, Any], key: str) -> list[int]:
-    """A hyper-parameter naming ViT blocks, ``"2,3,4"``, as a list of ints (``ValueError`` otherwise)."""
+    """A hyper-parameter naming ViT blocks, ``"2,3,4"``, as a list of ints (``ConfigError`` otherwise)."""
     try:
         blocks = [int(v) for v in str(hp[key]).split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"hyper-parameter {key}={hp[key]!r} must be comma-separated block indices") from None
+        raise ConfigError(f"hyper-parameter {key}={hp[key]!r} must be comma-separated block indices") from None
     if not blocks or len(set(blocks)) != len(blocks):
-        raise ValueError(f"hyper-parameter {key}={hp[key]!r} must name distinct blocks")
+        raise ConfigError(f"hyper-parameter {key}={hp[key]!r} must name distinct blocks")
     return blocks
 
 
-class PromptLearner(Learner):
-    head_kind = "linear"  # per instance: see ``head`` hparam
-    defaults: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple]] = {}
+class PromptLearner(ConfiguredLearner):
+    """Subclasses' ``defaults`` and ``choices`` start from ``COMMON_DEFAULTS`` / ``COMMON_CHOICES``."""
+
     positive: ClassVar[tuple[str, ...]] = ("epochs", "lr", "size", "length", "top_n", "g_length", "e_length", "per_task")
 
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        choices = {"head": tuple(HEADS), **self.choices}
-        hp = resolve_hparams(self.name, hparams, {**COMMON_DEFAULTS, **self.defaults}, choices, self.positive)
-        super().__init__(backbone, device, **hp)
-        self.hp = hp
-        self.head_kind = HEADS[hp["head"]]
+        super().__init__(backbone, device, **hparams)
+        hp = self.hp
         torch.manual_seed(hp["seed"])
         pool = self.make_pool(backbone.embedding_dim, hp)
         self.net = PromptedViT(self.backbone, pool, self.pool_mode(hp), method=self.name).to(device)
@@ -71,8 +72,13 @@ class PromptLearner(Learner):
         self.weight = torch.zeros(0, dim)
         self.bias = torch.zeros(0)
         self.counts = torch.zeros(0, dtype=torch.int64)
-        self.proto_sums = torch.zeros(0, dim, dtype=torch.float64)
+        self.protos = PrototypeCosineHead(np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
         self.tasks = 0
+
+    @property
+    def head_class(self) -> type:
+        """``LinearHead`` or ``PrototypeCosineHead``, as the ``head`` hyper-parameter says."""
+        return HEADS[self.hp["head"]]
 
     # ------------------------------------------------------------ subclass
     @abc.abstractmethod
@@ -92,48 +98,43 @@ class PromptLearner(Learner):
         self.tasks += 1
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
-        labels = torch.cat([y for _, y in loader])
-        if labels.numel() == 0:
-            raise ValueError("fit_task got no training samples")
-        lo, hi = self.num_classes, int(labels.max()) + 1
-        if int(labels.min()) < lo:
-            raise ValueError(f"task labels must be new classes >= {lo}, got {int(labels.min())}")
-        missing = sorted(set(range(lo, hi)) - set(labels.tolist()))
-        if missing:
-            raise ValueError(f"classes {missing} have no training samples")
+        labels = torch.from_numpy(loader_labels(loader))
+        _, new = task_classes(labels, self.num_classes, new_only=True)
+        lo, hi = self.num_classes, self.num_classes + len(new)
         torch.manual_seed(self.hp["seed"] + self.tasks)
         self._grow()
-        task = self.tasks - 1
-        dim = self.weight.shape[1]
+        weight, bias = self._train_task(loader, lo, hi, progress)
+        self.weight, self.bias = weight.detach().cpu(), bias.detach().cpu()
+        self.counts = torch.cat([self.counts, torch.bincount(labels - lo, minlength=hi - lo)])
+        if self.hp["head"] == "prototype":
+            feats, ys = self.embed(loader)
+            feats, ys = feats.numpy(), ys.numpy()
+            for c in new:
+                self.protos = self.protos.with_examples(None, feats[ys == c])
+        self.num_classes = hi
+
+    def _train_task(self, loader, lo: int, hi: int, progress) -> tuple[nn.Parameter, nn.Parameter]:
+        """The pool's trainable parameters and the linear head (grown to ``hi`` classes) by cross-entropy
+        on logits with the ``lo`` earlier classes masked, plus the pool's auxiliary loss."""
+        task, dim = self.tasks - 1, self.weight.shape[1]
         new = nn.Linear(dim, hi - lo)
         weight = nn.Parameter(torch.cat([self.weight, new.weight.data]).to(self.device))
         bias = nn.Parameter(torch.cat([self.bias, new.bias.data]).to(self.device))
         params = [p for p in self.net.pool.parameters() if p.requires_grad] + [weight, bias]
         opt = torch.optim.Adam(params, lr=self.hp["lr"])
         steps = self.hp["epochs"] * max(1, len(loader) if hasattr(loader, "__len__") else 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
         coef = float(self.hp.get(self.aux_coef_name, 0.0)) if self.aux_coef_name else 0.0
-        for _ in range(self.hp["epochs"]):
-            for x, y in progress(loader) if progress else loader:
-                x, y = x.to(self.device), y.to(self.device)
-                emb, aux = self.net.encode(x, task)
-                logits = (emb @ weight.T + bias)[:, :hi].masked_fill(torch.arange(hi, device=self.device) < lo, -math.inf)
-                loss = F.cross_entropy(logits, y)
-                if aux is not None and coef:
-                    loss = loss + coef * aux
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
+
+        def loss_fn(batch):
+            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            emb, aux = self.net.encode(x, task)
+            loss = F.cross_entropy(mask_logits((emb @ weight.T + bias)[:, :hi], lo), y)
+            return loss + coef * aux if aux is not None and coef else loss
+
+        train(epochs(loader, self.hp["epochs"], progress), loss_fn, opt, cosine_schedule(opt, steps))
         for p in self.net.pool.parameters():
             p.grad = None
-        self.weight, self.bias = weight.detach().cpu(), bias.detach().cpu()
-        self.counts = torch.cat([self.counts, torch.bincount(labels - lo, minlength=hi - lo)])
-        self.proto_sums = torch.cat([self.proto_sums, torch.zeros(hi - lo, dim, dtype=torch.float64)])
-        if self.hp["head"] == "prototype":
-            feats, ys = self.embed(loader)
-            self.proto_sums.index_add_(0, ys, feats.double())
-        self.num_classes = hi
+        return weight, bias
 
     # ----------------------------------------------------------- inference
     def embedding_module(self) -> nn.Module:
@@ -147,28 +148,31 @@ class PromptLearner(Learner):
     def scores(self, emb: torch.Tensor) -> torch.Tensor:
         if self.hp["head"] == "linear":
             return emb @ self.weight.T + self.bias
-        return F.normalize(emb, dim=1) @ F.normalize(self.prototypes, dim=1).T
+        return torch.from_numpy(self.protos.scores(emb.numpy()))
 
     @property
     def prototypes(self) -> torch.Tensor:
-        return (self.proto_sums / self.counts.clamp(min=1)[:, None]).float()
+        return torch.from_numpy(self.protos.prototypes.copy())
 
     def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
-        counts = self.counts.numpy().copy()
         if self.hp["head"] == "linear":
-            return "linear", {"weight": self.weight.numpy().copy(), "bias": self.bias.numpy().copy(), "counts": counts}
-        return "prototype_cosine", {"prototypes": self.prototypes.numpy(), "counts": counts}
+            head = LinearHead(self.weight.numpy().copy(), self.bias.numpy().copy(), self.counts.numpy().copy())
+        else:
+            head = self.protos
+        return head.kind, dict(head.arrays())
 
     # --------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:
         pool = {f"pool.{k}": v.detach().cpu().numpy() for k, v in self.net.pool.state_dict().items()}
-        return pool | {
+        out = pool | {
             "tasks": np.array(self.tasks),
             "head.weight": self.weight.numpy(),
             "head.bias": self.bias.numpy(),
             "counts": self.counts.numpy(),
-            "proto_sums": self.proto_sums.numpy(),
         }
+        if self.hp["head"] == "prototype":
+            out["prototypes"] = np.asarray(self.protos.prototypes)
+        return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         tasks = int(state["tasks"])
@@ -178,13 +182,28 @@ class PromptLearner(Learner):
         try:
             self.net.pool.load_state_dict(pool, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"saved prompt pool does not fit {self.name} with {self.hp}: {exc}") from exc
+            raise StateError(f"saved prompt pool does not fit {self.name} with {self.hp}: {exc}") from exc
         self.weight = torch.as_tensor(np.asarray(state["head.weight"]), dtype=torch.float32)
         self.bias = torch.as_tensor(np.asarray(state["head.bias"]), dtype=torch.float32)
         self.counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
-        self.proto_sums = torch.as_tensor(np.asarray(state["proto_sums"]), dtype=torch.float64)
         dim = self.backbone.embedding_dim
         n = self.counts.shape[0]
-        if self.weight.shape != (n, dim) or self.bias.shape != (n,) or self.proto_sums.shape != (n, dim):
-            raise ValueError(f"saved head shapes do not fit {n} classes of dimension {dim}")
+        if self.weight.shape != (n, dim) or self.bias.shape != (n,):
+            raise StateError(f"saved head shapes do not fit {n} classes of dimension {dim}")
+        self.protos = self._load_prototypes(state, n, dim)
         self.num_classes = n
+
+    def _load_prototypes(self, state: dict[str, np.ndarray], n: int, dim: int) -> PrototypeCosineHead:
+        """The prototype head of a saved state (``proto_sums`` of runs saved before ``prototypes``)."""
+        counts = self.counts.numpy()
+        if self.hp["head"] != "prototype":
+            return PrototypeCosineHead(np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
+        if "prototypes" in state:
+            protos = np.asarray(state["prototypes"], dtype=np.float32)
+        elif "proto_sums" in state:
+            protos = (np.asarray(state["proto_sums"]) / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        else:
+            raise StateError(f"{self.name} state with head=prototype has no prototypes")
+        if protos.shape != (n, dim):
+            raise StateError(f"saved prototypes {protos.shape} do not fit {n} classes of dimension {dim}")
+        return PrototypeCosineHead(protos, counts.copy())

@@ -1,35 +1,31 @@
 """Base of learners that classify by cosine similarity to class prototypes of their embedding.
 
 The embedding is whatever ``embedding_module()`` computes (a frozen backbone,
-a PEFT-adapted one, several concatenated); the classifier is the class means
-of training embeddings, which is exactly the runtime's ``prototype_cosine``
-head, so these learners' bundles learn new classes on the device. Subclasses
-declare hyper-parameters (``defaults``, ``choices``, ``positive``; validated by
-``resolve_hparams``), the embedding and its dimension, and what they learn
-beyond prototypes (``extra_state``/``load_extra_state``).
-
-Prototypes are kept as float64 running means with counts: adding examples of
-a class is ``m <- (n m + sum) / (n + k)``, the same update the device applies.
+a PEFT-adapted one, several concatenated); the classifier is the runtime's
+``prototype_cosine`` head itself (``edgecl_runtime.heads.prototype``: class means
+of training embeddings with their counts), so these learners' bundles score
+exactly like the learner and learn new classes on the device with the same
+running-mean update. Subclasses declare hyper-parameters (``defaults``,
+``choices``, ``positive``, ``validate``), the embedding and its dimension, and
+what they learn beyond prototypes (``extra_state``/``load_extra_state``).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .hparams import ConfiguredLearner
+from edgecl_runtime.heads.prototype import PrototypeCosineHead
+
+from .head_learner import HeadLearner
+from .labels import task_classes
 
 
-class PrototypeLearner(ConfiguredLearner):
-    head_kind = "prototype_cosine"
-    def __init__(self, backbone, device: str = "cpu", **hparams: Any):
-        super().__init__(backbone, device, **hparams)
-        self.means = torch.zeros(0, 0, dtype=torch.float64)
-        self.counts = torch.zeros(0, dtype=torch.int64)
+class PrototypeLearner(HeadLearner):
+    head_class = PrototypeCosineHead
 
     # ------------------------------------------------------------ subclass
     @property
@@ -39,6 +35,10 @@ class PrototypeLearner(ConfiguredLearner):
 
     @abc.abstractmethod
     def embedding_module(self) -> torch.nn.Module: ...
+
+    @property
+    def head_dim(self) -> int:
+        return self.embedding_dim
 
     def extra_state(self) -> dict[str, np.ndarray]:
         return {}
@@ -52,53 +52,31 @@ class PrototypeLearner(ConfiguredLearner):
         self.add_examples(feats, labels)
 
     def add_examples(self, feats: torch.Tensor, labels: torch.Tensor) -> list[int]:
-        """Running-mean update of the classes in ``labels``; returns the classes that are new."""
-        if labels.numel() == 0:
-            raise ValueError("fit_task got no training samples")
-        dim = feats.shape[1]
-        if self.means.shape[0] == 0:
-            self.means = torch.zeros(0, dim, dtype=torch.float64)
-        n = max(int(labels.max()) + 1, self.num_classes)
-        missing = sorted(set(range(self.num_classes, n)) - set(labels.tolist()))
-        if missing:
-            raise ValueError(f"classes {missing} have no training samples")
-        new = list(range(self.num_classes, n))
-        if new:
-            self.means = torch.cat([self.means, torch.zeros(len(new), dim, dtype=torch.float64)])
-            self.counts = torch.cat([self.counts, torch.zeros(len(new), dtype=torch.int64)])
-        sums = torch.zeros(n, dim, dtype=torch.float64).index_add_(0, labels, feats.double())
-        k = torch.bincount(labels, minlength=n)
-        hit = k > 0
-        total = self.counts[hit] + k[hit]
-        self.means[hit] = (self.means[hit] * self.counts[hit, None] + sums[hit]) / total[:, None]
-        self.counts[hit] = total
-        self.num_classes = n
+        """Running-mean update of the classes in ``labels`` (the runtime head's own); returns the new classes."""
+        old, new = task_classes(labels, self.num_classes)
+        feats, labels = feats.numpy(), labels.numpy()
+        head = self.head or PrototypeCosineHead(np.zeros((0, feats.shape[1]), np.float32), np.zeros(0, np.int64))
+        for c in old + new:
+            head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
+        self.head, self.num_classes = head, head.num_classes
         return new
+
+    def set_prototypes(self, prototypes: np.ndarray) -> None:
+        """Replace the prototypes (same classes and counts): for learners whose embedding space changes."""
+        self.head = PrototypeCosineHead(prototypes, self.head.counts.copy())
 
     # ----------------------------------------------------------- inference
     @property
     def prototypes(self) -> torch.Tensor:
-        return self.means.float()
-
-    @torch.no_grad()
-    def scores(self, feats: torch.Tensor) -> torch.Tensor:
-        return F.normalize(feats, dim=1) @ F.normalize(self.prototypes, dim=1).T
+        """``(C, D)`` float32 class means."""
+        if self.head is None:
+            return torch.zeros(0, self.embedding_dim)
+        return torch.from_numpy(self.head.prototypes.copy())
 
     # ------------------------------------------------------- state, export
     def state(self) -> dict[str, np.ndarray]:
-        return {"prototypes": self.prototypes.numpy().copy(), "counts": self.counts.numpy().copy(), **self.extra_state()}
+        return {**super().state(), **self.extra_state()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        protos = torch.as_tensor(np.asarray(state["prototypes"]), dtype=torch.float64)
-        counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
         self.load_extra_state(state)
-        if protos.ndim != 2 or protos.shape[1] != self.embedding_dim or counts.shape != protos.shape[:1]:
-            raise ValueError(
-                f"{self.name} state shapes {tuple(protos.shape)}/{tuple(counts.shape)} do not fit "
-                f"embedding dimension {self.embedding_dim}"
-            )
-        self.means, self.counts = protos, counts
-        self.num_classes = protos.shape[0]
-
-    def export_head(self) -> tuple[str, dict[str, np.ndarray]]:
-        return self.head_kind, {"prototypes": self.prototypes.numpy().copy(), "counts": self.counts.numpy().copy()}
+        self._load_head(state)

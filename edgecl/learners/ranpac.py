@@ -33,8 +33,13 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from edgecl_runtime.heads.ridge import RidgeHead
+
+from ..errors import StateError
 from ..peft import PEFT_METHODS, PeftModel
-from .closed_form import RIDGE_DEFAULTS, HeadLearner, check_ridge_hparams, grow_ridge
+from .closed_form import RIDGE_DEFAULTS, check_ridge_hparams, grow_ridge
+from .head_learner import HeadLearner
+from .hparams import require
 from .registry import register_learner
 from .training import fit_classifier, task_labels
 
@@ -44,7 +49,7 @@ PEFT_PREFIX = "peft."
 @register_learner
 class RanPAC(HeadLearner):
     name = "ranpac"
-    head_kind = "ridge"
+    head_class = RidgeHead
     defaults = {
         "M": 2048,
         **RIDGE_DEFAULTS,
@@ -57,12 +62,15 @@ class RanPAC(HeadLearner):
     choices = {"first_session": ("none", *PEFT_METHODS)}
     positive = ("adapt_lr", "bottleneck", "prompt_length")
 
+    def validate(self, hp) -> None:
+        super().validate(hp)
+        check_ridge_hparams(self.name, hp)
+        require(self.name, hp["M"] >= 0 and hp["adapt_epochs"] >= 0,
+                "M (0: no random projection) and adapt_epochs must be >= 0")
+
     def __init__(self, backbone, device: str = "cpu", **hparams):
         super().__init__(backbone, device, **hparams)
         hp = self.hp
-        check_ridge_hparams(self.name, hp)
-        if hp["M"] < 0 or hp["adapt_epochs"] < 0:
-            raise ValueError("ranpac: M (0: no random projection) and adapt_epochs must be >= 0")
         rng = np.random.default_rng(hp["seed"])
         self.W_rand = rng.standard_normal((backbone.embedding_dim, hp["M"])).astype(np.float32) if hp["M"] else None
         self.peft, self.adapted = None, False
@@ -89,7 +97,7 @@ class RanPAC(HeadLearner):
     def _adapt(self, loader, progress) -> None:
         """Phase 1: train the PEFT module on the first task with a cosine classifier, then freeze it."""
         hp = self.hp
-        fit_classifier(self.peft, self.peft.peft_parameters(), loader, task_labels(loader), self.backbone.embedding_dim,
+        fit_classifier(self.peft, self.peft.peft_parameters(), loader, task_labels(loader, 0), self.backbone.embedding_dim,
                        epochs=hp["adapt_epochs"], lr=hp["adapt_lr"], head="cosine", device=self.device,
                        seed=hp["seed"], progress=progress)
         self.peft.freeze()
@@ -102,16 +110,14 @@ class RanPAC(HeadLearner):
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        from edgecl_runtime.heads.ridge import RidgeHead
-
         peft = {k[len(PEFT_PREFIX):]: v for k, v in state.items() if k.startswith(PEFT_PREFIX)}
         if bool(peft) != (self.peft is not None):
-            raise ValueError("ranpac state and first_session hyper-parameter disagree about a PEFT module")
+            raise StateError("ranpac state and first_session hyper-parameter disagree about a PEFT module")
         if self.peft is not None:
             self.peft.load_peft_state(peft)
         head_state = {k: v for k, v in state.items() if not k.startswith(PEFT_PREFIX)}
-        self._load_head(RidgeHead, head_state)
+        self._load_head(head_state)
         if (self.W_rand is None) != (self.head.W_rand is None) or (
             self.W_rand is not None and not np.array_equal(self.W_rand, self.head.W_rand)
         ):
-            raise ValueError("ranpac state has a W_rand that does not match the M/seed hyper-parameters")
+            raise StateError("ranpac state has a W_rand that does not match the M/seed hyper-parameters")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
+
 LEARNERS: dict[str, type] = {}
 
 
@@ -16,5 +18,5 @@ def register_learner(cls):
 
 def create_learner(name: str, backbone, device: str = "cpu", **hparams: Any):
     if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; available: {', '.join(sorted(LEARNERS))}")
+        raise ConfigError(f"unknown learner {name!r}; available: {', '.join(sorted(LEARNERS))}")
     return LEARNERS[name](backbone, device=device, **hparams)

@@ -9,59 +9,17 @@ runtime does on the device).
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from .base import Learner
+from .prototypes import PrototypeLearner
 from .registry import register_learner
 
 
 @register_learner
-class SimpleCIL(Learner):
+class SimpleCIL(PrototypeLearner):
     name = "simplecil"
-    head_kind = "prototype_cosine"
-
-    def __init__(self, backbone, device: str = "cpu", **hparams):
-        if hparams:
-            raise ValueError(f"simplecil takes no hyper-parameters, got {sorted(hparams)}")
-        super().__init__(backbone, device)
-        self._sums = torch.zeros(0, backbone.embedding_dim, dtype=torch.float64)
-        self._counts = torch.zeros(0, dtype=torch.int64)
-
-    def fit_task(self, loader, progress: Callable | None = None) -> None:
-        feats, labels = self.embed(loader, progress)
-        if labels.numel() == 0:
-            raise ValueError("fit_task got no training samples")
-        n = max(int(labels.max()) + 1, self.num_classes)
-        if n > self._sums.shape[0]:
-            pad = n - self._sums.shape[0]
-            self._sums = torch.cat([self._sums, torch.zeros(pad, self._sums.shape[1], dtype=torch.float64)])
-            self._counts = torch.cat([self._counts, torch.zeros(pad, dtype=torch.int64)])
-        self._sums.index_add_(0, labels, feats.double())
-        self._counts.index_add_(0, labels, torch.ones_like(labels))
-        missing = (self._counts[:n] == 0).nonzero().flatten().tolist()
-        if missing:
-            raise ValueError(f"classes {missing} have no training samples")
-        self.num_classes = n
 
     @property
-    def prototypes(self) -> torch.Tensor:
-        return (self._sums / self._counts[:, None]).float()
+    def embedding_dim(self) -> int:
+        return self.backbone.embedding_dim
 
-    @torch.no_grad()
-    def scores(self, feats: torch.Tensor) -> torch.Tensor:
-        return F.normalize(feats, dim=1) @ F.normalize(self.prototypes, dim=1).T
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"prototypes": self.prototypes.numpy(), "counts": self._counts.numpy().copy()}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        protos = torch.as_tensor(np.asarray(state["prototypes"]), dtype=torch.float64)
-        counts = torch.as_tensor(np.asarray(state["counts"]), dtype=torch.int64)
-        if protos.ndim != 2 or protos.shape[1] != self.backbone.embedding_dim or counts.shape != protos.shape[:1]:
-            raise ValueError(f"state shapes {tuple(protos.shape)}/{tuple(counts.shape)} do not fit this backbone")
-        self._sums, self._counts = protos * counts[:, None], counts
-        self.num_classes = protos.shape[0]
+    def embedding_module(self):
+        return self.backbone

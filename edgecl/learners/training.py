@@ -1,21 +1,25 @@
 """First-session style training shared by learners: trainable features + a temporary head, cross-entropy.
 
-APER, VPT and EASE adapt a frozen backbone through a few PEFT parameters by
+APER, VPT, EASE and RanPAC adapt a frozen backbone through a few PEFT parameters by
 classifying the classes of one task with a throw-away head; the head is then
 discarded and the adapted features feed prototypes. ``fit_classifier`` is that
-loop: AdamW over the given parameters and the head, cosine learning-rate decay
-to zero, a fixed number of epochs over a re-iterable loader. Labels are mapped
+loop (``edgecl.loop.train``): AdamW over the given parameters and the head, cosine
+learning-rate decay to zero, a fixed number of epochs over a re-iterable loader. Labels are mapped
 to ``0..k-1`` over the classes present (``task_labels``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+from ..loop import cosine_schedule, steps_per_epoch, train
+from .labels import loader_labels, task_classes
 
 HEAD_TYPES = ("cosine", "linear")
 
@@ -37,15 +41,30 @@ def make_head(kind: str, dim: int, classes: int) -> nn.Module:
         return CosineClassifier(dim, classes)
     if kind == "linear":
         return nn.Linear(dim, classes)
-    raise ValueError(f"head must be one of {', '.join(HEAD_TYPES)}, got {kind!r}")
+    raise ConfigError(f"head must be one of {', '.join(HEAD_TYPES)}, got {kind!r}")
 
 
-def task_labels(loader: Iterable) -> torch.Tensor:
-    """Sorted distinct labels of ``loader``; ``ValueError`` if it is empty."""
-    labels = [torch.as_tensor(y) for _, y in loader]
-    if not labels or torch.cat(labels).numel() == 0:
-        raise ValueError("fit_task got no training samples")
-    return torch.unique(torch.cat(labels))
+def task_labels(loader: Iterable, num_classes: int, new_only: bool = False) -> torch.Tensor:
+    """Sorted distinct labels of ``loader`` for a learner that knows ``num_classes`` classes, checked by
+    ``task_classes`` (``LabelError``)."""
+    labels = loader_labels(loader)
+    task_classes(labels, num_classes, new_only)
+    return torch.from_numpy(np.unique(labels))
+
+
+class _Tally:
+    """Loss and accuracy of one epoch, batch by batch."""
+
+    def __init__(self):
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.item() * len(y)
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+
+    def stats(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / max(self.seen, 1), "accuracy": self.correct / max(self.seen, 1)}
 
 
 def fit_classifier(
@@ -69,26 +88,21 @@ def fit_classifier(
     lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
     lookup[classes] = torch.arange(len(classes))
     opt = torch.optim.AdamW(list(params) + list(clf.parameters()), lr=lr, weight_decay=weight_decay)
-    total = max(1, epochs * len(loader)) if hasattr(loader, "__len__") else None
-    sched = None
-    if total:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    per_epoch = steps_per_epoch(loader)
+    sched = cosine_schedule(opt, max(1, epochs * per_epoch)) if per_epoch is not None else None
     stats = {"loss": float("nan"), "accuracy": float("nan")}
     for _ in range(epochs):
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in progress(loader) if progress else loader:
-            x, y = x.to(device), lookup[y].to(device)
+        tally = _Tally()
+
+        def loss_fn(batch):
+            x, y = batch[0].to(device), lookup[batch[1]].to(device)
             logits = clf(features(x))
             loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched:
-                sched.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        stats = {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+            tally.add(loss, logits, y)
+            return loss
+
+        train(progress(loader) if progress else loader, loss_fn, opt, sched)
+        stats = tally.stats()
     for p in params:
         p.grad = None
     return stats

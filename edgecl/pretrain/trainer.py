@@ -2,7 +2,8 @@
 
 One linear head per task head on the ``num_classes=0`` embedding, summed
 cross-entropy (optional label smoothing), AdamW with linear warm-up then cosine
-decay, fresh batches every step from the task. Loss and held-out accuracy are
+decay, fresh batches every step from the task, through the one training loop
+(``edgecl.loop.train``). Loss and held-out accuracy are
 reported through ``log``; the result keeps only the backbone (the heads are
 throw-away).
 
@@ -15,7 +16,6 @@ thread count, same torch build and CPU type -> bit-identical weights.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -26,7 +26,8 @@ from torch import nn
 
 from edgecl_runtime.preprocess import preprocess
 
-from ..backbones import Backbone, timm_models
+from ..backbones import timm_models
+from ..loop import cosine_schedule, train
 from .recipe import Recipe
 from .tasks import Resolve, make_task
 
@@ -90,14 +91,6 @@ def apply_init(model: nn.Module, states: dict[str, dict[str, torch.Tensor]]) -> 
         module.load_state_dict(picked)
 
 
-def lr_factor(recipe: Recipe, step: int) -> float:
-    """Linear warm-up over ``recipe.warmup_steps``, then cosine decay to 0 at ``recipe.steps``."""
-    warm = recipe.warmup_steps
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, recipe.steps - warm))))
-
-
 def _to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
     return torch.from_numpy(preprocess(images, recipe.input_size, recipe.mean, recipe.std))
 
@@ -129,6 +122,32 @@ def evaluate(model: nn.Module, heads: nn.ModuleDict, recipe: Recipe, holdout, ba
     return {(f"cos_{k}" if np.asarray(labels[k]).dtype.kind == "f" else f"acc_{k}"): v / n for k, v in total.items()}
 
 
+class _Log:
+    """The run's history: mean loss every ``log_every`` steps, held-out metrics every ``eval_every``."""
+
+    def __init__(self, recipe, model, heads, holdout, opt, log, log_every: int, eval_every: int):
+        self.recipe, self.model, self.heads, self.holdout, self.opt = recipe, model, heads, holdout, opt
+        self.log, self.log_every, self.eval_every = log, log_every, eval_every
+        self.t0, self.done, self.window = time.perf_counter(), 0, []
+        self.history: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.window.append(float(loss.item()))
+        self.done += 1
+        done, entry = self.done, None
+        if self.log_every and (done % self.log_every == 0 or done == self.recipe.steps):
+            entry = {"step": done, "loss": float(np.mean(self.window)), "lr": self.opt.param_groups[0]["lr"]}
+            self.window = []
+        if self.eval_every and (done % self.eval_every == 0 or done == self.recipe.steps):
+            entry = dict(entry or {"step": done}, **evaluate(self.model, self.heads, self.recipe, self.holdout))
+        if entry is not None:
+            entry["seconds"] = time.perf_counter() - self.t0
+            self.history.append(entry)
+            if self.log:
+                self.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+
+
 def pretrain(
     recipe: Recipe,
     threads: int | None = None,
@@ -146,7 +165,6 @@ def pretrain(
     task = make_task(recipe, resolve)
     states = init_states(recipe, resolve)
     t0 = time.perf_counter()
-    history: list[dict[str, float]] = []
     with deterministic(recipe.seed, threads):
         model = build_model(recipe)
         apply_init(model, states)
@@ -154,37 +172,22 @@ def pretrain(
         heads = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in {**task.heads, **task.targets}.items()})
         params = list(model.parameters()) + list(heads.parameters())
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s))
-        holdout = task.holdout()
+        sched = cosine_schedule(opt, recipe.steps, recipe.warmup_steps)
+        history = _Log(recipe, model, heads, task.holdout(), opt, log, log_every, eval_every)
         model.train()
-        steps = range(recipe.steps)
-        window: list[float] = []
-        last: dict[str, float] = {}
-        for step, (images, labels) in zip(progress(steps) if progress else steps, task.batches()):
+
+        def loss_fn(batch):
+            images, labels = batch
             feats = model(_to_tensor(images, recipe))
             losses = {k: _loss(head(feats), labels[k], k in task.targets, recipe) for k, head in heads.items()}
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.clip_grad:
-                nn.utils.clip_grad_norm_(params, recipe.clip_grad)
-            opt.step()
-            sched.step()
-            last = {f"loss_{k}": v.item() for k, v in losses.items()}
-            window.append(float(loss.item()))
-            done = step + 1
-            entry = None
-            if log_every and (done % log_every == 0 or done == recipe.steps):
-                entry = {"step": done, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"]}
-                window = []
-            if eval_every and (done % eval_every == 0 or done == recipe.steps):
-                entry = dict(entry or {"step": done}, **evaluate(model, heads, recipe, holdout))
-            if entry is not None:
-                entry["seconds"] = time.perf_counter() - t0
-                history.append(entry)
-                if log:
-                    log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-        metrics = dict(last, loss=sum(last.values()), **evaluate(model, heads, recipe, holdout))
+            history.last = {f"loss_{k}": v.item() for k, v in losses.items()}
+            return sum(losses.values())
+
+        steps = range(recipe.steps)
+        batches = (batch for _, batch in zip(progress(steps) if progress else steps, task.batches()))
+        train(batches, loss_fn, opt, sched, clip_params=params, clip_grad=recipe.clip_grad, on_step=history.step)
+        last = history.last
+        metrics = dict(last, loss=sum(last.values()), **evaluate(model, heads, recipe, history.holdout))
     metrics["seconds"] = time.perf_counter() - t0
     model.eval()
-    return PretrainResult(model=model, metrics=metrics, history=history)
+    return PretrainResult(model=model, metrics=metrics, history=history.history)
