@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import EdgeclError
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 MIN_OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(EdgeclError, RuntimeError):
     """The module could not be exported, or the ONNX graph disagrees with torch."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .backbones import BackboneSpec, backbone_from_state
+from .errors import EdgeclError
 from .learners import create_learner
 
 RUN_JSON = "run.json"
@@ -23,7 +24,7 @@ BACKBONE_FILE = "backbone.safetensors"
 STATE_FILE = "learner_state.npz"
 
 
-class RunDirError(ValueError):
+class RunDirError(EdgeclError, ValueError):
     """A run directory that is missing, incomplete or inconsistent."""
 
 

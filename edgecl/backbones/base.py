@@ -13,11 +13,12 @@ from torch import nn
 from edgecl_runtime.manifest import sha256_file
 
 from .._compat import import_timm
+from ..errors import EdgeclError
 from .keymaps import KEYMAPS, KeyMapError, find_keymap
 from .vit_hybrid import register as register_vit_hybrid
 
 
-class BackboneError(ValueError):
+class BackboneError(EdgeclError, ValueError):
     """A backbone that cannot be built: unknown name, missing or incompatible weights."""
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import EdgeclError
+
 StateDict = dict[str, torch.Tensor]
 
 
-class KeyMapError(ValueError):
+class KeyMapError(EdgeclError, ValueError):
     """A checkpoint in a known foreign naming whose layers do not line up with the target model."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgecl_runtime.cli.common import fail, progress_bar
+from edgecl_runtime.errors import EdgeclRuntimeError
 
 
 def _parse_learner_args(ctx, param, values) -> dict:
@@ -58,11 +59,9 @@ def _parse_learner_args(ctx, param, values) -> dict:
 def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, engine,
           embedding_cache, threads, out_dir, learner_args):
     """Run the class-incremental protocol and save the run to --out."""
-    from ..backbones import BackboneError
-    from ..zoo import DEFAULT_BACKBONE
-    from ..data import DataError
+    from ..errors import EdgeclError
     from ..experiment import RunConfig, run_experiment
-    from ..features import EngineError
+    from ..zoo import DEFAULT_BACKBONE
 
     if threads:
         import torch
@@ -75,7 +74,7 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
     )
     try:
         run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)
-    except (BackboneError, DataError, EngineError, ValueError) as exc:
+    except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
 
 

@@ -11,6 +11,9 @@ import torch
 
 from edgecl_runtime.preprocess import preprocess
 
+from ..errors import ConfigError
+from .errors import DataError
+
 
 T = TypeVar("T")
 
@@ -51,13 +54,13 @@ class ArrayDataset:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
+            raise DataError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.images.shape[0]} images but labels of shape {self.labels.shape}")
+            raise DataError(f"{self.images.shape[0]} images but labels of shape {self.labels.shape}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-            raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got [{self.labels.min()}, {self.labels.max()}]")
+            raise DataError(f"labels must lie in [0, {len(self.class_names)}), got [{self.labels.min()}, {self.labels.max()}]")
         if self.domains is not None and self.domains.shape != self.labels.shape:
-            raise ValueError(f"{len(self.labels)} images but domains of shape {self.domains.shape}")
+            raise DataError(f"{len(self.labels)} images but domains of shape {self.domains.shape}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -100,7 +103,7 @@ class BatchLoader:
         indices: Sequence[int] | None = None,
     ):
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ConfigError("batch_size must be >= 1")
         self.dataset = dataset
         self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)

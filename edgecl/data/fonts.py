@@ -25,6 +25,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import EdgeclError
+
 NOTO_CJK_DIRS = ("/usr/share/fonts/opentype/noto", "/usr/share/fonts/noto-cjk", "/usr/share/fonts/google-noto-cjk")
 NOTO_CJK_FILES = ("NotoSansCJK-Regular.ttc", "NotoSansCJK-Bold.ttc", "NotoSerifCJK-Regular.ttc", "NotoSerifCJK-Bold.ttc")
 CJK_IDEOGRAPHS = range(0x4E00, 0xA000)  # the CJK Unified Ideographs block
@@ -32,7 +34,7 @@ _EXCLUDED = ("LastResort", "STIXSiz", "STIXNonUni")
 _SKIP_CATEGORIES = {"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me", "Mc"}
 
 
-class FontError(RuntimeError):
+class FontError(EdgeclError, RuntimeError):
     """Fonts that are missing or cannot be read."""
 
 

@@ -58,7 +58,6 @@ EM = 0.6  # font size (pixels per em) as a fraction of the mask canvas
 MAX_INK = 0.92  # a glyph whose ink is larger than this fraction of the canvas is scaled down
 OVERSAMPLE = 2  # masks are rendered at this multiple of the output size
 SPLITS = ("within", "cross")
-SIZES = (200, 500, 1000)  # the documented benchmark sizes (any N up to the pool size works)
 DUPLICATE_SIMILARITY = 0.99  # classes whose renderings in a shared font are this similar are merged
 # CJK ideographs fill their em square and have many strokes: larger, less blurred, clearer at 32 px
 PRETRAIN_AUGMENT = AugmentConfig(

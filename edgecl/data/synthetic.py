@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import DataError
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "ellipse", "halfdisc", "crescent", "star")
 COLOURS = {
     "red": (0.90, 0.10, 0.10),
@@ -31,7 +33,7 @@ MAX_ROTATION = 0.35  # radians; upright-ish shapes keep small ViTs trainable on 
 
 def class_names(num_classes: int = NUM_CLASSES) -> list[str]:
     if not 1 <= num_classes <= NUM_CLASSES:
-        raise ValueError(f"the shapes data set has 1..{NUM_CLASSES} classes, asked for {num_classes}")
+        raise DataError(f"the shapes data set has 1..{NUM_CLASSES} classes, asked for {num_classes}")
     return [f"{COLOUR_NAMES[c // len(SHAPES)]}-{SHAPES[c % len(SHAPES)]}" for c in range(num_classes)]
 
 
@@ -115,11 +117,3 @@ def make_shapes(
         images = render(labels % len(SHAPES), labels // len(SHAPES), rng, size)
         out.append(ArrayDataset(images, labels.astype(np.int64), names))
     return out[0], out[1]
-
-
-def make_factor_images(n: int, seed: int, size: int = 32):
-    """Images with random shapes and colours and their factor labels (for pre-training)."""
-    rng = np.random.default_rng(seed)
-    shapes = rng.integers(0, len(SHAPES), n)
-    colours = rng.integers(0, len(COLOURS), n)
-    return render(shapes, colours, rng, size), shapes, colours

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import EdgeclError
 from ..onnx_graph import export_onnx
 
 ENGINES = ("torch", "torch-fused", "onnx")
@@ -34,7 +35,7 @@ PARITY_ATOL = 1e-4
 Engine = Callable[[np.ndarray], np.ndarray]
 
 
-class EngineError(RuntimeError):
+class EngineError(EdgeclError, RuntimeError):
     """An engine could not be built for a module, or disagrees with eager torch."""
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .engines import ENGINE_CHOICES, ENGINES, Engine, build_engine, pick_engine, torch_engine
 from .store import EmbeddingStore
 
@@ -79,9 +80,9 @@ class FeatureExtractor:
                  batch_size: int = 128, engine: str = "auto", cache_dir: str | Path | None = None,
                  device: str = "cpu", threads: int | None = None):
         if engine not in ENGINE_CHOICES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+            raise ConfigError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if device != "cpu" and engine not in ("auto", "torch"):
-            raise ValueError(f"engine {engine!r} runs on the CPU; use engine='torch' for device {device!r}")
+            raise ConfigError(f"engine {engine!r} runs on the CPU; use engine='torch' for device {device!r}")
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
         self.batch_size, self.engine, self.device, self.threads = batch_size, engine, device, threads
         self.store = EmbeddingStore(cache_dir) if cache_dir is not None else None

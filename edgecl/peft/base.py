@@ -22,8 +22,10 @@ import itertools
 import torch
 from torch import nn
 
+from ..errors import EdgeclError
 
-class PeftError(ValueError):
+
+class PeftError(EdgeclError, ValueError):
     """A PEFT method that cannot be applied: unknown name, bad option, unsupported backbone."""
 
 

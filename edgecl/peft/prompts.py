@@ -92,7 +92,7 @@ def prompted_features(
         t = _block(block, t, prefixes.get(i))
     if pool == "prompt":
         if insert is None:
-            raise ValueError("pool='prompt' needs inserted prompt tokens")
+            raise PeftError("pool='prompt' needs inserted prompt tokens")
         return model.fc_norm(model.norm(t[:, n_pre : n_pre + n_ins]).mean(dim=1))
     if insert is not None:
         t = torch.cat([t[:, :n_pre], t[:, n_pre + n_ins :]], dim=1)
@@ -127,7 +127,7 @@ class L2PPool(nn.Module):
     def __init__(self, dim: int, size: int = 10, length: int = 5, top_n: int = 5):
         super().__init__()
         if not 1 <= top_n <= size:
-            raise ValueError(f"top_n must be in 1..size={size}, got {top_n}")
+            raise PeftError(f"top_n must be in 1..size={size}, got {top_n}")
         self.top_n = top_n
         self.prompts = nn.Parameter(torch.empty(size, length, dim).uniform_(-1, 1))
         self.keys = nn.Parameter(torch.empty(size, dim).uniform_(-1, 1))
@@ -157,7 +157,7 @@ class DualPromptPool(nn.Module):
         self.dim, self.e_length = dim, e_length
         self.g_layers, self.e_layers = tuple(g_layers), tuple(e_layers)
         if set(self.g_layers) & set(self.e_layers):
-            raise ValueError(f"g_layers {self.g_layers} and e_layers {self.e_layers} overlap")
+            raise PeftError(f"g_layers {self.g_layers} and e_layers {self.e_layers} overlap")
         self.g_prompt = nn.Parameter(torch.empty(len(self.g_layers), 2, g_length, dim).uniform_(-1, 1))
         self.e_prompts = nn.ParameterList()
         self.e_keys = nn.ParameterList()
@@ -281,11 +281,11 @@ class PromptedViT(nn.Module):
         super().__init__()
         self.depth = check_vit(backbone.model, method)
         if pool_mode not in ("cls", "prompt"):
-            raise ValueError(f"pool_mode must be 'cls' or 'prompt', got {pool_mode!r}")
+            raise PeftError(f"pool_mode must be 'cls' or 'prompt', got {pool_mode!r}")
         layers = set(getattr(pool, "layers", ())) | set(getattr(pool, "g_layers", ())) | set(getattr(pool, "e_layers", ()))
         bad = sorted(i for i in layers if not 0 <= i < self.depth)
         if bad:
-            raise ValueError(f"prompt layers {bad} do not exist in a ViT with {self.depth} blocks")
+            raise PeftError(f"prompt layers {bad} do not exist in a ViT with {self.depth} blocks")
         self.backbone, self.pool, self.pool_mode = backbone, pool, pool_mode
 
     def encode(self, x: torch.Tensor, task: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.dataset import ArrayDataset
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,11 @@ class ClassIncremental:
 
     def __post_init__(self):
         if self.num_classes < 1:
-            raise ValueError("num_classes must be >= 1")
+            raise ConfigError("num_classes must be >= 1")
         if self.increment < 1:
-            raise ValueError(f"increment must be >= 1, got {self.increment}")
+            raise ConfigError(f"increment must be >= 1, got {self.increment}")
         if not 0 <= self.init_cls <= self.num_classes:
-            raise ValueError(f"init_cls must be in [0, {self.num_classes}], got {self.init_cls}")
+            raise ConfigError(f"init_cls must be in [0, {self.num_classes}], got {self.init_cls}")
 
     @property
     def class_order(self) -> list[int]:
@@ -58,7 +59,7 @@ class ClassIncremental:
 
     def remap(self, ds: ArrayDataset) -> ArrayDataset:
         if ds.num_classes != self.num_classes:
-            raise ValueError(f"scenario has {self.num_classes} classes, data set {ds.num_classes}")
+            raise ConfigError(f"scenario has {self.num_classes} classes, data set {ds.num_classes}")
         return ds.relabel(self.class_order)
 
     def task_indices(self, ds: ArrayDataset, t: int) -> np.ndarray:

@@ -1,58 +1,19 @@
 """Reduced-precision backbones: INT8 (onnxruntime quantization) and fp16, checked against fp32.
 
-What each precision is for, and what it is not (measure, never assume):
+* ``int8``: onnxruntime static quantization in QDQ format (per-channel int8
+  weights, uint8 activations) after ``quant_pre_process``; activation ranges
+  from the 99.99th percentile of calibration histograms (``CALIBRATION_CHUNK``
+  images at a time, histograms merged); every node before the third Conv stays
+  fp32 (``FP32_LEADING_CONVS``, ``leading_conv_nodes``). Without calibration
+  images: dynamic quantization (MatMul/Gemm only).
+* ``fp16``: for GPU bundles: weights and activations in half precision with
+  fp32 inputs/outputs; LayerNormalization, Softmax and ReduceMean stay fp32.
 
-* ``int8``: onnxruntime **static** quantization in QDQ format with per-channel
-  int8 weights and uint8 activations whose ranges come from calibration
-  images of the training data. The graph is first passed through
-  ``quant_pre_process`` (shape inference + graph optimisation) so that
-  Conv+BN+ReLU fuse before quantization. Two settings matter; measured on
-  ``mobilenetv2-imagenet`` at 224 px, glyphs:200:cross, 128 calibration
-  images, mean cosine to fp32 on 500 test images (the commit that
-  introduced them has the table):
-
-  - activation ranges from the **99.99th percentile** of the calibration
-    histograms, not min/max, which rare outliers stretch (late residual sums
-    span -25..34) so the bulk of the values gets few levels: cosine
-    0.90 -> 0.95 alone (99.9: same; 99.999: 0.92), 0.985 with the fp32
-    convs below (99.9: 0.977, 99.999: 0.967);
-    onnxruntime's Entropy (fixed 128 bins through ``quantize_static``) equals
-    min/max; 64 or 512 images, moving-average ranges, ``reduce_range``,
-    per-tensor weights, symmetric or int8 activations (the latter two also
-    ~2x slower) do not help or hurt.
-  - the **first** ``FP32_LEADING_CONVS`` **Conv layers stay fp32** (every node
-    before the third Conv in graph order; ``leading_conv_nodes``): the stem
-    and the first (depthwise) conv are high-pass filters on the image, and
-    on smooth (e.g. upsampled) images int8 rounding of their weights and
-    input is large next to their output (the first depthwise conv's int8
-    weights alone cost 0.01 cosine). Cosine 0.90 -> 0.96 alone, 0.985 with
-    the percentile; prototype-head top-1 17.3 % (prototypes from int8
-    embeddings) / 16.7 % (from fp32) vs 16.7 % fp32, was 14.9 / 14.1 %.
-    Only the first conv: 0.95; first three: 0.986. Keeping everything after
-    the last Conv (pool, flatten), or the last Conv too, in fp32 changes
-    nothing. The two convs are ~5 % of the MACs: 1 thread, AVX512-VNNI,
-    1.5 / 81 ms at batch 1 / 32 vs 3.8 / 180 ms for the fp32 ONNX graph and
-    13 / 1150 ms for torch eager.
-
-  Histogram calibration holds every activation of the images it runs at
-  once (~45 MB per 224 px image for MobileNetV2: 512 images ran out of
-  memory), so it runs on ``CALIBRATION_CHUNK`` images at a time and merges
-  the histograms. Without calibration images, dynamic quantization is the
-  fallback: weights are quantized ahead of time, activations per batch at
-  run time; it only covers MatMul/Gemm (onnxruntime's ConvInteger is slower
-  than fp32 Conv on CPU), so on a CNN it shrinks and speeds up little. INT8
-  is ~4x smaller; its speed depends on the CPU (VNNI) and is known to be
-  *slower* than fp32 on some machines: ``edgecl bench``.
-* ``fp16``: for GPU bundles (CUDA). Weights and activations in half precision
-  with fp32 inputs/outputs; LayerNormalization, Softmax and ReduceMean stay in
-  fp32 (fp16 overflow there gives NaN/zeros in ViTs). On CPU onnxruntime casts
-  fp16 back and forth per node: an fp16 bundle runs there, but slower.
-
-Every conversion is checked on held-out images against the fp32 graph:
-cosine similarity of the embeddings and, when a head is given, top-1
-agreement of the predictions. ``check_divergence`` refuses a conversion that
-moved the embeddings too far (the exporter turns that into an error unless
-the user explicitly allows it, and records it in the manifest).
+Every conversion is checked on held-out images against the fp32 graph: cosine
+similarity of the embeddings and, when a head is given, top-1 agreement.
+``check_divergence`` refuses a conversion that moved the embeddings too far (the
+exporter turns that into an error unless the user allows it, and records it in
+the manifest). Why these settings, with measurements: ``docs/notes-quantize.md``.
 """
 
 from __future__ import annotations

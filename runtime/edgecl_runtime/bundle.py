@@ -17,7 +17,7 @@ from .errors import (
 )
 from .manifest import onnx_file, single_file
 from .preprocess import load_images, preprocess
-from .session import CPU_EP, CUDA_EP, DEVICES, Runner, create_session, select_providers, use_io_binding  # noqa: F401
+from .session import CUDA_EP, Runner, create_session, select_providers, use_io_binding
 
 
 @dataclass

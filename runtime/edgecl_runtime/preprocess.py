@@ -137,10 +137,6 @@ def _as_hwc3(image: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def _to_float(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
-
-
 def _is_pil(obj) -> bool:
     return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert")
 
@@ -199,12 +195,6 @@ def _split(images) -> list[np.ndarray] | np.ndarray:
             out.append(_as_hwc3(arr, f"image {i}"))
         return out
     raise InvalidInputError(f"expected a numpy array or a list of arrays, got {type(images).__name__}")
-
-
-def as_image_batch(images) -> list[np.ndarray] | np.ndarray:
-    """Split input into a float NHWC batch (same-size arrays) or a list of float HWC images in [0, 1]."""
-    batch = _split(images)
-    return [_to_float(im) for im in batch] if isinstance(batch, list) else _to_float(batch)
 
 
 def _normalise_into(xt: np.ndarray, in_255: bool, mean: np.ndarray, std: np.ndarray, out: np.ndarray) -> None:

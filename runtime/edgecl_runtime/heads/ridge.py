@@ -125,19 +125,6 @@ def weights_residual(G: np.ndarray, lam: float, Q: np.ndarray, W: np.ndarray) ->
     return float(np.linalg.norm(G @ x + lam * x - q) / max(np.linalg.norm(q), 1e-300))
 
 
-def woodbury(A_inv: np.ndarray, H: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(A + sign * H^T H)^-1`` from ``A^-1`` for ``k`` rows ``H`` in O(M^2 k); also ``U = A^-1 H^T``, ``S^-1``."""
-    U = A_inv @ H.T  # (M, k)
-    inner = sign * np.eye(H.shape[0]) + H @ U
-    try:
-        S_inv = np.linalg.inv(inner)
-    except np.linalg.LinAlgError:
-        raise InvalidInputError("removing these examples would leave a singular ridge system") from None
-    P = (U @ S_inv) @ U.T
-    np.subtract(A_inv, P, out=P)
-    return P, U, S_inv
-
-
 @register_head
 class RidgeHead(Head):
     """Ridge classifier on (optionally randomly projected) embeddings; see the module doc."""
