@@ -20,7 +20,9 @@ from .registry import register_learner
 @register_learner
 class CodaPrompt(PromptLearner):
     name = "coda_prompt"
-    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "layers": "0,1,2,3,4", "length": 8, "per_task": 10, "ortho": 0.1}
+    defaults: ClassVar[dict[str, Any]] = {
+        **COMMON_DEFAULTS, "layers": "0,1,2,3,4", "length": 8, "per_task": 10, "ortho": 0.1,
+    }
     choices: ClassVar[dict[str, tuple]] = COMMON_CHOICES
     aux_coef_name = "ortho"
 

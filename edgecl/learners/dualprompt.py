@@ -19,7 +19,9 @@ from .registry import register_learner
 @register_learner
 class DualPrompt(PromptLearner):
     name = "dualprompt"
-    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "g_layers": "0,1", "e_layers": "2,3,4", "g_length": 5, "e_length": 5, "pull": 1.0}
+    defaults: ClassVar[dict[str, Any]] = {
+        **COMMON_DEFAULTS, "g_layers": "0,1", "e_layers": "2,3,4", "g_length": 5, "e_length": 5, "pull": 1.0,
+    }
     choices: ClassVar[dict[str, tuple]] = COMMON_CHOICES
     aux_coef_name = "pull"
 

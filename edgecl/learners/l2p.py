@@ -20,7 +20,9 @@ from .registry import register_learner
 @register_learner
 class L2P(PromptLearner):
     name = "l2p"
-    defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "size": 10, "length": 5, "top_n": 5, "pull": 0.1, "pool": "prompt"}
+    defaults: ClassVar[dict[str, Any]] = {
+        **COMMON_DEFAULTS, "size": 10, "length": 5, "top_n": 5, "pull": 0.1, "pool": "prompt",
+    }
     choices: ClassVar[dict[str, tuple]] = {**COMMON_CHOICES, "pool": ("prompt", "cls")}
     aux_coef_name = "pull"
 

@@ -32,5 +32,7 @@ def task_classes(labels, num_classes: int, new_only: bool = False) -> tuple[list
         raise LabelError(f"task labels must be new classes >= {num_classes}, got {old[0]}")
     gaps = sorted(set(range(num_classes, new[-1] + 1)) - set(new)) if new else []
     if gaps:
-        raise LabelError(f"classes {gaps} have no training samples (new classes must follow the {num_classes} known ones)")
+        raise LabelError(
+            f"classes {gaps} have no training samples (new classes must follow the {num_classes} known ones)"
+        )
     return old, new

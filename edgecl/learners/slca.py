@@ -105,7 +105,8 @@ class SLCA(HeadLearner):
         for p in params:
             p.requires_grad_(True)
         try:
-            train(epochs(loader, hp["epochs"], progress), loss_fn, opt, cosine_schedule(opt, max(1, hp["epochs"] * len(loader))))
+            sched = cosine_schedule(opt, max(1, hp["epochs"] * len(loader)))
+            train(epochs(loader, hp["epochs"], progress), loss_fn, opt, sched)
         finally:
             self.backbone.freeze()
             for p in params:
