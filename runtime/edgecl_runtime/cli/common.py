@@ -144,7 +144,7 @@ def main(ctx, public_keys, signing_key):
     """Continual learning with pre-trained models, exported to the edge.
 
     Device verbs (predict, add-class, remove-class, eval, info, history,
-    rollback, compact, merge, bench, sign, keygen) need only the runtime; training verbs
+    rollback, compact, merge, diff, bench, sign, keygen) need only the runtime; training verbs
     (train, export, demo, ...) come with the training distribution `edgecl`.
 
     Every failure is reported as one line on stderr with exit code 1

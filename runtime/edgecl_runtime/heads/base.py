@@ -127,6 +127,15 @@ class Head(abc.ABC):
     def without_class(self, index: int) -> "Head":
         """New head without class ``index`` (later classes shift down by one)."""
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        """The statistics the head keeps of class ``index`` alone (what ``store.diff`` compares; besides
+        ``counts``); empty for a kind whose classes share all of theirs."""
+        return {}
+
+    def accumulator(self) -> "Accumulator":
+        """An ``Accumulator`` applying many ``with_examples`` at once (merging the updates of many devices)."""
+        return Accumulator(self)
+
 
 def read_only(a: np.ndarray) -> np.ndarray:
     """A read-only view of ``a`` (what heads hand out: their arrays are shared between heads)."""
@@ -147,6 +156,9 @@ class RunningMeanHead(Head):
     def dim(self) -> int:
         return int(self.prototypes.shape[1])
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        return {"prototype": self.prototypes[index]}
+
     @abc.abstractmethod
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "RunningMeanHead":
         """The head with ``k`` examples summing to ``total`` added (``sign=+1``; ``index=None``: a new
@@ -159,3 +171,67 @@ class RunningMeanHead(Head):
     def without_examples(self, index: int, embeddings: np.ndarray) -> "RunningMeanHead":
         emb = check_examples(embeddings, self.prototypes.shape[1])
         return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], -1)
+
+
+class Accumulator:
+    """Many additions to a head, applied in one step (``Head.accumulator()``).
+
+    ``add(index, embeddings)`` takes examples of class ``index`` (``None``: a new
+    last class) and returns the class's index; ``result()`` is the head after all
+    of them, equal to calling ``with_examples`` for each in turn (up to float
+    rounding). This default does exactly that. Head kinds whose ``with_examples``
+    copies O(C) arrays override it with ``StatsAccumulator``, so that merging the
+    updates of many devices costs time linear in the examples and the classes.
+    """
+
+    def __init__(self, head: "Head"):
+        self._head = head
+        self.num_classes = head.num_classes
+
+    def add(self, index: int | None, embeddings: np.ndarray) -> int:
+        self._head = self._head.with_examples(index, embeddings)
+        if index is None:
+            self.num_classes += 1
+            return self.num_classes - 1
+        return int(index)
+
+    def result(self) -> "Head":
+        return self._head
+
+
+class StatsAccumulator(Accumulator, abc.ABC):
+    """An ``Accumulator`` keeping per-class additive statistics (``stats``) merged into the head by ``result``.
+
+    Subclasses define ``stats(embeddings)`` (a class's statistics of a batch of
+    examples), ``combine(a, b)`` (of two disjoint batches, exactly) and ``merged()``
+    (the head with every class's statistics merged in).
+    """
+
+    def __init__(self, head: "Head"):
+        self._head = head
+        self.num_classes = head.num_classes
+        self.per_class: dict[int, tuple] = {}  # class index -> statistics of its added examples
+
+    def add(self, index: int | None, embeddings: np.ndarray) -> int:
+        emb = check_examples(embeddings, self._head.dim)
+        if index is None:
+            index, self.num_classes = self.num_classes, self.num_classes + 1
+        elif not 0 <= int(index) < self.num_classes:
+            raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
+        index = int(index)
+        new = self.stats(emb)
+        old = self.per_class.get(index)
+        self.per_class[index] = new if old is None else self.combine(old, new)
+        return index
+
+    @abc.abstractmethod
+    def stats(self, embeddings: np.ndarray) -> tuple: ...
+
+    @abc.abstractmethod
+    def combine(self, a: tuple, b: tuple) -> tuple: ...
+
+    @abc.abstractmethod
+    def merged(self) -> "Head": ...
+
+    def result(self) -> "Head":
+        return self.merged() if self.per_class else self._head

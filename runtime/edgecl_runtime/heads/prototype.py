@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import RunningMeanHead, l2_normalize, read_only, register_head, require_arrays, shifted_mean
+from .base import RunningMeanHead, StatsAccumulator, l2_normalize, read_only, register_head, require_arrays, shifted_mean
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
@@ -95,3 +95,28 @@ class PrototypeCosineHead(RunningMeanHead):
     def without_class(self, index: int) -> "PrototypeCosineHead":
         keep = np.arange(self.num_classes) != index
         return PrototypeCosineHead(self.prototypes[keep], self.counts[keep])
+
+    def accumulator(self) -> "MeanAccumulator":
+        return MeanAccumulator(self)
+
+
+class MeanAccumulator(StatsAccumulator):
+    """Per-class example sums (float64) and counts; ``result`` forms every touched mean once, in O(C D)."""
+
+    def stats(self, embeddings: np.ndarray) -> tuple:
+        return embeddings.shape[0], embeddings.astype(np.float64).sum(axis=0)
+
+    def combine(self, a: tuple, b: tuple) -> tuple:
+        return a[0] + b[0], a[1] + b[1]
+
+    def merged(self) -> PrototypeCosineHead:
+        head, c0 = self._head, self._head.num_classes
+        protos = np.empty((self.num_classes, head.dim), np.float32)
+        counts = np.empty(self.num_classes, np.int64)
+        protos[:c0], counts[:c0] = head.prototypes, head.counts
+        for index, (k, total) in self.per_class.items():
+            n = int(counts[index]) if index < c0 else 0
+            mean = protos[index].astype(np.float64) * n if n else 0.0
+            protos[index] = ((mean + total) / (n + k)).astype(np.float32)
+            counts[index] = n + k
+        return PrototypeCosineHead(protos, counts)
