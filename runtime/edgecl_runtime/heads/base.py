@@ -65,13 +65,17 @@ def shifted_mean(protos: np.ndarray, counts: np.ndarray, index: int, total: np.n
     """Copies of ``protos``/``counts`` with ``k`` examples summing to ``total`` added (``sign=+1``)
     to or removed (``-1``) from the running mean of class ``index``."""
     protos, counts = protos.copy(), counts.copy()
-    n = int(counts[index])
+    protos[index], counts[index] = shifted_row(protos[index], int(counts[index]), total, k, sign)
+    return protos, counts
+
+
+def shifted_row(proto: np.ndarray, n: int, total: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, int]:
+    """A running mean ``proto`` of ``n`` examples with ``k`` examples summing to ``total`` added (``sign=+1``)
+    or removed (``-1``): the float32 mean and the new count."""
     left = n + sign * k
     if left < 1:
         raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
-    protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
-    counts[index] = left
-    return protos, counts
+    return ((proto.astype(np.float64) * n + sign * total) / left).astype(np.float32), left
 
 
 class Head(abc.ABC):
@@ -180,7 +184,7 @@ class Accumulator:
     last class) and returns the class's index; ``result()`` is the head after all
     of them, equal to calling ``with_examples`` for each in turn (up to float
     rounding). This default does exactly that. Head kinds whose ``with_examples``
-    copies O(C) arrays override it with ``StatsAccumulator``, so that merging the
+    copies O(C) arrays override it with a ``ClassAccumulator``, so that merging the
     updates of many devices costs time linear in the examples and the classes.
     """
 
@@ -199,36 +203,42 @@ class Accumulator:
         return self._head
 
 
-class StatsAccumulator(Accumulator, abc.ABC):
-    """An ``Accumulator`` keeping per-class additive statistics (``stats``) merged into the head by ``result``.
+class ClassAccumulator(Accumulator, abc.ABC):
+    """An ``Accumulator`` that keeps the statistics of each class it touches and updates them with the head's
+    own per-class rule, in the order given; ``result`` builds the head once (O(C) copies in all, not per update).
 
-    Subclasses define ``stats(embeddings)`` (a class's statistics of a batch of
-    examples), ``combine(a, b)`` (of two disjoint batches, exactly) and ``merged()``
-    (the head with every class's statistics merged in).
+    So a class's statistics come out bit for bit as ``with_examples`` in turn
+    gives them. Subclasses define ``start(index)`` (the head's statistics of an
+    existing class), ``first(embeddings)`` (of a new class), ``step(state,
+    embeddings)`` (more examples) and ``merged()`` (the head with ``per_class``).
     """
 
     def __init__(self, head: "Head"):
         self._head = head
         self.num_classes = head.num_classes
-        self.per_class: dict[int, tuple] = {}  # class index -> statistics of its added examples
+        self.per_class: dict[int, tuple] = {}  # class index -> its statistics after the additions so far
 
     def add(self, index: int | None, embeddings: np.ndarray) -> int:
         emb = check_examples(embeddings, self._head.dim)
         if index is None:
             index, self.num_classes = self.num_classes, self.num_classes + 1
-        elif not 0 <= int(index) < self.num_classes:
+            self.per_class[index] = self.first(emb)
+            return index
+        if not 0 <= int(index) < self.num_classes:
             raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
         index = int(index)
-        new = self.stats(emb)
-        old = self.per_class.get(index)
-        self.per_class[index] = new if old is None else self.combine(old, new)
+        state = self.per_class[index] if index in self.per_class else self.start(index)
+        self.per_class[index] = self.step(state, emb)
         return index
 
     @abc.abstractmethod
-    def stats(self, embeddings: np.ndarray) -> tuple: ...
+    def start(self, index: int) -> tuple: ...
 
     @abc.abstractmethod
-    def combine(self, a: tuple, b: tuple) -> tuple: ...
+    def first(self, embeddings: np.ndarray) -> tuple: ...
+
+    @abc.abstractmethod
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple: ...
 
     @abc.abstractmethod
     def merged(self) -> "Head": ...

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
-from .base import Head, StatsAccumulator, check_examples, l2_normalize, register_head
+from .base import ClassAccumulator, Head, check_examples, l2_normalize, register_head
 from .validate import float_array, int_array, scalar
 
 SCORE_CHUNK = 256  # queries per batched (C, chunk, D) @ (C, D, D) product
@@ -263,15 +263,19 @@ class GaussianHead(Head):
         return GaussianAccumulator(self)
 
 
-class GaussianAccumulator(StatsAccumulator):
-    """Per-class ``(n, mean, scatter)`` in float64, merged with Chan's formulas; ``result`` copies O(C D)."""
+class GaussianAccumulator(ClassAccumulator):
+    """Per class: ``(n, mean, scatter)``, updated with Chan's formulas and a float32 scatter as ``with_examples``."""
 
-    def stats(self, embeddings: np.ndarray) -> tuple:
+    def start(self, index: int) -> tuple:
+        return int(self._head.counts[index]), self._head.means[index], self._head._blocks[index]
+
+    def first(self, embeddings: np.ndarray) -> tuple:
         n, mu, S = _batch_stats(tukey(embeddings, self._head.beta))
-        return n, mu, S
+        return n, mu, S.astype(np.float32)
 
-    def combine(self, a: tuple, b: tuple) -> tuple:
-        return chan_merge(a, b)
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        n, mu, S = chan_merge(state, _batch_stats(tukey(embeddings, self._head.beta)))
+        return n, mu, S.astype(np.float32)
 
     def merged(self) -> GaussianHead:
         head, c0 = self._head, self._head.num_classes
@@ -281,8 +285,6 @@ class GaussianAccumulator(StatsAccumulator):
         counts[:c0] = head.counts
         new = [None] * (self.num_classes - c0)
         blocks, prec = list(head._blocks) + new, list(head._prec) + new
-        for index, st in self.per_class.items():
-            if index < c0:
-                st = chan_merge((int(counts[index]), means[index], blocks[index].astype(np.float64)), st)
-            counts[index], means[index], blocks[index], prec[index] = st[0], st[1], st[2].astype(np.float32), None
+        for index, (n, mu, S) in self.per_class.items():
+            counts[index], means[index], blocks[index], prec[index] = n, mu, S, None
         return head._replace(means, blocks, counts, prec)

@@ -7,7 +7,9 @@ import threading
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import RunningMeanHead, StatsAccumulator, l2_normalize, read_only, register_head, require_arrays, shifted_mean
+from .base import (
+    ClassAccumulator, RunningMeanHead, l2_normalize, read_only, register_head, require_arrays, shifted_mean, shifted_row,
+)
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
@@ -100,23 +102,23 @@ class PrototypeCosineHead(RunningMeanHead):
         return MeanAccumulator(self)
 
 
-class MeanAccumulator(StatsAccumulator):
-    """Per-class example sums (float64) and counts; ``result`` forms every touched mean once, in O(C D)."""
+class MeanAccumulator(ClassAccumulator):
+    """Per class: its float32 running mean and count, updated as ``with_examples`` does (``shifted_row``)."""
 
-    def stats(self, embeddings: np.ndarray) -> tuple:
-        return embeddings.shape[0], embeddings.astype(np.float64).sum(axis=0)
+    def start(self, index: int) -> tuple:
+        return self._head.prototypes[index], int(self._head.counts[index])
 
-    def combine(self, a: tuple, b: tuple) -> tuple:
-        return a[0] + b[0], a[1] + b[1]
+    def first(self, embeddings: np.ndarray) -> tuple:
+        return (embeddings.astype(np.float64).sum(axis=0) / embeddings.shape[0]).astype(np.float32), embeddings.shape[0]
+
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        return shifted_row(state[0], state[1], embeddings.astype(np.float64).sum(axis=0), embeddings.shape[0], +1)
 
     def merged(self) -> PrototypeCosineHead:
         head, c0 = self._head, self._head.num_classes
         protos = np.empty((self.num_classes, head.dim), np.float32)
         counts = np.empty(self.num_classes, np.int64)
         protos[:c0], counts[:c0] = head.prototypes, head.counts
-        for index, (k, total) in self.per_class.items():
-            n = int(counts[index]) if index < c0 else 0
-            mean = protos[index].astype(np.float64) * n if n else 0.0
-            protos[index] = ((mean + total) / (n + k)).astype(np.float32)
-            counts[index] = n + k
+        for index, (proto, n) in self.per_class.items():
+            protos[index], counts[index] = proto, n
         return PrototypeCosineHead(protos, counts)

@@ -48,7 +48,7 @@ import functools
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
-from .base import Head, StatsAccumulator, check_examples, register_head
+from .base import ClassAccumulator, Head, check_examples, register_head
 from .validate import float_array, int_array, scalar
 
 INVERSE_TOL = 1e-7  # relative residual |(G + lam I) A_inv v - v| / |v| above which A_inv is recomputed
@@ -420,22 +420,31 @@ class RidgeHead(Head):
         return RidgeAccumulator(self)
 
 
-class RidgeAccumulator(StatsAccumulator):
-    """The additions' Gram matrix ``dG = sum H^T H`` and per-class feature sums and counts; ``result`` solves
-    the ridge system once from ``G + dG`` (O(M^3 + M^2 C)) instead of one Woodbury step per addition."""
+class RidgeAccumulator(ClassAccumulator):
+    """The additions' Gram matrix ``dG = sum H^T H``, and per class its count and column of ``Q`` (summed as
+    ``with_examples`` does); ``result`` solves the ridge system once from ``G + dG`` (O(M^3 + M^2 C)) instead
+    of one Woodbury step per addition."""
 
     def __init__(self, head: RidgeHead):
         super().__init__(head)
         m = head.Q.shape[0]
         self._dG = np.zeros((m, m))
 
-    def stats(self, embeddings: np.ndarray) -> tuple:
+    def _features(self, embeddings: np.ndarray) -> np.ndarray:
         H = self._head.features(embeddings).astype(np.float64)
         self._dG += H.T @ H
+        return H
+
+    def start(self, index: int) -> tuple:
+        return int(self._head.counts[index]), self._head.Q[:, index]
+
+    def first(self, embeddings: np.ndarray) -> tuple:
+        H = self._features(embeddings)
         return H.shape[0], H.sum(axis=0)
 
-    def combine(self, a: tuple, b: tuple) -> tuple:
-        return a[0] + b[0], a[1] + b[1]
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        H = self._features(embeddings)
+        return state[0] + H.shape[0], state[1] + H.sum(axis=0)
 
     def merged(self) -> RidgeHead:
         head, c0 = self._head, self._head.num_classes
@@ -443,7 +452,6 @@ class RidgeAccumulator(StatsAccumulator):
         Q[:, :c0] = head.Q
         counts = np.empty(self.num_classes, np.int64)
         counts[:c0] = head.counts
-        for index, (k, total) in self.per_class.items():
-            Q[:, index] = Q[:, index] + total if index < c0 else total
-            counts[index] = k + (int(counts[index]) if index < c0 else 0)
+        for index, (n, column) in self.per_class.items():
+            counts[index], Q[:, index] = n, column
         return RidgeHead(head.G + self._dG, Q, head.lam, counts, head.W_rand)
