@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecl_runtime import IncompatibleBundleError, store
+from edgecl_runtime import Bundle, IncompatibleBundleError, store
 from edgecl_runtime.cli import main
 from tests.conftest import ROOT
 from tests.fixtures import copy_fixture, embeddings, snapshot, with_head_kind
@@ -127,6 +127,9 @@ def test_merge_cli_many_inputs_json(tmp_path):
     report = json.loads(out.output)
     assert report == {"out": str(tmp_path / "m"), "devices": 4, "updates_merged": 16, "classes": 3 + 8 + 2}
     assert CliRunner().invoke(main, ["merge", str(origin), str(devices[0])]).exit_code == 2  # --out is required
+    merged = Bundle.load(origin).merge([Bundle.load(devices[0]), *devices[1:]], tmp_path / "b")  # the Python API
+    assert merged.classes == store.read_state(tmp_path / "m").classes and merged.path == tmp_path / "b"
+    assert store.diff(tmp_path / "m", tmp_path / "b")["changed"] == []
 
 
 def test_diff_python_and_cli(tmp_path):
