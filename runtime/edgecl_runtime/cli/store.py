@@ -88,7 +88,8 @@ def compact(bundle, trust_modified):
 @click.argument("base", type=click.Path())
 @click.argument("devices", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out", type=click.Path(), required=True,
-              help="Directory to write the merged bundle to (absent or empty; written completely or not at all).")
+              help="Directory to write the merged bundle to (absent or empty; written completely or not at all). "
+                   "BASE itself merges in place (each device committed as it is merged).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def merge(base, devices, out, as_json):
     """Merge the on-device updates of DEVICES (one or many bundles) into a copy of BASE, written to OUT.

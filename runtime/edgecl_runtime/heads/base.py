@@ -182,8 +182,9 @@ class Accumulator:
 
     ``add(index, embeddings)`` takes examples of class ``index`` (``None``: a new
     last class) and returns the class's index; ``result()`` is the head after all
-    of them, equal to calling ``with_examples`` for each in turn (up to float
-    rounding). This default does exactly that. Head kinds whose ``with_examples``
+    of them, equal to calling ``with_examples`` for each in turn (bit for bit for
+    per-class statistics; statistics all classes share, such as a ridge head's
+    ``G``, up to float rounding). This default does exactly that. Head kinds whose ``with_examples``
     copies O(C) arrays override it with a ``ClassAccumulator``, so that merging the
     updates of many devices costs time linear in the examples and the classes.
     """
@@ -214,8 +215,7 @@ class ClassAccumulator(Accumulator, abc.ABC):
     """
 
     def __init__(self, head: "Head"):
-        self._head = head
-        self.num_classes = head.num_classes
+        super().__init__(head)
         self.per_class: dict[int, tuple] = {}  # class index -> its statistics after the additions so far
 
     def add(self, index: int | None, embeddings: np.ndarray) -> int:
