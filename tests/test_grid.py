@@ -85,3 +85,39 @@ def test_a_failing_run_stops_the_ray_grid_with_its_error(ray_local):
 def test_ray_options_need_ray(tmp_path):
     with pytest.raises(SystemExit, match="need --ray"):
         load_cil_table().main(["--name", "x", "--out", str(tmp_path), "--cpus-per-run", "2", *GRID])
+
+
+def test_concurrent_runs_on_one_cache_agree_on_the_auto_engine(tmp_path, monkeypatch):
+    """Two extractors on one cache measuring ``auto`` at once: one measures, the other waits and takes its choice
+    (else concurrent runs of a grid could embed with different engines, hence other numbers than a serial grid)."""
+    import threading
+    import time
+
+    import numpy as np
+    from torch import nn
+
+    from edgecl.features import FeatureExtractor, extractor
+
+    choices = iter(["onnx", "torch-fused"])
+    calls = []
+
+    def slow_pick(module, sample, threads=None):  # a measurement whose winner differs between calls
+        calls.append(1)
+        time.sleep(0.3)
+        return next(choices), None, {}
+
+    monkeypatch.setattr(extractor, "pick_engine", slow_pick)
+    images = np.zeros((extractor.AUTO_MIN_IMAGES, 8, 8, 3), np.uint8)
+    dataset = type("Split", (), {"images": images, "__len__": lambda self: len(images)})()
+    module, kinds = nn.Linear(2, 2), []
+
+    def choose():
+        fx = FeatureExtractor((3, 8, 8), (0.5,) * 3, (0.5,) * 3, cache_dir=tmp_path, threads=1)
+        kinds.append(fx.engine_kind(module, fx.state_key(module), dataset))
+
+    threads = [threading.Thread(target=choose) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert kinds == ["onnx", "onnx"] and len(calls) == 1
