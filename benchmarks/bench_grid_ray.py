@@ -55,7 +55,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"# {r['name']}: a grid serially and on a local Ray instance", "",
         f"Command: `{r['command']}`", "",
         f"Machine: {m['cpu']}, {m['cores']} cores; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), "",
-        f"Grid: {r['grid']}; {r['threads']} torch thread(s) per run; Ray: {r['ray_executor']}.", "",
+        f"Grid: {r['grid']}; {r['threads']} torch thread(s) per run; Ray: {r['ray_executor']}. "
+        f"Load average when done: {r['load_average_1min_after']:.1f} (other jobs shared the machine).", "",
         "| mode | runs | wall time (s) | sum of run times (s) |", "|---|---|---|---|",
         *[f"| {mode} | {len(rep['runs'])} | {r['wall_s'][mode]:.1f} | {sum(x['wall_time_s'] for x in rep['runs']):.1f} |"
           for mode, rep in r["reports"].items()], "",
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.threads), "grid": spec.axes(), "threads": args.threads,
         "ray_executor": ray["executor"], "wall_s": {"serial": serial_s, "ray": ray_s},
         "comparison": compare(serial["runs"], ray["runs"]), "volatile_fields": list(VOLATILE_FIELDS),
+        "load_average_1min_after": os.getloadavg()[0],
         "notes": args.note, "reports": {"serial": serial, "ray": ray},
     }
     out = Path(args.out)

@@ -84,7 +84,10 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
     out = Path(args.out)
     out_json = out / f"{args.name}.json"
     previous = read_json(out_json)["runs"] if args.resume and out_json.is_file() else []
-    executor = make_executor(args.ray, args.cpus_per_run or threads, args.ray_num_cpus)
+    try:
+        executor = make_executor(args.ray, args.cpus_per_run or threads, args.ray_num_cpus)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"cil_table: {exc}") from exc
     try:
         header = {
             "name": args.name,

@@ -55,7 +55,12 @@ class RayExecutor:
             ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      log_to_driver=False)
         else:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as exc:
+                raise RuntimeError(
+                    f"cannot join the Ray cluster at {address!r} ({exc}): is it running (`ray status`)? A cluster with "
+                    "token authentication needs RAY_AUTH_MODE=token and its token here (docs/grids.md)") from exc
 
     def map(self, runs: Iterable[GridRun], threads: int) -> Iterator[tuple[GridRun, dict[str, Any]]]:
         ray = self.ray
