@@ -154,8 +154,9 @@ def markdown(report: dict[str, Any]) -> str:
         )
     ex = report.get("executor", {})
     if ex.get("kind") == "ray":
-        lines += ["", (f"Runs ran in parallel as Ray tasks ({ex['cpus_per_run']} CPU(s) each, {ex['cluster_cpus']:g} CPUs on "
-                       f"{ex['nodes']} node(s)): time/run is each run's own wall time while sharing the machine(s).")]
+        lines += ["", (f"Runs ran in parallel as Ray tasks ({ex['cpus_per_run']} CPU(s) each, {ex.get('cluster_cpus') or 0:g} "
+                       f"CPUs on {ex.get('nodes')} node(s)): time/run is each run's own wall time while sharing the "
+                       "machine(s).")]
     if any(r.get("embedding_cache") for r in report["runs"]):
         lines += [
             "",
