@@ -239,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
                      help="local: a private Ray instance on this machine; auto: the cluster `ray start` runs here; "
                           "ADDRESS: a cluster (HOST:6379 or ray://HOST:10001)")
-    ray.add_argument("--cpus-per-run", type=int, default=None, metavar="N", help="CPUs Ray reserves for each run (default --threads)")
-    ray.add_argument("--ray-num-cpus", type=int, default=None, metavar="N", help="--ray local: CPUs of the instance (default: all)")
+    ray.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
+                     help="CPUs Ray reserves for each run (default --threads)")
+    ray.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
+                     help="--ray local: CPUs of the instance (default: all)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
     p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")
     p.add_argument("--merge", default=None, metavar="NAME,NAME...",
