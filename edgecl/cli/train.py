@@ -98,10 +98,9 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
 def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence,
                sign_key):
     """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
-    from edgecl_export import ExportError, export_run
     from edgecl_runtime import EdgeclRuntimeError, store
 
-    from ..rundir import RunDirError
+    from ..pipeline import ExportError, RunDirError, export_run
 
     options = {"calibration_size": calibration_size, "head_precision": head_precision, "allow_divergence": allow_divergence}
     try:
@@ -155,11 +154,11 @@ def demo(workdir, holdout):
 
     import numpy as np
 
-    from edgecl_export import export_run
     from edgecl_runtime import Bundle
 
     from ..data import make_shapes
     from ..experiment import RunConfig, run_experiment
+    from ..pipeline import export_run
 
     work = Path(workdir)
     if work.exists():
