@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import click
 
-from edgecl_runtime.cli.common import fail, progress_bar
+from edgecl_runtime.cli.common import emit_json, fail, json_option, progress_bar
 
 
 def _parse_learner_args(ctx, param, values) -> dict:
@@ -136,13 +136,39 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
 
 
 @click.command()
-def learners():
-    """List the registered continual learners."""
-    from ..learners import LEARNERS
+@click.argument("name", required=False)
+@json_option
+def learners(name, as_json):
+    """List the continual learners, or with NAME the hyper-parameters of one.
 
-    for name, cls in sorted(LEARNERS.items()):
-        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        click.echo(f"{name:12} {doc[0] if doc else ''}")
+    \b
+    edgecl learners              one line per learner: name and what it is
+    edgecl learners ranpac       its hyper-parameters: default, type, allowed values, meaning
+    edgecl learners NAME --json  the same as JSON ({"name", "summary", "hparams": [...]})
+
+    Set a hyper-parameter with `edgecl train --learner NAME --learner-arg KEY=VALUE`.
+    """
+    from ..catalog import learner_hparams, learner_rows, learner_summary
+
+    if name is None:
+        rows = learner_rows()
+        if as_json:
+            return emit_json({"learners": rows})
+        for row in rows:
+            click.echo(f"{row['name']:12} {row['summary']}")
+        return
+    try:
+        hparams = learner_hparams(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if as_json:
+        return emit_json({"name": name, "summary": learner_summary(name), "hparams": hparams})
+    click.echo(f"{name}: {learner_summary(name)}")
+    if not hparams:
+        click.echo("no hyper-parameters")
+    for h in hparams:
+        allowed = f" one of {', '.join(map(str, h['choices']))}" if h["choices"] else " > 0" if h["positive"] else ""
+        click.echo(f"  {h['name']} = {json.dumps(h['default'])}  ({h['type']}{allowed})\n      {h['meaning']}")
 
 
 @click.command()
