@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from edgecl_runtime.cli.common import emit_json, fail, json_option, progress_bar
+from edgecl_runtime.cli.common import emit_json, fail, json_option, log, progress_bar
+
+from ..curves import CSV_NAME, PNG_NAME
 
 
 def _parse_learner_args(ctx, param, values) -> dict:
     """``KEY=VALUE`` strings -> dict; values are JSON literals, anything else stays a string."""
-    import json
-
     out = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -54,28 +55,80 @@ def _parse_learner_args(ctx, param, values) -> dict:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--learner-arg", "learner_args", multiple=True, metavar="KEY=VALUE", callback=_parse_learner_args,
               help="Learner hyper-parameter (repeatable); VALUE is a JSON literal (2048, 0.1, true, null, [1, 2]) "
-                   "or else a plain string. See `edgecl learners`.")
-def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, engine,
-          embedding_cache, threads, out_dir, learner_args):
-    """Run the class-incremental protocol and save the run to --out."""
-    from ..backbones import DEFAULT_BACKBONE, BackboneError
+                   "or else a plain string. See `edgecl learners NAME` for a learner's hyper-parameters.")
+@click.option("--config", "config_file", type=click.Path(exists=True),
+              help="Re-run a saved run's configuration: a run directory, its run.json, or a JSON file with the "
+                   "configuration. Options given on the command line override it (--learner-arg adds to or "
+                   "overrides its learner arguments; a different --learner drops them).")
+@json_option
+@click.pass_context
+def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device,
+          engine, embedding_cache, threads, out_dir, learner_args, config_file, as_json):
+    """Run the class-incremental protocol and save the run to --out.
+
+    The data set is split into tasks of new classes (--init-cls, then
+    --increment each); the learner learns them one by one and is tested on
+    all classes seen so far after each. Progress goes to stderr; the result
+    (average incremental and last accuracy, forgetting) to stdout. The run
+    directory holds run.json (configuration, class names, metrics), the
+    backbone and the learner's state (for `edgecl export`), and the per-task
+    accuracy as accuracy.csv and accuracy.png.
+
+    \b
+    edgecl train --dataset shapes:20 --out runs/a
+    edgecl train --config runs/a --learner-arg M=512 --out runs/b   # a's run, one change
+    """
+    from ..backbones import BackboneError
     from ..data import DataError
-    from ..experiment import RunConfig, run_experiment
+    from ..experiment import run_experiment
     from ..features import EngineError
+    from ..rundir import RunDirError
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    cfg = RunConfig(
-        dataset=dataset, backbone=backbone or DEFAULT_BACKBONE, weights=weights, img_size=img_size, learner=learner,
-        init_cls=init_cls, increment=increment, order_seed=seed, data_seed=data_seed, batch_size=batch_size,
-        device=device, learner_args=learner_args, engine=engine, embedding_cache=embedding_cache,
-    )
     try:
-        run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)
-    except (BackboneError, DataError, EngineError, ValueError) as exc:
+        cfg = _run_config(ctx, config_file)
+        result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
+    except (BackboneError, DataError, EngineError, RunDirError, ValueError) as exc:
         fail(exc)
+    m = result.metrics
+    if as_json:
+        return emit_json({"run_dir": str(out_dir), "config": asdict(cfg), "class_order": result.scenario.class_order,
+                          "metrics": m.to_dict(), "files": {"csv": str(Path(out_dir) / CSV_NAME),
+                                                             "png": str(Path(out_dir) / PNG_NAME)}})
+    click.echo(f"{out_dir}: average incremental accuracy {m.average_incremental:.2f}%, last {m.last:.2f}%, "
+               f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks)")
+
+
+# train's options -> RunConfig fields (the others have the same name)
+_CONFIG_FIELDS = {"seed": "order_seed"}
+_NOT_CONFIG = ("threads", "out_dir", "config_file", "as_json")
+
+
+def _run_config(ctx: click.Context, config_file: str | None):
+    """The run's ``RunConfig``: the command line's options, over the saved configuration of ``--config`` if given
+    (then only options given explicitly count)."""
+    from click.core import ParameterSource
+
+    from ..backbones import DEFAULT_BACKBONE
+    from ..experiment import RunConfig
+    from ..rundir import read_config
+
+    base = read_config(config_file) if config_file else {}
+    explicit = {name for name in ctx.params
+                if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    values = dict(base)
+    for name, value in ctx.params.items():
+        if name in _NOT_CONFIG or (config_file and name not in explicit) or name == "learner_args":
+            continue
+        values[_CONFIG_FIELDS.get(name, name)] = value
+    if config_file and "learner" in explicit and base.get("learner") not in (None, values["learner"]):
+        values["learner_args"] = {}  # the saved arguments belong to the saved learner
+    values["learner_args"] = {**values.get("learner_args", {}), **ctx.params["learner_args"]}
+    values["backbone"] = values.get("backbone") or DEFAULT_BACKBONE
+    return RunConfig.from_dict(values)
 
 
 @click.command(name="export")
