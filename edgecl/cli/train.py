@@ -148,9 +148,15 @@ def _run_config(ctx: click.Context, config_file: str | None):
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
               help="Sign the bundle with this Ed25519 private key (`edgecl keygen`); devices given the public key "
                    "refuse anything else.")
+@json_option
 def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence,
-               sign_key):
-    """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
+               sign_key, as_json):
+    """Export RUN_DIR (from `edgecl train`) to an ONNX bundle in OUT_DIR, parity-checked against torch.
+
+    The bundle (model.onnx, the head's arrays, manifest.json) needs only
+    edgecl-runtime on the device. --json prints {"path", "num_classes",
+    "bytes", "parity_max_abs_diff", "precision", "signed_by"}.
+    """
     from edgecl_runtime import EdgeclRuntimeError, store
 
     from ..pipeline import ExportError, RunDirError, export_run
@@ -159,33 +165,39 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
     try:
         rep = export_run(run_dir, out_dir, opset=opset, exporter=exporter, overwrite=force, precision=precision,
                          precision_options=options)
-    except (ExportError, RunDirError) as exc:
+        key = store.sign_bundle(rep.path, sign_key) if sign_key else None
+    except (ExportError, RunDirError, EdgeclRuntimeError) as exc:
         fail(exc)
-    if sign_key:
-        try:
-            click.echo(f"signed with key {store.sign_bundle(rep.path, sign_key)}")
-        except EdgeclRuntimeError as exc:
-            fail(exc)
-    click.echo(
-        f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
-        f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}"
-    )
+    section = json.loads((Path(rep.path) / "manifest.json").read_text(encoding="utf-8"))["precision"]
+    for warning in _precision_warnings(section):
+        log.warning(f"WARNING: {warning}")
+    if as_json:
+        return emit_json({"path": str(rep.path), "num_classes": rep.num_classes, "bytes": rep.bytes,
+                          "parity_max_abs_diff": rep.parity_max_abs_diff, "precision": section, "signed_by": key})
+    if key:
+        click.echo(f"signed with key {key}")
+    click.echo(f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
+               f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}")
     if precision != "fp32":
-        import json
+        click.echo(_precision_line(precision, section))
 
-        section = json.loads((Path(rep.path) / "manifest.json").read_text())["precision"]
-        check = section.get("check", {})
-        click.echo(
-            f"{precision} backbone ({section['conversion']['method']}): embedding cosine vs fp32 "
+
+def _precision_line(precision: str, section: dict) -> str:
+    """One line on a reduced-precision backbone's check against fp32 (the manifest's ``precision`` section)."""
+    check = section.get("check", {})
+    return (f"{precision} backbone ({section['conversion']['method']}): embedding cosine vs fp32 "
             f"mean {check.get('cosine_mean', float('nan')):.4f} min {check.get('cosine_min', float('nan')):.4f}"
             + (f", top-1 agreement {100 * check['top1_agreement']:.1f}%" if "top1_agreement" in check else "")
             + (f", top-1 {100 * check['top1_fp32']:.2f}% (fp32) -> {100 * check['top1_converted']:.2f}%"
-               if "top1_fp32" in check else "")
-            + (f"\nWARNING: {section['diverged']}" if section.get("diverged") else "")
-        )
-        if section["conversion"].get("quantized_nodes") == 0:
-            click.echo("WARNING: no node was quantized (dynamic quantization covers MatMul/Gemm only): "
-                       "the bundle is effectively fp32; give calibration images for static INT8")
+               if "top1_fp32" in check else ""))
+
+
+def _precision_warnings(section: dict) -> list[str]:
+    out = [section["diverged"]] if section.get("diverged") else []
+    if section.get("conversion", {}).get("quantized_nodes") == 0:
+        out.append("no node was quantized (dynamic quantization covers MatMul/Gemm only): the bundle is effectively "
+                   "fp32; give calibration images for static INT8")
+    return out
 
 
 @click.command()
