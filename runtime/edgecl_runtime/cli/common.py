@@ -49,7 +49,6 @@ def configure_logging(level: int) -> None:
         handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False
 
 
 def progress_bar(label: str):
