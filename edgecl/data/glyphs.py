@@ -229,11 +229,12 @@ def generate(
     cfg: AugmentConfig,
     out: str | Path | None = None,
     workers: int = 1,
+    progress=None,
 ) -> np.ndarray | None:
     """``render_images`` of ``items`` in chunks, chunk ``k`` from the stream ``(*seed_words, k)``
     (``generated.generate``): the bytes do not depend on ``workers``; with ``out`` the images are
-    written into that ``.npy`` and ``None`` is returned."""
-    return generated.generate(render_images, items, size, seed_words, cfg, out, workers)
+    written into that ``.npy`` and ``None`` is returned. ``progress(done, total)`` after each chunk."""
+    return generated.generate(render_images, items, size, seed_words, cfg, out, workers, progress)
 
 
 _pool = generated.pool
@@ -251,7 +252,7 @@ def materialise(name: str, config: dict, build, log=None) -> dict:
 
 def _write_split(tmp: Path, split: str, items, labels, size, seed_words, cfg, workers, label: str = "glyphs"):
     out = generated.alloc_split(tmp, split, labels, size)
-    generated.generate(render_images, items, size, seed_words, cfg, out, workers, generated.log_progress(f"{label} {split}"))
+    generate(items, size, seed_words, cfg, out, workers, generated.log_progress(f"{label} {split}"))
 
 
 # --------------------------------------------------------------------------------- benchmark
