@@ -102,14 +102,16 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
                f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks)")
 
 
-# train's options -> RunConfig fields (the others have the same name)
+# train's options -> RunConfig fields (the others have the same name; options that are no field, such as
+# --threads or --out, are not part of the configuration)
 _CONFIG_FIELDS = {"seed": "order_seed"}
-_NOT_CONFIG = ("threads", "out_dir", "config_file", "as_json")
 
 
 def _run_config(ctx: click.Context, config_file: str | None):
     """The run's ``RunConfig``: the command line's options, over the saved configuration of ``--config`` if given
     (then only options given explicitly count)."""
+    from dataclasses import fields
+
     from click.core import ParameterSource
 
     from ..backbones import DEFAULT_BACKBONE
@@ -119,11 +121,13 @@ def _run_config(ctx: click.Context, config_file: str | None):
     base = read_config(config_file) if config_file else {}
     explicit = {name for name in ctx.params
                 if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    known = {f.name for f in fields(RunConfig)}
     values = dict(base)
     for name, value in ctx.params.items():
-        if name in _NOT_CONFIG or (config_file and name not in explicit) or name == "learner_args":
+        field = _CONFIG_FIELDS.get(name, name)
+        if field not in known or field == "learner_args" or (config_file and name not in explicit):
             continue
-        values[_CONFIG_FIELDS.get(name, name)] = value
+        values[field] = value
     if config_file and "learner" in explicit and base.get("learner") not in (None, values["learner"]):
         values["learner_args"] = {}  # the saved arguments belong to the saved learner
     values["learner_args"] = {**values.get("learner_args", {}), **ctx.params["learner_args"]}
