@@ -1,7 +1,7 @@
 """Bundle manifest: what a bundle holds, its schema, its format versions and file checksums.
 
-``manifest.json`` is validated against a hand-written schema (``validate``)
-before any field is used, so a damaged or hand-edited manifest is refused with
+``manifest.json`` is validated against the schema of ``manifest_schema``
+(``validate``) before any field is used, so a damaged or hand-edited manifest is refused with
 a ``CorruptBundleError`` naming the field, and a manifest from a newer edgecl
 with an ``IncompatibleBundleError`` saying to upgrade. Every format version the
 runtime has shipped is read (``docs/bundle-format.md``):
@@ -11,7 +11,8 @@ runtime has shipped is read (``docs/bundle-format.md``):
   write-ahead ``journal`` and the dtype/shape of every head array.
 
 A version-1 manifest is viewed as version 2 in memory (``as_v2``); the first
-update rewrites it as version 2 on disk.
+update rewrites it as version 2 on disk. ``new_manifest`` builds the manifest an export writes,
+checked against the same schema.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from . import inputs, limits, signing, storage
-from .manifest_schema import HEX64, is_int, list_of, nonneg_int, rules
 from .errors import (
     CorruptBundleError,
     IncompatibleBundleError,
@@ -32,12 +32,12 @@ from .errors import (
     MissingFileError,
     TamperedFileError,
 )
+from .manifest_schema import HEX64, is_int, list_of, nonneg_int, rules
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgecl-bundle"
 FORMAT_VERSION = 3  # bump on any change an older runtime cannot read
 READS_VERSIONS = (1, 2, 3)
-
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
