@@ -128,7 +128,7 @@ def e2e(args, work: Path) -> dict:
 def throughput(args, work: Path) -> dict:
     import numpy as np
     import torch
-    from edgecl_export import export_run
+    from edgecl.pipeline import export_run
     from edgecl_runtime import Bundle
     from edgecl_runtime.preprocess import preprocess
 

@@ -8,7 +8,8 @@ Runs ``edgecl.experiment.run_experiment`` over the grid and writes, under
   forgetting, wall time; plus the exact command line and the machine (CPU model,
   cores, threads, torch/timm/onnxruntime versions). Rewritten after every run, so
   an interrupted grid keeps what it finished and ``--resume`` skips those runs.
-* ``<name>.md``: mean ± std over seeds per (dataset, protocol, learner, backbone).
+* ``<name>.md``: mean ± std over seeds per (dataset, protocol, learner, backbone),
+  rewritten with the JSON.
 * ``<name>.png``: accuracy vs. number of classes seen, one line per learner/backbone,
   one panel per dataset and protocol (mean over seeds, band = ± std).
 
@@ -28,6 +29,12 @@ backbone and data set (every seed, protocol and frozen-backbone learner) reuse
 one computation; ``--engine`` picks the engine (default auto), ``--no-cache``
 recomputes everything in every run (as before the cache existed).
 
+Parallel runs: ``--ray local`` runs the grid as Ray tasks on this machine
+(``--cpus-per-run`` CPUs each), ``--ray auto`` or ``--ray HOST:6379`` on a Ray
+cluster (docs/grids.md); results arrive in completion order and are written as
+they come, in grid order, with the same numbers as a serial run. The grid logic
+(configs, run keys, one run, resuming, merging) is ``edgecl.grid``.
+
 Example (the SimpleCIL table of issue 5)::
 
     python benchmarks/cil_table.py --name simplecil-glyphs200 --learners simplecil \\
@@ -38,15 +45,9 @@ Example (the SimpleCIL table of issue 5)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
-import re
 import shlex
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,237 +56,57 @@ import numpy as np
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-# ----------------------------------------------------------------- grid parsing
-@dataclass(frozen=True)
-class Protocol:
-    """``B<base>[%]-Inc<increment>``; base 0 means the first task is an increment like the others."""
-
-    label: str
-    base: int
-    base_is_percent: bool
-    increment: int
-
-    @classmethod
-    def parse(cls, text: str) -> Protocol:
-        m = re.fullmatch(r"[Bb](\d+)(%?)-[Ii]nc(\d+)", text.strip())
-        if not m or int(m.group(3)) < 1:
-            raise ValueError(f"bad protocol {text!r}: use e.g. B0-Inc10, B50%-Inc10 or B20-Inc5")
-        return cls(text.strip(), int(m.group(1)), m.group(2) == "%", int(m.group(3)))
-
-    def init_cls(self, num_classes: int) -> int:
-        base = round(num_classes * self.base / 100) if self.base_is_percent else self.base
-        if not 0 <= base < num_classes:
-            raise ValueError(f"protocol {self.label}: base {base} does not fit {num_classes} classes")
-        return base
-
-
-@dataclass(frozen=True)
-class BackboneChoice:
-    name: str
-    img_size: int | None
-    weights: str | None
-
-    @property
-    def label(self) -> str:
-        return self.name + (f"@{self.img_size}" if self.img_size else "")
-
-
-def parse_backbones(text: str, img_size: int | None, weights: dict[str, str]) -> list[BackboneChoice]:
-    from edgecl.zoo import EMBEDDED
-
-    out = []
-    for item in _split(text):
-        name, _, size = item.partition("@")
-        size_v = int(size) if size else (None if name in EMBEDDED else img_size)
-        out.append(BackboneChoice(name, size_v, weights.get(name)))
-    return out
-
-
-def _split(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise ValueError(f"empty list: {text!r}")
-    return items
-
-
-# ----------------------------------------------------------------- machine info
-def machine_info(threads: int) -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for mod in ("timm", "onnxruntime", "onnx"):
-        try:
-            versions[mod] = __import__(mod).__version__ if mod != "timm" else _timm_version()
-        except ImportError:
-            versions[mod] = None
-    from edgecl import __version__
-
-    versions["edgecl"] = __version__
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
-def _timm_version() -> str:
-    from edgecl._compat import import_timm
-
-    return import_timm().__version__
-
-
 # ------------------------------------------------------------------- the grid
-def _num_classes(dataset: str, data_seed: int, train_per_class: int, test_per_class: int) -> int:
-    from edgecl.data import load_dataset
+def grid_spec(args: argparse.Namespace):
+    """The ``edgecl.grid.GridSpec`` of the command line."""
+    from edgecl.grid import GridSpec, Protocol, parse_backbones, split_list
 
-    train, _ = load_dataset(dataset, seed=data_seed, train_per_class=train_per_class, test_per_class=test_per_class)
-    return train.num_classes
-
-
-def run_key(run: dict[str, Any]) -> str:
-    c = run["config"]
-    return json.dumps([c["learner"], c["learner_args"], run["backbone"], c["dataset"], run["protocol"], c["order_seed"],
-                       c["data_seed"], c["train_per_class"], c["test_per_class"]], sort_keys=True)
+    learner_args = json.loads(args.learner_args) if args.learner_args else {}
+    try:
+        return GridSpec(
+            learners=split_list(args.learners),
+            backbones=parse_backbones(args.backbones, args.img_size, dict(w.split("=", 1) for w in args.weights)),
+            datasets=split_list(args.datasets), protocols=[Protocol.parse(p) for p in split_list(args.protocols)],
+            seeds=[int(s) for s in split_list(args.seeds)], learner_args=learner_args, data_seed=args.data_seed,
+            train_per_class=args.train_per_class, test_per_class=args.test_per_class, batch_size=args.batch_size,
+            engine=args.engine, embedding_cache=args.cache,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"cil_table: {exc}") from exc
 
 
 def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
-    import torch
+    """Run (or resume) the grid of ``args``; ``<name>.json`` and ``.md`` are rewritten after every run."""
+    from edgecl.grid import machine_info, make_executor, read_json, run_grid as run, write_json
 
-    from edgecl.experiment import RunConfig, run_experiment
+    spec = grid_spec(args)
+    threads = args.threads or args.cpus_per_run or 1
+    out = Path(args.out)
+    out_json = out / f"{args.name}.json"
+    previous = read_json(out_json)["runs"] if args.resume and out_json.is_file() else []
+    try:
+        executor = make_executor(args.ray, args.cpus_per_run or threads, args.ray_num_cpus)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"cil_table: {exc}") from exc
+    try:
+        header = {
+            "name": args.name,
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "machine": machine_info(threads),
+            "executor": executor.describe(),
+            "grid": spec.axes(),
+            "notes": list(args.note),
+        }
 
-    torch.set_num_threads(args.threads)
-    learners, datasets = _split(args.learners), _split(args.datasets)
-    protocols = [Protocol.parse(p) for p in _split(args.protocols)]
-    seeds = [int(s) for s in _split(args.seeds)]
-    weights = dict(w.split("=", 1) for w in args.weights)
-    backbones = parse_backbones(args.backbones, args.img_size, weights)
-    learner_args = json.loads(args.learner_args) if args.learner_args else {}
-    if not isinstance(learner_args, dict) or set(learner_args) - set(learners):
-        raise SystemExit(f"--learner-args must map learners of --learners to hyper-parameters, got {args.learner_args}")
+        def save(report: dict[str, Any]) -> None:
+            write_json(report, out_json)
+            (out / f"{args.name}.md").write_text(markdown(report), encoding="utf-8")
 
-    out_json = Path(args.out) / f"{args.name}.json"
-    previous = []
-    if args.resume and out_json.is_file():
-        previous = json.loads(out_json.read_text())["runs"]
-    done = {run_key(r): r for r in previous}
-    reached: set[str] = set()
-    report = {
-        "name": args.name,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(args.threads),
-        "grid": {"learners": learners, "backbones": [b.label for b in backbones], "datasets": datasets,
-                 "protocols": [p.label for p in protocols], "seeds": seeds},
-        "notes": list(args.note),
-        "runs": [],
-    }
-    n_classes = {d: _num_classes(d, args.data_seed, args.train_per_class, args.test_per_class) for d in datasets}
-    total = len(learners) * len(backbones) * len(datasets) * len(protocols) * len(seeds)
-    i = 0
-    # Backbone-major order: one backbone's embeddings are reused by every run that follows.
-    for bb in backbones:
-        for dataset in datasets:
-            for learner in learners:
-                for proto in protocols:
-                    for seed in seeds:
-                        i += 1
-                        cfg = RunConfig(
-                            dataset=dataset, backbone=bb.name, weights=bb.weights, img_size=bb.img_size,
-                            learner=learner, learner_args=learner_args.get(learner, {}), init_cls=proto.init_cls(n_classes[dataset]),
-                            increment=proto.increment, order_seed=seed, data_seed=args.data_seed,
-                            batch_size=args.batch_size, train_per_class=args.train_per_class,
-                            test_per_class=args.test_per_class, engine=args.engine, embedding_cache=args.cache,
-                        )
-                        stub = {"config": asdict(cfg), "backbone": bb.label, "protocol": proto.label}
-                        reached.add(run_key(stub))
-                        if run_key(stub) in done:
-                            report["runs"].append(done[run_key(stub)])
-                            log(f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: done before")
-                            continue
-                        t0 = time.perf_counter()
-                        result = run_experiment(cfg, log=lambda s: None)
-                        wall = time.perf_counter() - t0
-                        features = result.learner.features
-                        m = result.metrics
-                        seen = np.cumsum([len(t) for t in result.scenario.tasks]).tolist()
-                        spec = result.learner.backbone.spec
-                        report["runs"].append({
-                            **stub,
-                            "num_classes": n_classes[dataset],
-                            "classes_seen": seen,
-                            "accuracy_per_task": m.overall,
-                            "accuracy_matrix": m.matrix,
-                            "average_incremental": m.average_incremental,
-                            "last": m.last,
-                            "forgetting": m.forgetting,
-                            "wall_time_s": round(wall, 2),
-                            "embedding_cache": args.cache,
-                            "embedding_engines": sorted(set(features.engines_used.values())),
-                            "embedding_store": features.store_counts(),
-                            "backbone_spec": {"name": spec.name, "timm_name": spec.timm_name,
-                                              "input_size": list(spec.input_size), "weights_sha256": spec.weights_sha256},
-                        })
-                        log(
-                            f"[{i}/{total}] {learner} {bb.label} {dataset} {proto.label} seed {seed}: "
-                            f"avg-inc {m.average_incremental:.2f} last {m.last:.2f} forgetting {m.forgetting:.2f} "
-                            f"({wall:.1f} s; embeddings {features.summary()})"
-                        )
-                        write_json(with_previous(report, done, reached), out_json)
-    report = with_previous(report, done, reached)
+        report = run(spec, executor, header, threads=threads, previous=previous, save=save, log=log)
+    finally:
+        executor.close()
     write_json(report, out_json)
     return report
-
-
-def with_previous(report: dict[str, Any], done: dict[str, dict], reached: set[str]) -> dict[str, Any]:
-    """The report plus the resumed runs the grid has not reached (yet, or at all): an interrupted
-    ``--resume`` must not drop runs that were in the file."""
-    return {**report, "runs": report["runs"] + [r for k, r in done.items() if k not in reached]}
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def merge_reports(name: str, sources: list[str], out: Path, notes: list[str]) -> dict[str, Any]:
-    """One report from the runs of several result files (``--merge``): grids united, each source's
-    command kept, runs deduplicated by ``run_key`` (the first source wins)."""
-    reports = []
-    for source in sources:
-        path = out / f"{source}.json"
-        if not path.is_file():
-            raise SystemExit(f"--merge: no results file {path}")
-        reports.append(json.loads(path.read_text()))
-    grid: dict[str, list] = {}
-    for r in reports:
-        for k, values in r["grid"].items():
-            grid.setdefault(k, [])
-            grid[k] += [v for v in values if v not in grid[k]]
-    runs: dict[str, dict] = {}
-    for r in reports:
-        for run in r["runs"]:
-            runs.setdefault(run_key(run), run)
-    merged_notes = list(notes)
-    for r in reports:
-        merged_notes += [n for n in r.get("notes", []) if n not in merged_notes]
-    return {
-        "name": name,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "sources": [{"name": s, "command": r["command"]} for s, r in zip(sources, reports)],
-        "machine": reports[0]["machine"],
-        "grid": grid,
-        "notes": merged_notes,
-        "runs": list(runs.values()),
-    }
 
 
 # ------------------------------------------------------------ table and plot
@@ -331,6 +152,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_pm([r['average_incremental'] for r in runs])} | {_pm([r['last'] for r in runs])} | "
             f"{_pm([r['forgetting'] for r in runs])} | {len(runs)} | {np.mean([r['wall_time_s'] for r in runs]):.1f} |"
         )
+    ex = report.get("executor", {})
+    if ex.get("kind") == "ray":
+        lines += ["", (f"Runs ran in parallel as Ray tasks ({ex['cpus_per_run']} CPU(s) each, {ex.get('cluster_cpus') or 0:g} "
+                       f"CPUs on {ex.get('nodes')} node(s)): time/run is each run's own wall time while sharing the "
+                       "machine(s).")]
     if any(r.get("embedding_cache") for r in report["runs"]):
         lines += [
             "",
@@ -402,12 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, default=30)
     p.add_argument("--test-per-class", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 when other work shares the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: --cpus-per-run, else 1; 1 when other work shares the CPU)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="no embedding cache: every run embeds every image again, after every task")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-fused", "onnx"],
                    help="embedding engine of frozen modules (see edgecl.features.engines)")
-    p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json")
+    p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json, run only the missing ones")
+    ray = p.add_argument_group("Ray (docs/grids.md)", "run the grid's runs in parallel as Ray tasks (pip install 'edgecl[grid]')")
+    ray.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                     help="local: a private Ray instance on this machine; auto: the cluster `ray start` runs here; "
+                          "ADDRESS: a cluster (HOST:6379 or ray://HOST:10001)")
+    ray.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
+                     help="CPUs Ray reserves for each run (default --threads)")
+    ray.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
+                     help="--ray local: CPUs of the instance (default: all)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="output directory")
     p.add_argument("--table-only", action="store_true", help="rewrite .md and .png from an existing .json")
     p.add_argument("--merge", default=None, metavar="NAME,NAME...",
@@ -416,16 +251,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def merge_files(name: str, sources: str, out: Path, notes: list[str]) -> dict[str, Any]:
+    """``--merge``: one report from ``<out>/<source>.json`` for each source (``edgecl.grid.merge_reports``)."""
+    from edgecl.grid import merge_reports, read_json, split_list
+
+    reports = {}
+    for source in split_list(sources):
+        path = out / f"{source}.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge: no results file {path}")
+        reports[source] = read_json(path)
+    return merge_reports(name, shlex.join([Path(sys.executable).name, *sys.argv]), reports, notes)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from edgecl.grid import read_json, write_json
+
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    if (args.cpus_per_run is not None or args.ray_num_cpus is not None) and args.ray is None:
+        raise SystemExit("cil_table: --cpus-per-run and --ray-num-cpus need --ray")
     if args.table_only:
-        report = json.loads((out / f"{args.name}.json").read_text())
+        report = read_json(out / f"{args.name}.json")
         if args.note:
             report["notes"] = list(args.note)
             write_json(report, out / f"{args.name}.json")
     elif args.merge:
-        report = merge_reports(args.name, _split(args.merge), out, args.note)
+        report = merge_files(args.name, args.merge, out, args.note)
         write_json(report, out / f"{args.name}.json")
     else:
         report = run_grid(args, log=lambda s: print(s, flush=True))

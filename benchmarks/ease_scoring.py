@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecl import experiment
     from edgecl.experiment import RunConfig, run_experiment
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cil_table import Protocol, _num_classes, machine_info
+    from edgecl.grid import Protocol, machine_info, num_classes
 
     torch.set_num_threads(args.threads)
     curves: dict[str, list[float]] = {k: [] for k in variants}
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     experiment.evaluate = evaluate_all
     proto, defaults = Protocol.parse(args.protocol), RunConfig()
-    classes = _num_classes(args.dataset, defaults.data_seed, defaults.train_per_class, defaults.test_per_class)
+    classes = num_classes(args.dataset, defaults.data_seed, defaults.train_per_class, defaults.test_per_class)
     cfg = RunConfig(dataset=args.dataset, backbone=args.backbone, learner="ease", init_cls=proto.init_cls(classes),
                     increment=proto.increment, order_seed=args.seed,
                     learner_args={"use_init_ptm": True} if args.use_init_ptm else {})

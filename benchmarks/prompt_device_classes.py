@@ -68,7 +68,7 @@ def main() -> None:
     from edgecl.zoo import create_backbone
     from edgecl.data import load_dataset
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl_export import export_run
+    from edgecl.pipeline import export_run
     from edgecl_runtime import Bundle
 
     torch.set_num_threads(args.threads)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .zoo import DEFAULT_BACKBONE, create_backbone
+from .curves import write_accuracy_curves
 from .data import ArrayDataset, BatchLoader, load_dataset
+from .errors import ConfigError
 from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner
 from .protocol import ClassIncremental, IncrementalMetrics
 from .rundir import save_run
+from .zoo import DEFAULT_BACKBONE, create_backbone
 
 
 @dataclass
@@ -36,6 +38,17 @@ class RunConfig:
     device: str = "cpu"
     engine: str = "auto"  # embedding engine for frozen modules: auto | torch | torch-fused | onnx
     embedding_cache: bool = True  # embed each image once per module state (edgecl.features)
+
+    DERIVED = ("class_order",)  # saved with a run's config, recomputed from the seeds when re-run
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """A config from a saved run's ``config`` (``edgecl.rundir.read_config``); ``ConfigError`` names unknown keys."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names - set(cls.DERIVED))
+        if unknown:
+            raise ConfigError(f"unknown run configuration key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass
@@ -114,5 +127,7 @@ def run_experiment(
     if out_dir is not None:
         config = asdict(cfg) | {"class_order": scenario.class_order}
         save_run(Path(out_dir), config, learner, result.class_names, metrics.to_dict())
-        log(f"saved run to {out_dir}")
+        seen = [len(task) + sum(len(x) for x in scenario.tasks[:t]) for t, task in enumerate(scenario.tasks)]
+        write_accuracy_curves(out_dir, metrics.to_dict(), seen, f"{cfg.learner} on {cfg.dataset} ({spec.name})")
+        log(f"saved run to {out_dir} (per-task accuracy: accuracy.csv, accuracy.png)")
     return result

@@ -52,6 +52,23 @@ def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str]
     return path
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The training configuration saved with a run: ``path`` is a run directory, its ``run.json``, or a JSON
+    file holding the configuration itself (the ``config`` object of a ``run.json``)."""
+    path = Path(path)
+    file = path / RUN_JSON if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"run configuration not found: {file}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"cannot read the run configuration {file}: {exc}") from exc
+    config = data.get("config", data) if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{file} holds no run configuration (a JSON object, or a run.json with 'config')")
+    return config
+
+
 def load_run(path: Path, device: str = "cpu"):
     """``(run dict, learner)`` of a saved run."""
     from safetensors.torch import load_file

@@ -5,6 +5,7 @@ The vendors' artwork comes from packages (pip extra ``emoji``, Debian packages i
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -144,10 +145,11 @@ def test_generation_is_independent_of_worker_count():
     assert np.array_equal(one[0].images, two[0].images) and np.array_equal(one[1].images, two[1].images)
 
 
-def test_cache_card_and_progress(cache, capfd, monkeypatch):
+def test_cache_card_and_progress(cache, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="edgecl.data")
     cfg = E.EmojiConfig(**TINY, split="cross-openmoji", seed=5)
     train, test = E.make_emoji(cfg)
-    assert "emoji:6:cross-openmoji:16 train: 24/24 images" in capfd.readouterr().err
+    assert "emoji:6:cross-openmoji:16 train: 24/24 images" in caplog.text
     monkeypatch.setattr(E.generated, "generate", lambda *a, **k: pytest.fail("regenerated a cached data set"))
     train2, _ = E.make_emoji(cfg)
     assert isinstance(train2.images, np.memmap) and np.array_equal(train.images, train2.images)

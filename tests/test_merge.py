@@ -102,9 +102,9 @@ def test_bundle_merge_and_cli(tmp_path):
     bb.add_class("cup", images(2))
     merged = ba.merge(bb, tmp_path / "m")
     assert merged.classes[-2:] == ["mug", "cup"] and len(merged.predict(images(3)).labels) == 3
-    out = CliRunner().invoke(main, ["merge", str(a), str(b), str(tmp_path / "m2")])
+    out = CliRunner().invoke(main, ["merge", str(a), str(b), "--out", str(tmp_path / "m2")])
     assert out.exit_code == 0, out.output
-    assert "merged 1 update(s)" in out.output
+    assert "merged 1 update(s) from 1 bundle(s)" in out.output
     assert_same(arrays(tmp_path / "m"), arrays(tmp_path / "m2"))
-    out = CliRunner().invoke(main, ["merge", str(a), str(tmp_path / "nowhere"), str(tmp_path / "m3")])
+    out = CliRunner().invoke(main, ["merge", str(a), str(tmp_path / "nowhere"), "--out", str(tmp_path / "m3")])
     assert out.exit_code == 1 and "MissingFileError" in out.output

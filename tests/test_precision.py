@@ -8,7 +8,7 @@ from edgecl_runtime import tensors
 import pytest
 from click.testing import CliRunner
 
-from edgecl_export import ExportError, export_run
+from edgecl.pipeline import ExportError, export_run, run_precision_data
 from edgecl_export import quantize as q
 from edgecl_runtime import Bundle
 
@@ -80,7 +80,7 @@ def test_manifest_records_precision_and_calibration_hash(bundles, trained):
     assert p["conversion"]["calibrate_method"] == "percentile" and p["conversion"]["percentile"] == q.CALIBRATION_PERCENTILE
     assert p["conversion"]["fp32_leading_convs"] == q.FP32_LEADING_CONVS and p["conversion"]["fp32_nodes"]
     run = json.loads((run_dir / "run.json").read_text())
-    cal, _, _, _ = q.run_precision_data(run["config"], run["class_names"], (32, 32), 64)
+    cal, _, _, _ = run_precision_data(run["config"], run["class_names"], (32, 32), 64)
     assert p["calibration"] == {"sha256": q.calibration_sha256(cal), "images": 64, "source": p["calibration"]["source"]}
     assert q.calibration_sha256(cal[::-1]) != p["calibration"]["sha256"]  # order and content are part of the identity
     assert p["check"]["images"] > 100 and p["check"]["top1_agreement"] >= 0.95 and p["diverged"] is None

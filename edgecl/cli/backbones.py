@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import click
 
+from edgecl_runtime.cli.common import emit_json, json_option
 
 
 @click.command()
-def backbones():
+@json_option
+def backbones(as_json):
     """List the embedded and named pre-trained backbones and whether their weights are available.
 
-    Any other timm model works too with --weights FILE (loaded strictly).
+    Embedded backbones are pre-trained offline by edgecl on first use (cached);
+    named ones come from pip packages (the source column says which). Any other
+    timm model works too with `edgecl train --backbone NAME --weights FILE`
+    (loaded strictly). --json prints {"backbones": [{"name", "kind", "timm_name",
+    "input_size", "weights", "source", "install"}]}.
     """
-    from ..zoo import EMBEDDED, NAMED
-    from ..zoo.embedded import weights_path, weights_status
+    from ..catalog import backbone_rows
 
-    rows = []
-    for name, recipe in EMBEDDED.items():
-        status = weights_status(name)
-        size = recipe.input_size[1]
-        rows.append((name, recipe.timm_name, f"{size}px", status, f"embedded: made offline by edgecl ({weights_path(name)})"))
-    for name, entry in NAMED.items():
-        status = entry.status()
-        source = entry.source if status == "installed" else f"{entry.source}; install: {entry.install}"
-        rows.append((name, entry.timm_name, f"{entry.input_size[1]}px", status, source))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = backbone_rows()
+    if as_json:
+        return emit_json({"backbones": rows})
+    table = [(r["name"], r["timm_name"], f"{r['input_size'][1]}px", r["weights"],
+              r["source"] if r["kind"] == "embedded" or r["weights"] == "installed"
+              else f"{r['source']}; install: {r['install']}") for r in rows]
     header = ("name", "timm model", "input", "weights")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  source")
-    for r in rows:
+    for r in table:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
     click.echo("\nAny timm model: --backbone NAME --weights FILE (.pth/.bin/.safetensors; refused unless it fills the model).")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import click
 
-from edgecl_runtime.cli.common import fail
+from edgecl_runtime.cli.common import emit_json, fail, json_option
 
 
 @click.group()
 def data():
-    """Inspect data sources."""
+    """Look at data sources before training on them.
+
+    Generated sets (glyphs, emoji) are rendered on first use, with progress on
+    stderr, and cached under $EDGECL_CACHE_DIR; `edgecl data preview` renders
+    them as a side effect.
+    """
 
 
 def _grid(images, cols: int, scale: int):
@@ -34,12 +39,14 @@ def _grid(images, cols: int, scale: int):
 @click.option("--cols", type=int, default=8, show_default=True)
 @click.option("--scale", type=int, default=0, help="Pixel zoom (default: to ~64 px tiles).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Data seed, and which images are shown.")
-def preview(spec, out, split, count, cols, scale, seed):
+@json_option
+def preview(spec, out, split, count, cols, scale, seed, as_json):
     """Write a grid of sample images of SPEC to --out.
 
     SPEC is any --dataset of `edgecl train` (shapes, glyphs:200:cross, emoji:100:cross-symbola,
     a folder, a .npz), or
     `pretrain[:N]` for fresh batches of the pre-training corpus (N classes, default 1000).
+    --json prints {"out", "images", "size", "classes"} (the class of each image, row by row).
     """
     import numpy as np
 
@@ -66,5 +73,7 @@ def preview(spec, out, split, count, cols, scale, seed):
         fail(exc)
     scale = scale or max(1, round(64 / images.shape[1]))
     _grid(np.asarray(images), cols, scale).save(out)
+    if as_json:
+        return emit_json({"out": out, "images": len(images), "size": list(images.shape[1:3]), "classes": list(names)})
     click.echo(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) of {spec} -> {out}")
     click.echo("classes, row by row: " + ", ".join(names[: cols * 4]) + (", ..." if len(names) > cols * 4 else ""))

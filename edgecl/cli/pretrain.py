@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgecl_runtime.cli.common import fail, progress_bar
+from edgecl_runtime.cli.common import emit_json, fail, json_option, log, progress_bar
 
 ARCH_ALIASES = {"vit": "edgecl-vit-tiny", "resnet10t": "edgecl-resnet10t"}
 
@@ -39,8 +39,14 @@ def resolve_arch(arch: str) -> str:
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint to write (.safetensors); default: the cache, keyed by the recipe's config hash.")
 @click.option("--force", is_flag=True, help="Train even if --out or the cache entry exists, and replace it.")
-def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_every, eval_every, out, force):
-    """Pre-train an embedded backbone (supervised, fresh augmented batches) and save its checkpoint."""
+@json_option
+def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_every, eval_every, out, force, as_json):
+    """Pre-train an embedded backbone (supervised, fresh augmented batches) and save its checkpoint.
+
+    Without --out the checkpoint goes to the cache entry that `edgecl train
+    --backbone NAME` uses. Losses are logged on stderr; --json prints
+    {"checkpoint", "config_hash", "metrics"} at the end.
+    """
     from ..pretrain import cache_path, config_hash, pretrain as run, save_checkpoint
     from ..zoo import EMBEDDED, create_backbone
 
@@ -62,14 +68,16 @@ def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_eve
         raise click.BadParameter(f"must end in .safetensors, got {path}", param_hint="--out")
     if path.exists() and not force:
         fail(FileExistsError(f"{path} exists; pass --force to train again and replace it"))
-    click.echo(f"pre-training {name} (config hash {config_hash(recipe)}): {recipe.timm_name} on task "
+    log.info(f"pre-training {name} (config hash {config_hash(recipe)}): {recipe.timm_name} on task "
                f"{recipe.task} {recipe.task_kwargs}, {recipe.steps} steps x {recipe.batch_size}, {threads} thread(s)")
     try:
-        result = run(recipe, threads=threads, progress=progress_bar("pre-training"), log=click.echo,
+        result = run(recipe, threads=threads, progress=progress_bar("pre-training"), log=log.info,
                      log_every=log_every, eval_every=eval_every, resolve=create_backbone)
     except (ValueError, RuntimeError, OSError) as exc:
         fail(exc)
     save_checkpoint(result.model, path, recipe, result.metrics, dtype=dtype, threads=threads)
+    if as_json:
+        return emit_json({"checkpoint": str(path), "config_hash": config_hash(recipe), "metrics": result.metrics})
     accs = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("acc_"))
     click.echo(f"final loss {result.metrics['loss']:.4f}  held-out {accs}  ({result.metrics['seconds']:.0f} s)")
     click.echo(f"checkpoint written to {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype})")

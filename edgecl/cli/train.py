@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import sys
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from edgecl_runtime.cli.common import fail, progress_bar
+from edgecl_runtime.cli.common import emit_json, fail, json_option, log, progress_bar
 from edgecl_runtime.errors import EdgeclRuntimeError
+
+from ..curves import CSV_NAME, PNG_NAME
 
 
 def _parse_learner_args(ctx, param, values) -> dict:
     """``KEY=VALUE`` strings -> dict; values are JSON literals, anything else stays a string."""
-    import json
-
     out = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -55,27 +56,81 @@ def _parse_learner_args(ctx, param, values) -> dict:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--learner-arg", "learner_args", multiple=True, metavar="KEY=VALUE", callback=_parse_learner_args,
               help="Learner hyper-parameter (repeatable); VALUE is a JSON literal (2048, 0.1, true, null, [1, 2]) "
-                   "or else a plain string. See `edgecl learners`.")
-def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, engine,
-          embedding_cache, threads, out_dir, learner_args):
-    """Run the class-incremental protocol and save the run to --out."""
+                   "or else a plain string. See `edgecl learners NAME` for a learner's hyper-parameters.")
+@click.option("--config", "config_file", type=click.Path(exists=True),
+              help="Re-run a saved run's configuration: a run directory, its run.json, or a JSON file with the "
+                   "configuration. Options given on the command line override it (--learner-arg adds to or "
+                   "overrides its learner arguments; a different --learner drops them).")
+@json_option
+@click.pass_context
+def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device,
+          engine, embedding_cache, threads, out_dir, learner_args, config_file, as_json):
+    """Run the class-incremental protocol and save the run to --out.
+
+    The data set is split into tasks of new classes (--init-cls, then
+    --increment each); the learner learns them one by one and is tested on
+    all classes seen so far after each. Progress goes to stderr; the result
+    (average incremental and last accuracy, forgetting) to stdout. The run
+    directory holds run.json (configuration, class names, metrics), the
+    backbone and the learner's state (for `edgecl export`), and the per-task
+    accuracy as accuracy.csv and accuracy.png.
+
+    \b
+    edgecl train --dataset shapes:20 --out runs/a
+    edgecl train --config runs/a --learner-arg M=512 --out runs/b   # a's run, one change
+    """
     from ..errors import EdgeclError
-    from ..experiment import RunConfig, run_experiment
-    from ..zoo import DEFAULT_BACKBONE
+    from ..experiment import run_experiment
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    cfg = RunConfig(
-        dataset=dataset, backbone=backbone or DEFAULT_BACKBONE, weights=weights, img_size=img_size, learner=learner,
-        init_cls=init_cls, increment=increment, order_seed=seed, data_seed=data_seed, batch_size=batch_size,
-        device=device, learner_args=learner_args, engine=engine, embedding_cache=embedding_cache,
-    )
     try:
-        run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)
+        cfg = _run_config(ctx, config_file)
+        result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
     except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
+    m = result.metrics
+    if as_json:
+        return emit_json({"run_dir": str(out_dir), "config": asdict(cfg), "class_order": result.scenario.class_order,
+                          "metrics": m.to_dict(), "files": {"csv": str(Path(out_dir) / CSV_NAME),
+                                                             "png": str(Path(out_dir) / PNG_NAME)}})
+    click.echo(f"{out_dir}: average incremental accuracy {m.average_incremental:.2f}%, last {m.last:.2f}%, "
+               f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks)")
+
+
+# train's options -> RunConfig fields (the others have the same name; options that are no field, such as
+# --threads or --out, are not part of the configuration)
+_CONFIG_FIELDS = {"seed": "order_seed"}
+
+
+def _run_config(ctx: click.Context, config_file: str | None):
+    """The run's ``RunConfig``: the command line's options, over the saved configuration of ``--config`` if given
+    (then only options given explicitly count)."""
+    from dataclasses import fields
+
+    from click.core import ParameterSource
+
+    from ..experiment import RunConfig
+    from ..zoo import DEFAULT_BACKBONE
+    from ..rundir import read_config
+
+    base = read_config(config_file) if config_file else {}
+    explicit = {name for name in ctx.params
+                if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    known = {f.name for f in fields(RunConfig)}
+    values = dict(base)
+    for name, value in ctx.params.items():
+        field = _CONFIG_FIELDS.get(name, name)
+        if field not in known or field == "learner_args" or (config_file and name not in explicit):
+            continue
+        values[field] = value
+    if config_file and "learner" in explicit and base.get("learner") not in (None, values["learner"]):
+        values["learner_args"] = {}  # the saved arguments belong to the saved learner
+    values["learner_args"] = {**values.get("learner_args", {}), **ctx.params["learner_args"]}
+    values["backbone"] = values.get("backbone") or DEFAULT_BACKBONE
+    return RunConfig.from_dict(values)
 
 
 @click.command(name="export")
@@ -95,55 +150,92 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
               help="Sign the bundle with this Ed25519 private key (`edgecl keygen`); devices given the public key "
                    "refuse anything else.")
+@json_option
 def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_size, head_precision, allow_divergence,
-               sign_key):
-    """Export RUN_DIR to an ONNX bundle in OUT_DIR (parity-checked against torch)."""
-    from edgecl_export import ExportError, export_run
+               sign_key, as_json):
+    """Export RUN_DIR (from `edgecl train`) to an ONNX bundle in OUT_DIR, parity-checked against torch.
+
+    The bundle (model.onnx, the head's arrays, manifest.json) needs only
+    edgecl-runtime on the device. --json prints {"path", "num_classes",
+    "bytes", "parity_max_abs_diff", "precision", "signed_by"}.
+    """
     from edgecl_runtime import EdgeclRuntimeError, store
 
-    from ..rundir import RunDirError
+    from ..pipeline import ExportError, RunDirError, export_run
 
     options = {"calibration_size": calibration_size, "head_precision": head_precision, "allow_divergence": allow_divergence}
     try:
         rep = export_run(run_dir, out_dir, opset=opset, exporter=exporter, overwrite=force, precision=precision,
                          precision_options=options)
-    except (ExportError, RunDirError) as exc:
+        key = store.sign_bundle(rep.path, sign_key) if sign_key else None
+    except (ExportError, RunDirError, EdgeclRuntimeError) as exc:
         fail(exc)
-    if sign_key:
-        try:
-            click.echo(f"signed with key {store.sign_bundle(rep.path, sign_key)}")
-        except EdgeclRuntimeError as exc:
-            fail(exc)
-    click.echo(
-        f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
-        f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}"
-    )
+    section = json.loads((Path(rep.path) / "manifest.json").read_text(encoding="utf-8"))["precision"]
+    for warning in _precision_warnings(section):
+        log.warning(f"WARNING: {warning}")
+    if as_json:
+        return emit_json({"path": str(rep.path), "num_classes": rep.num_classes, "bytes": rep.bytes,
+                          "parity_max_abs_diff": rep.parity_max_abs_diff, "precision": section, "signed_by": key})
+    if key:
+        click.echo(f"signed with key {key}")
+    click.echo(f"bundle written to {rep.path}: {rep.num_classes} classes, {rep.bytes / 1e6:.1f} MB, "
+               f"ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}")
     if precision != "fp32":
-        import json
+        click.echo(_precision_line(precision, section))
 
-        section = json.loads((Path(rep.path) / "manifest.json").read_text())["precision"]
-        check = section.get("check", {})
-        click.echo(
-            f"{precision} backbone ({section['conversion']['method']}): embedding cosine vs fp32 "
+
+def _precision_line(precision: str, section: dict) -> str:
+    """One line on a reduced-precision backbone's check against fp32 (the manifest's ``precision`` section)."""
+    check = section.get("check", {})
+    return (f"{precision} backbone ({section['conversion']['method']}): embedding cosine vs fp32 "
             f"mean {check.get('cosine_mean', float('nan')):.4f} min {check.get('cosine_min', float('nan')):.4f}"
             + (f", top-1 agreement {100 * check['top1_agreement']:.1f}%" if "top1_agreement" in check else "")
             + (f", top-1 {100 * check['top1_fp32']:.2f}% (fp32) -> {100 * check['top1_converted']:.2f}%"
-               if "top1_fp32" in check else "")
-            + (f"\nWARNING: {section['diverged']}" if section.get("diverged") else "")
-        )
-        if section["conversion"].get("quantized_nodes") == 0:
-            click.echo("WARNING: no node was quantized (dynamic quantization covers MatMul/Gemm only): "
-                       "the bundle is effectively fp32; give calibration images for static INT8")
+               if "top1_fp32" in check else ""))
+
+
+def _precision_warnings(section: dict) -> list[str]:
+    out = [section["diverged"]] if section.get("diverged") else []
+    if section.get("conversion", {}).get("quantized_nodes") == 0:
+        out.append("no node was quantized (dynamic quantization covers MatMul/Gemm only): the bundle is effectively "
+                   "fp32; give calibration images for static INT8")
+    return out
 
 
 @click.command()
-def learners():
-    """List the registered continual learners."""
-    from ..learners import LEARNERS
+@click.argument("name", required=False)
+@json_option
+def learners(name, as_json):
+    """List the continual learners, or with NAME the hyper-parameters of one.
 
-    for name, cls in sorted(LEARNERS.items()):
-        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        click.echo(f"{name:12} {doc[0] if doc else ''}")
+    \b
+    edgecl learners              one line per learner: name and what it is
+    edgecl learners ranpac       its hyper-parameters: default, type, allowed values, meaning
+    edgecl learners NAME --json  the same as JSON ({"name", "summary", "hparams": [...]})
+
+    Set a hyper-parameter with `edgecl train --learner NAME --learner-arg KEY=VALUE`.
+    """
+    from ..catalog import learner_hparams, learner_rows, learner_summary
+
+    if name is None:
+        rows = learner_rows()
+        if as_json:
+            return emit_json({"learners": rows})
+        for row in rows:
+            click.echo(f"{row['name']:12} {row['summary']}")
+        return
+    try:
+        hparams = learner_hparams(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    if as_json:
+        return emit_json({"name": name, "summary": learner_summary(name), "hparams": hparams})
+    click.echo(f"{name}: {learner_summary(name)}")
+    if not hparams:
+        click.echo("no hyper-parameters")
+    for h in hparams:
+        allowed = f" one of {', '.join(map(str, h['choices']))}" if h["choices"] else " > 0" if h["positive"] else ""
+        click.echo(f"  {h['name']} = {json.dumps(h['default'])}  ({h['type']}{allowed})\n      {h['meaning']}")
 
 
 @click.command()
@@ -155,11 +247,11 @@ def demo(workdir, holdout):
 
     import numpy as np
 
-    from edgecl_export import export_run
     from edgecl_runtime import Bundle
 
     from ..data import make_shapes
     from ..experiment import RunConfig, run_experiment
+    from ..pipeline import export_run
 
     work = Path(workdir)
     if work.exists():

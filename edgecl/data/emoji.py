@@ -360,7 +360,7 @@ def card_markdown(card: dict) -> str:
 
 def make_emoji(cfg: EmojiConfig | None = None, workers: int | None = None, cache: bool = True, log=None, progress: bool = True):
     """``(train, test)`` ``ArrayDataset``s of an ``emoji`` configuration (cached, memory-mapped),
-    ``domains`` = the vendor of each image; progress on stderr unless ``progress=False``."""
+    ``domains`` = the vendor of each image; progress logged (``generated.log_progress``) unless ``progress=False``."""
     from .dataset import ArrayDataset
 
     cfg = cfg or EmojiConfig()
@@ -373,7 +373,7 @@ def make_emoji(cfg: EmojiConfig | None = None, workers: int | None = None, cache
         for code, split in enumerate(("train", "test")):
             items, labels = splits[split]
             out = generated.alloc_split(tmp, split, labels, cfg.size)
-            report = generated.stderr_progress(f"{label} {split}") if progress else None
+            report = generated.log_progress(f"{label} {split}") if progress else None
             generated.generate(render_emoji, items, cfg.size, [cfg.seed, code, GENERATOR_VERSION], cfg.augment, out, workers, report)
             np.save(tmp / f"vendor_{split}.npy", np.array([v for v, _ in items]))
         card = dataset_card(cfg, classes)

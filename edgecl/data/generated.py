@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError
+
+logger = logging.getLogger("edgecl.data")
 
 CHUNK = 256  # images per random stream / work unit
 
@@ -126,15 +128,16 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def stderr_progress(label: str) -> Callable[[int, int], None]:
-    """A ``progress`` callback printing ``label: done/total`` to stderr at every tenth of the work."""
+def log_progress(label: str) -> Callable[[int, int], None]:
+    """A ``progress`` callback logging ``label: done/total images`` (logger ``edgecl.data``, INFO) at every
+    tenth of the work; ``edgecl`` shows it on stderr unless ``-q``."""
     shown = [-1]
 
     def report(done: int, total: int) -> None:
         tenth = 10 * done // max(1, total)
         if tenth != shown[0]:
             shown[0] = tenth
-            print(f"{label}: {done}/{total} images", file=sys.stderr, flush=True)
+            logger.info(f"{label}: {done}/{total} images")
 
     return report
 
@@ -184,6 +187,7 @@ def materialise(root: Path, name: str, config: dict, build, version: int, log=No
     if cached is not None:
         return cached
     path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info(f"generating {name} (first use; cached in {path})")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         _build_entry(tmp, config, build, version)
@@ -194,8 +198,7 @@ def materialise(root: Path, name: str, config: dict, build, version: int, log=No
     cached = load_cached(path)
     if cached is None:
         raise DataError(f"cache entry {path} could not be read back after writing it")
-    if log:
-        log(f"cached {path}")
+    (log or logger.debug)(f"cached {path}")
     return cached
 
 

@@ -228,11 +228,12 @@ def generate(
     cfg: AugmentConfig,
     out: str | Path | None = None,
     workers: int = 1,
+    progress=None,
 ) -> np.ndarray | None:
     """``render_images`` of ``items`` in chunks, chunk ``k`` from the stream ``(*seed_words, k)``
     (``generated.generate``): the bytes do not depend on ``workers``; with ``out`` the images are
-    written into that ``.npy`` and ``None`` is returned."""
-    return generated.generate(render_images, items, size, seed_words, cfg, out, workers)
+    written into that ``.npy`` and ``None`` is returned. ``progress(done, total)`` after each chunk."""
+    return generated.generate(render_images, items, size, seed_words, cfg, out, workers, progress)
 
 
 _pool = generated.pool
@@ -248,8 +249,9 @@ def materialise(name: str, config: dict, build, log=None) -> dict:
     return generated.materialise(_cache_root(), name, config, build, GENERATOR_VERSION, log)
 
 
-def _write_split(tmp: Path, split: str, items, labels, size, seed_words, cfg, workers):
-    generate(items, size, seed_words, cfg, out=generated.alloc_split(tmp, split, labels, size), workers=workers)
+def _write_split(tmp: Path, split: str, items, labels, size, seed_words, cfg, workers, label: str = "glyphs"):
+    out = generated.alloc_split(tmp, split, labels, size)
+    generate(items, size, seed_words, cfg, out, workers, generated.log_progress(f"{label} {split}"))
 
 
 # --------------------------------------------------------------------------------- benchmark
@@ -315,7 +317,8 @@ def make_glyphs(cfg: GlyphConfig | None = None, workers: int | None = None, cach
     def build(tmp: Path):
         for code, split in enumerate(("train", "test")):
             items, labels = splits[split]
-            _write_split(tmp, split, items, labels, cfg.size, [cfg.seed, code, GENERATOR_VERSION], cfg.augment, workers)
+            _write_split(tmp, split, items, labels, cfg.size, [cfg.seed, code, GENERATOR_VERSION], cfg.augment, workers,
+                         f"glyphs:{cfg.num_classes}:{cfg.split}:{cfg.size}")
         fonts = {s: [faces[p] for p, _, _ in splits[s][0]] for s in ("train", "test")}
         np.save(tmp / "font_train.npy", np.array(fonts["train"]))
         np.save(tmp / "font_test.npy", np.array(fonts["test"]))

@@ -24,7 +24,8 @@ the behaviour before the cache existed).
 The engine (``edgecl.features.engines``): ``auto`` measures the parity-checked
 candidates on a sample batch of a split of at least ``AUTO_MIN_IMAGES`` images
 and keeps the fastest (smaller jobs use eager torch); the choice is recorded in
-the store so that later processes use the same engine for the same module.
+the store so that later processes use the same engine for the same module
+(processes measuring at the same time wait for the first one's choice).
 Preprocessing of the next batch runs on a worker thread while the engine runs
 the current one.
 """
@@ -165,13 +166,19 @@ class FeatureExtractor:
             return self.engine
         if self.device != "cpu" or len(dataset) < AUTO_MIN_IMAGES:
             return "torch"
+        if self.store is None:
+            return self._measure_engine(module, state, dataset)
         record = f"engine-{state}-t{self._threads()}-{torch.__version__}"
-        kind = self.store.read_text(record) if self.store is not None else None
-        if kind not in ENGINES:
-            kind, engine, self.engine_timings[state] = pick_engine(module, self._sample(dataset), self._threads())
-            self._engines[(state, kind)] = engine
-            if self.store is not None:
+        with self.store._lock(record):  # concurrent processes on one store wait for one measurement and share it
+            kind = self.store.read_text(record)
+            if kind not in ENGINES:
+                kind = self._measure_engine(module, state, dataset)
                 self.store.write_text(record, kind)
+        return kind
+
+    def _measure_engine(self, module: nn.Module, state: str, dataset) -> str:
+        kind, engine, self.engine_timings[state] = pick_engine(module, self._sample(dataset), self._threads())
+        self._engines[(state, kind)] = engine
         return kind
 
     def _engine(self, kind: str, module: nn.Module, dataset) -> Engine:

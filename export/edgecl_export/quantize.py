@@ -303,31 +303,3 @@ def apply_precision(onnx_path: Path, spec: PrecisionSpec, input_size, mean, std,
     finally:
         converted.unlink(missing_ok=True)
     return section
-
-
-def run_precision_data(config: dict, class_names: list[str], image_size, n_calibration: int, n_check: int = 256,
-                       seed: int = 0) -> tuple[np.ndarray | None, str | None, np.ndarray, np.ndarray]:
-    """Calibration images from a run's training data, check images + labels from its test split.
-
-    Returns ``(calibration, description, check_images, check_labels)``; labels
-    index ``class_names`` (the learner's order). ``n_calibration=0``: no
-    calibration (dynamic quantization).
-    """
-    from edgecl.data import load_dataset
-
-    train, test = load_dataset(
-        config["dataset"], image_size=tuple(image_size), seed=config.get("data_seed", 0),
-        test_fraction=config.get("test_fraction", 0.2), train_per_class=config.get("train_per_class", 30),
-        test_per_class=config.get("test_per_class", 10),
-    )
-    known = {n: i for i, n in enumerate(class_names)}
-    cal, desc = None, None
-    if n_calibration > 0:
-        pool = np.nonzero([train.class_names[y] in known for y in train.labels])[0]
-        pick = np.sort(np.random.default_rng(seed).choice(pool, min(n_calibration, len(pool)), replace=False))
-        cal = train.images[pick]
-        desc = f"{len(pick)} train images of {config['dataset']} (data seed {config.get('data_seed', 0)}, pick seed {seed})"
-    pool = np.nonzero([test.class_names[y] in known for y in test.labels])[0]
-    pick = np.sort(np.random.default_rng(seed + 1).choice(pool, min(n_check, len(pool)), replace=False))
-    labels = np.array([known[test.class_names[y]] for y in test.labels[pick]], dtype=np.int64)
-    return cal, desc, test.images[pick], labels

@@ -284,13 +284,16 @@ class Bundle:
         with signing.using(self.policy):
             self._set_state(store.remove_class(self.path, name, timeout=timeout))
 
-    def merge(self, other: "Bundle | str | Path", out_path: str | Path | None = None) -> "Bundle":
-        """Merge the on-device updates of ``other`` (same export) into this bundle, or into a new one at ``out_path``.
+    def merge(self, other, out_path: str | Path | None = None) -> "Bundle":
+        """Merge the on-device updates of ``other`` (a ``Bundle`` or path, or a list of them: a fleet; same export)
+        into this bundle, or into a new one at ``out_path``.
 
-        The result equals one device having seen both devices' examples; see
+        The result equals one device having seen every device's examples; see
         ``edgecl_runtime.store.merge``. Returns the merged bundle (``self``, refreshed, when in place).
         """
-        other_path = other.path if isinstance(other, Bundle) else Path(other)
+        many = isinstance(other, (list, tuple))
+        paths = [o.path if isinstance(o, Bundle) else Path(o) for o in (other if many else [other])]
+        other_path = paths if many else paths[0]
         with signing.using(self.policy):
             state = store.merge(self.path, other_path, out_path)
         if out_path is None or Path(out_path).resolve() == self.path.resolve():

@@ -287,8 +287,9 @@ def encode_batch(records: list[Record], prev_digest: str) -> tuple[list[bytes], 
     return chunks, digest
 
 
-def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str) -> tuple[int, str]:
-    """Write ``records`` after the first ``keep_bytes`` of ``path`` (dropping any torn tail) and fsync.
+def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str, sync: bool = True) -> tuple[int, str]:
+    """Write ``records`` after the first ``keep_bytes`` of ``path`` (dropping any torn tail) and fsync
+    (``sync=False``: no fsync, for a journal of a bundle not yet committed, which is fsync'd once at the end).
 
     Returns the new end offset and digest. This is the write-ahead step: once it
     returns, the records are durable and will be replayed even if the process
@@ -308,7 +309,7 @@ def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str)
     except OSError as exc:
         raise storage.storage_error(exc, f"open the journal {path}") from exc
     try:
-        _write_records(fd, path, keep_bytes, data, created)
+        _write_records(fd, path, keep_bytes, data, created, sync)
     except OSError as exc:
         _undo_append(fd, path, keep_bytes, created)
         raise storage.storage_error(exc, f"append to the journal {path}") from exc
@@ -321,16 +322,17 @@ def append(path: Path, keep_bytes: int, records: list[Record], prev_digest: str)
     return end, digest
 
 
-def _write_records(fd: int, path: Path, keep_bytes: int, data: bytes, created: bool) -> None:
+def _write_records(fd: int, path: Path, keep_bytes: int, data: bytes, created: bool, sync: bool = True) -> None:
     if os.fstat(fd).st_size != keep_bytes:
         storage.sys_truncate(fd, keep_bytes)  # drop a torn tail
     half = len(data) // 2
     storage.write_all(fd, memoryview(data)[:half], keep_bytes)
     storage.crash_point(f"mid-write:{path.name}")
     storage.write_all(fd, memoryview(data)[half:], keep_bytes + half)
-    storage.fsync_fd(fd)
-    if created:
-        storage.fsync_dir(path.parent)
+    if sync:
+        storage.fsync_fd(fd)
+        if created:
+            storage.fsync_dir(path.parent)
 
 
 def _undo_append(fd: int, path: Path, keep_bytes: int, created: bool) -> None:

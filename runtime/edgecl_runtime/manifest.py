@@ -1,7 +1,7 @@
 """Bundle manifest: what a bundle holds, its schema, its format versions and file checksums.
 
-``manifest.json`` is validated against a hand-written schema (``validate``)
-before any field is used, so a damaged or hand-edited manifest is refused with
+``manifest.json`` is validated against the schema of ``manifest_schema``
+(``validate``) before any field is used, so a damaged or hand-edited manifest is refused with
 a ``CorruptBundleError`` naming the field, and a manifest from a newer edgecl
 with an ``IncompatibleBundleError`` saying to upgrade. Every format version the
 runtime has shipped is read (``docs/bundle-format.md``):
@@ -11,7 +11,8 @@ runtime has shipped is read (``docs/bundle-format.md``):
   write-ahead ``journal`` and the dtype/shape of every head array.
 
 A version-1 manifest is viewed as version 2 in memory (``as_v2``); the first
-update rewrites it as version 2 on disk.
+update rewrites it as version 2 on disk. ``new_manifest`` builds the manifest an export writes,
+checked against the same schema.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import inputs, limits, signing, storage
 from .errors import (
@@ -32,14 +32,12 @@ from .errors import (
     MissingFileError,
     TamperedFileError,
 )
+from .manifest_schema import HEX64, is_int, list_of, nonneg_int, rules
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edgecl-bundle"
 FORMAT_VERSION = 3  # bump on any change an older runtime cannot read
 READS_VERSIONS = (1, 2, 3)
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[0-9A-Za-z_-]{8,80}$")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -59,81 +57,11 @@ def array_spec(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: {"dtype": str(v.dtype), "shape": [int(n) for n in v.shape]} for k, v in sorted(arrays.items())}
 
 
-# ------------------------------------------------------------------ schema
+# ------------------------------------------------------------------ schema (edgecl_runtime.manifest_schema)
 def _fail(field: str, msg: str) -> None:
     raise CorruptBundleError(f"manifest field {field!r} {msg}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
-
-
-def _str(v) -> bool:
-    return isinstance(v, str)
-
-
-def _nonneg_int(v) -> bool:
-    return _is_int(v) and v >= 0
-
-
-def _pos_int(v) -> bool:
-    return _is_int(v) and v > 0
-
-
-def _file_name(v) -> bool:
-    return isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v and "\\" not in v
-
-
-def _names(v) -> bool:
-    return isinstance(v, list) and all(type(x) is str and x for x in v)
-
-
-def _list_of(check: Callable, n: int | None = None) -> Callable:
-    return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(check(x) for x in v)
-
-
-_RULES_V1: list[tuple[str, Callable, str]] = [
-    ("edgecl_version", _str, "must be a string"),
-    ("backbone", lambda v: isinstance(v, dict), "must be an object"),
-    ("backbone.file", _file_name, "must be a file name inside the bundle"),
-    ("backbone.embedding_dim", _pos_int, "must be a positive integer"),
-    ("preprocess", lambda v: isinstance(v, dict), "must be an object"),
-    ("preprocess.input_size", _list_of(_pos_int, 3), "must be 3 positive integers [C, H, W]"),
-    ("preprocess.mean", _list_of(_is_num, 3), "must be 3 numbers"),
-    ("preprocess.std", _list_of(lambda x: _is_num(x) and x > 0, 3), "must be 3 positive numbers"),
-    ("head", lambda v: isinstance(v, dict), "must be an object"),
-    ("head.kind", _str, "must be a string"),
-    ("head.file", _file_name, "must be a file name inside the bundle"),
-    ("classes", lambda v: _names(v), "must be a list of non-empty strings"),
-    ("files", lambda v: isinstance(v, dict) and all(_file_name(k) for k in v), "must map file names to checksums"),
-]
-_RULES_V2 = _RULES_V1 + [
-    ("bundle_id", lambda v: isinstance(v, str) and bool(_ID.match(v)), "must be an id of 8-80 letters, digits, _ or -"),
-    ("head.arrays", lambda v: isinstance(v, dict) and len(v) > 0, "must describe the head arrays"),
-    ("base", lambda v: isinstance(v, dict), "must be an object"),
-    ("base.id", lambda v: isinstance(v, str) and bool(_ID.match(v)), "must be an id"),
-    ("base.file", _file_name, "must be a file name inside the bundle"),
-    ("base.seq", _nonneg_int, "must be an integer >= 0"),
-    ("base.classes", lambda v: _names(v), "must be a list of non-empty strings"),
-    ("base.arrays", lambda v: isinstance(v, dict) and len(v) > 0, "must describe the base head arrays"),
-    ("journal", lambda v: isinstance(v, dict), "must be an object"),
-    ("journal.file", _file_name, "must be a file name inside the bundle"),
-    ("journal.seq", _nonneg_int, "must be an integer >= 0"),
-    ("journal.bytes", _nonneg_int, "must be an integer >= 0"),
-    ("journal.digest", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
-    ("checksum", lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "must be a sha256 hex digest"),
-]
-# Version 3: one ONNX file, ``model.file`` (backbone + fixed transform + head scoring), in place of
-# ``backbone.file``; head files in the safetensors layout (``edgecl_runtime.tensors``).
-_RULES_V3 = [r for r in _RULES_V2 if r[0] != "backbone.file"] + [
-    ("model", lambda v: isinstance(v, dict), "must be an object"),
-    ("model.file", _file_name, "must be a file name inside the bundle"),
-    ("model.head_inputs", lambda v: isinstance(v, list) and all(_str(x) for x in v), "must list the head's input names"),
-]
 _MISSING = object()
 
 
@@ -158,7 +86,7 @@ def _lookup(m: dict, dotted: str):
 
 def _check_arrays_spec(field: str, spec: dict) -> None:
     for name, entry in spec.items():
-        if not (isinstance(entry, dict) and _str(entry.get("dtype")) and _list_of(_nonneg_int)(entry.get("shape"))):
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and list_of(nonneg_int)(entry.get("shape"))):
             _fail(f"{field}.{name}", "must be {\"dtype\": str, \"shape\": [int, ...]}")
 
 
@@ -167,7 +95,7 @@ def check_version(manifest: Any, where: str) -> int:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptBundleError(f"{where} is not an edgecl bundle manifest (format != {FORMAT!r})")
     version = manifest.get("format_version")
-    if not _is_int(version):
+    if not is_int(version):
         _fail("format_version", f"must be an integer, got {version!r}")
     if version not in READS_VERSIONS:
         newer = version > FORMAT_VERSION
@@ -180,16 +108,21 @@ def check_version(manifest: Any, where: str) -> int:
     return version
 
 
+def check_fields(manifest: dict[str, Any], fields) -> None:
+    """Each ``manifest_schema.Field`` of ``fields`` present and passing its check; else the first failing one."""
+    for f in fields:
+        value = _lookup(manifest, f.path)
+        if value is _MISSING:
+            _fail(f.path, "is missing")
+        if not f.check(value):
+            _fail(f.path, f"{f.msg}, got {json.dumps(value)[:80]}")
+
+
 def validate(manifest: dict[str, Any], version: int) -> None:
     """Check every field the runtime uses (types, ranges, cross-references); errors name the field."""
     from .heads import HEADS  # the registry of head kinds this runtime knows
 
-    for field, check, msg in _RULES_V3 if version >= 3 else _RULES_V2 if version >= 2 else _RULES_V1:
-        value = _lookup(manifest, field)
-        if value is _MISSING:
-            _fail(field, "is missing")
-        if not check(value):
-            _fail(field, f"{msg}, got {json.dumps(value)[:80]}")
+    check_fields(manifest, rules(version))
     kind = manifest["head"]["kind"]
     if kind not in HEADS:
         _fail("head.kind", f"names an unknown head kind {kind!r}; this runtime knows {', '.join(sorted(HEADS))}")
@@ -197,8 +130,8 @@ def validate(manifest: dict[str, Any], version: int) -> None:
         _fail("classes", "holds duplicate class names")
     files = manifest["files"]
     for name, entry in files.items():
-        if not (isinstance(entry, dict) and _is_int(entry.get("bytes")) and isinstance(entry.get("sha256"), str)
-                and _HEX64.match(entry["sha256"])):
+        if not (isinstance(entry, dict) and is_int(entry.get("bytes")) and isinstance(entry.get("sha256"), str)
+                and HEX64.match(entry["sha256"])):
             _fail(f"files.{name}", "must be {\"sha256\": hex, \"bytes\": int}")
     refs = [("model.file" if version >= 3 else "backbone.file", onnx_file(manifest)), ("head.file", manifest["head"]["file"])]
     if version >= 2:
@@ -231,6 +164,18 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     out = signing.on_seal({k: v for k, v in manifest.items() if k != CHECKSUM_FIELD})
     out[CHECKSUM_FIELD] = manifest_checksum(out)
     return out
+
+
+def new_manifest(sections: dict[str, Any]) -> dict[str, Any]:
+    """A sealed manifest of the current format from ``sections`` (every top-level field but ``format``,
+    ``format_version`` and ``checksum``), checked against all the fields a writer must set and against
+    what every reader checks, so an export never writes a manifest that a device would refuse."""
+    manifest = {"format": FORMAT, **sections, "format_version": FORMAT_VERSION}
+    sealed = seal(manifest)
+    check_fields(sealed, rules(FORMAT_VERSION, writing=True))
+    validate(sealed, FORMAT_VERSION)
+    check_class_names(sealed)
+    return sealed
 
 
 def check_seal(manifest: dict[str, Any], where: str) -> tuple[str, str] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, load_bundle, load_plugin, main
+from .common import device_option, emit_json, json_option, load_bundle, load_plugin, log, main
 from .device import bundle_accuracy
 
 
@@ -88,9 +88,18 @@ def print_report(r: dict, echo=click.echo) -> None:
               help="Run directory of this bundle: time its torch learner (eager, torch.compile) on the same images.")
 @click.option("--no-compile", is_flag=True, help="With --compare-torch: skip torch.compile.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="JSON file to write (default: bench-<bundle name>.json in the current directory).")
-def bench(bundle, device, threads, repeats, batch_size, dataset, data_seed, run_dir, no_compile, out_path):
-    """Cold start, latency, throughput, memory, size and add-class cost of BUNDLE on this machine."""
+              help="JSON file to write (default: bench-<bundle name>.json in the current directory; "
+                   "with --json only when given).")
+@json_option
+def bench(bundle, device, threads, repeats, batch_size, dataset, data_seed, run_dir, no_compile, out_path, as_json):
+    """Cold start, latency, throughput, memory, size and add-class cost of BUNDLE on this machine.
+
+    The device numbers come from a fresh process that imports only the
+    runtime. --dataset adds the top-1 accuracy on a data set's test split;
+    --compare-torch RUN_DIR times the run's torch learner on the same images
+    (needs the training distribution). The report is printed and saved as
+    JSON (--out); with --json the JSON goes to stdout instead.
+    """
     from edgecl_runtime.benchmark import machine
 
     b = load_bundle(bundle, device)  # validates the bundle before anything is timed
@@ -106,7 +115,10 @@ def bench(bundle, device, threads, repeats, batch_size, dataset, data_seed, run_
     if run_dir:
         compare_torch = load_plugin("compare_torch", "--compare-torch")
         result["torch"] = compare_torch(b, run_dir, threads or None, repeats, batch_size, compile=not no_compile)
+    if out_path or not as_json:
+        out = Path(out_path or f"bench-{Path(bundle).resolve().name}.json")
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        log.info(f"written to {out}")
+    if as_json:
+        return emit_json(result)
     print_report(result)
-    out = Path(out_path or f"bench-{Path(bundle).resolve().name}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    click.echo(f"written to {out}")

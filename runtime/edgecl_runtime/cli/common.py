@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from importlib.metadata import entry_points
@@ -16,14 +18,71 @@ TRAINING_VERBS = ("train", "export", "demo", "learners", "backbones", "pretrain"
 TRAINING_INSTALL = "pip install edgecl (the training distribution; it brings torch and timm)"
 
 
+VERBOSITY_KEY = "edgecl.verbosity"  # ctx.meta: -1 quiet, 0 default, 1 verbose
+LOGGERS = ("edgecl", "edgecl_runtime", "edgecl_export")
+log = logging.getLogger("edgecl.cli")
+
+
+def verbosity() -> int:
+    """-1 with ``-q``, 1 with ``-v``, else 0 (also outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().meta.get(VERBOSITY_KEY, 0) if ctx is not None else 0
+
+
+class _ClickHandler(logging.Handler):
+    """Log records as lines on the current stderr (click's, so that CliRunner captures them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging must never break a command
+            self.handleError(record)
+
+
+def configure_logging(level: int) -> None:
+    """Send the edgecl loggers' records at ``level`` and above to stderr (one handler, replaced on each call)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, _ClickHandler)]:
+            logger.removeHandler(h)
+        handler = _ClickHandler()
+        handler.setFormatter(logging.Formatter("%(message)s" if level > logging.DEBUG else "%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
+
 def progress_bar(label: str):
-    """A click progress bar wrapper for an iterable with a length, on stderr."""
+    """A click progress bar wrapper for an iterable with a length, on stderr; none with ``-q``."""
 
     def wrap(iterable):
+        if verbosity() < 0:
+            yield from iterable
+            return
         with click.progressbar(iterable, label=label, file=sys.stderr, show_pos=True) as bar:
             yield from bar
 
     return wrap
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as one JSON object on stdout (and nothing else there).")
+
+
+def emit_json(obj) -> None:
+    """One JSON document on stdout (NaN and infinities become null)."""
+    click.echo(json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, default=str))
+
+
+def _finite(obj):
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays
+        obj = obj.tolist()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def fail(exc: Exception) -> None:
@@ -139,17 +198,25 @@ device_option = click.option(
 @click.option("--signing-key", type=click.Path(dir_okay=False),
               help="Sign this command's updates with this Ed25519 private key (needed to update a bundle when "
                    "--public-key is set). Default: env EDGECL_SIGNING_KEY.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results on stdout: no progress bars or log lines.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show debug log lines (on stderr).")
 @click.pass_context
-def main(ctx, public_keys, signing_key):
+def main(ctx, public_keys, signing_key, quiet, verbose):
     """Continual learning with pre-trained models, exported to the edge.
 
     Device verbs (predict, add-class, remove-class, eval, info, history,
-    rollback, compact, merge, bench, sign, keygen) need only the runtime; training verbs
+    rollback, compact, merge, diff, bench, sign, keygen) need only the runtime; training verbs
     (train, export, demo, ...) come with the training distribution `edgecl`.
 
+    Results go to stdout (as JSON with --json, where a verb reports); progress
+    bars and log lines go to stderr (-q hides them, -v adds debug lines).
     Every failure is reported as one line on stderr with exit code 1
     (EDGECL_DEBUG=1 shows the traceback); a failed update leaves the bundle unchanged.
     """
+    if quiet and verbose:
+        raise click.UsageError("-q and -v exclude each other")
+    ctx.meta[VERBOSITY_KEY] = -1 if quiet else 1 if verbose else 0
+    configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     if public_keys or signing_key:
         from edgecl_runtime import signing
 

@@ -8,7 +8,7 @@ import json
 
 import click
 
-from .common import device_option, fail, load_bundle, load_plugin, main, progress_bar, threads_option
+from .common import device_option, emit_json, fail, json_option, load_bundle, load_plugin, main, progress_bar, threads_option
 
 
 @main.command()
@@ -47,8 +47,12 @@ def predict(bundle, images, top_k, as_json, device):
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @device_option
 @threads_option
-def add_class(bundle, name, images, device):
-    """Teach BUNDLE class NAME from a few IMAGES; the update is saved atomically."""
+@json_option
+def add_class(bundle, name, images, device, as_json):
+    """Teach BUNDLE class NAME from a few IMAGES (files, or .npy arrays of images); the update is saved
+    atomically (journaled: `edgecl history` lists it, `edgecl rollback` undoes it). An existing NAME
+    gets the new examples too. --json prints {"class", "created", "examples_added", "total_examples",
+    "num_classes", "seconds"}."""
     from edgecl_runtime import EdgeclRuntimeError
     from edgecl_runtime.io import read_images
 
@@ -57,6 +61,9 @@ def add_class(bundle, name, images, device):
         res = b.add_class(name, read_images(images))
     except EdgeclRuntimeError as exc:
         fail(exc)
+    if as_json:
+        return emit_json({"class": res.name, "created": res.created, "examples_added": res.examples_added,
+                          "total_examples": res.total_examples, "num_classes": res.num_classes, "seconds": res.seconds})
     verb = "added new class" if res.created else "extended class"
     click.echo(
         f"{verb} {res.name!r} from {res.examples_added} example(s) ({res.total_examples} in total) in "

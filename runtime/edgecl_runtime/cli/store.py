@@ -1,4 +1,4 @@
-"""Bundle-store commands (runtime only): history, rollback, compact, merge, remove-class.
+"""Bundle-store commands (runtime only): history, rollback, compact, merge, diff, remove-class.
 
 They act on the bundle's journal (``edgecl_runtime.store``); none loads the backbone.
 """
@@ -85,16 +85,57 @@ def compact(bundle, trust_modified):
 
 
 @main.command()
-@click.argument("a", type=click.Path())
-@click.argument("b", type=click.Path())
-@click.argument("out", type=click.Path())
-def merge(a, b, out):
-    """Merge the on-device updates of bundle B into bundle A, writing OUT (A and B from the same export)."""
+@click.argument("base", type=click.Path())
+@click.argument("devices", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True,
+              help="Directory to write the merged bundle to (absent or empty; written completely or not at all). "
+                   "BASE itself merges in place (each device committed as it is merged).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def merge(base, devices, out, as_json):
+    """Merge the on-device updates of DEVICES (one or many bundles) into a copy of BASE, written to OUT.
+
+    Every bundle must come from BASE's export (a foreign one is refused before
+    anything is written). The result equals one device having seen every
+    device's examples, in the order given (see docs/fleet.md); inputs are read
+    one at a time, so a fleet of thousands of devices merges in linear time and memory.
+    """
     from edgecl_runtime import store
 
-    before = _run(store.read_state, a, verify="state").seq
-    st = _run(store.merge, a, b, out)
-    click.echo(f"merged {st.seq - before} update(s) from {b} into {out}: {len(st.classes)} classes")
+    before = _run(store.read_state, base, verify="state").seq
+    st = _run(store.merge, base, list(devices), out)
+    report = {"out": out, "devices": len(devices), "updates_merged": st.seq - before, "classes": len(st.classes)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"merged {st.seq - before} update(s) from {len(devices)} bundle(s) into {out}: {len(st.classes)} classes")
+
+
+@main.command()
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff(a, b, as_json):
+    """List the classes added, removed and changed from bundle A to bundle B.
+
+    Changed: in both, with a different example count or per-class statistics
+    (prototype; mean and scatter; ridge feature sums) beyond float rounding.
+    """
+    from edgecl_runtime import store
+
+    d = _run(store.diff, a, b)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{a} ({d['classes'][0]} classes) -> {b} ({d['classes'][1]} classes)"
+               + ("" if d["same_export"] else "  [different exports]"))
+    for sign, key in (("+", "added"), ("-", "removed")):
+        for c in d[key]:
+            click.echo(f"{sign} {c['class']!r} ({c['examples']} examples)")
+    for c in d["changed"]:
+        click.echo(f"~ {c['class']!r} ({c['examples'][0]} -> {c['examples'][1]} examples, "
+                   f"statistics differ by up to {c['max_abs_difference']:.3g})")
+    click.echo(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed, "
+               f"{d['unchanged']} unchanged")
 
 
 @main.command(name="remove-class")

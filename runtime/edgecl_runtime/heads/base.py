@@ -65,13 +65,17 @@ def shifted_mean(protos: np.ndarray, counts: np.ndarray, index: int, total: np.n
     """Copies of ``protos``/``counts`` with ``k`` examples summing to ``total`` added (``sign=+1``)
     to or removed (``-1``) from the running mean of class ``index``."""
     protos, counts = protos.copy(), counts.copy()
-    n = int(counts[index])
+    protos[index], counts[index] = shifted_row(protos[index], int(counts[index]), total, k, sign)
+    return protos, counts
+
+
+def shifted_row(proto: np.ndarray, n: int, total: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, int]:
+    """A running mean ``proto`` of ``n`` examples with ``k`` examples summing to ``total`` added (``sign=+1``)
+    or removed (``-1``): the float32 mean and the new count."""
     left = n + sign * k
     if left < 1:
         raise InvalidInputError(f"cannot remove {k} examples from a class that has {n}")
-    protos[index] = ((protos[index].astype(np.float64) * n + sign * total) / left).astype(np.float32)
-    counts[index] = left
-    return protos, counts
+    return ((proto.astype(np.float64) * n + sign * total) / left).astype(np.float32), left
 
 
 class Head(abc.ABC):
@@ -127,6 +131,15 @@ class Head(abc.ABC):
     def without_class(self, index: int) -> "Head":
         """New head without class ``index`` (later classes shift down by one)."""
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        """The statistics the head keeps of class ``index`` alone (what ``store.diff`` compares; besides
+        ``counts``); empty for a kind whose classes share all of theirs."""
+        return {}
+
+    def accumulator(self) -> "Accumulator":
+        """An ``Accumulator`` applying many ``with_examples`` at once (merging the updates of many devices)."""
+        return Accumulator(self)
+
 
 def read_only(a: np.ndarray) -> np.ndarray:
     """A read-only view of ``a`` (what heads hand out: their arrays are shared between heads)."""
@@ -147,6 +160,9 @@ class RunningMeanHead(Head):
     def dim(self) -> int:
         return int(self.prototypes.shape[1])
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        return {"prototype": self.prototypes[index]}
+
     @abc.abstractmethod
     def _shifted(self, index: int | None, total: np.ndarray, k: int, sign: int) -> "RunningMeanHead":
         """The head with ``k`` examples summing to ``total`` added (``sign=+1``; ``index=None``: a new
@@ -159,3 +175,73 @@ class RunningMeanHead(Head):
     def without_examples(self, index: int, embeddings: np.ndarray) -> "RunningMeanHead":
         emb = check_examples(embeddings, self.prototypes.shape[1])
         return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], -1)
+
+
+class Accumulator:
+    """Many additions to a head, applied in one step (``Head.accumulator()``).
+
+    ``add(index, embeddings)`` takes examples of class ``index`` (``None``: a new
+    last class) and returns the class's index; ``result()`` is the head after all
+    of them, equal to calling ``with_examples`` for each in turn (bit for bit for
+    per-class statistics; statistics all classes share, such as a ridge head's
+    ``G``, up to float rounding). This default does exactly that. Head kinds whose ``with_examples``
+    copies O(C) arrays override it with a ``ClassAccumulator``, so that merging the
+    updates of many devices costs time linear in the examples and the classes.
+    """
+
+    def __init__(self, head: "Head"):
+        self._head = head
+        self.num_classes = head.num_classes
+
+    def add(self, index: int | None, embeddings: np.ndarray) -> int:
+        self._head = self._head.with_examples(index, embeddings)
+        if index is None:
+            self.num_classes += 1
+            return self.num_classes - 1
+        return int(index)
+
+    def result(self) -> "Head":
+        return self._head
+
+
+class ClassAccumulator(Accumulator, abc.ABC):
+    """An ``Accumulator`` that keeps the statistics of each class it touches and updates them with the head's
+    own per-class rule, in the order given; ``result`` builds the head once (O(C) copies in all, not per update).
+
+    So a class's statistics come out bit for bit as ``with_examples`` in turn
+    gives them. Subclasses define ``start(index)`` (the head's statistics of an
+    existing class), ``first(embeddings)`` (of a new class), ``step(state,
+    embeddings)`` (more examples) and ``merged()`` (the head with ``per_class``).
+    """
+
+    def __init__(self, head: "Head"):
+        super().__init__(head)
+        self.per_class: dict[int, tuple] = {}  # class index -> its statistics after the additions so far
+
+    def add(self, index: int | None, embeddings: np.ndarray) -> int:
+        emb = check_examples(embeddings, self._head.dim)
+        if index is None:
+            index, self.num_classes = self.num_classes, self.num_classes + 1
+            self.per_class[index] = self.first(emb)
+            return index
+        if not 0 <= int(index) < self.num_classes:
+            raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
+        index = int(index)
+        state = self.per_class[index] if index in self.per_class else self.start(index)
+        self.per_class[index] = self.step(state, emb)
+        return index
+
+    @abc.abstractmethod
+    def start(self, index: int) -> tuple: ...
+
+    @abc.abstractmethod
+    def first(self, embeddings: np.ndarray) -> tuple: ...
+
+    @abc.abstractmethod
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple: ...
+
+    @abc.abstractmethod
+    def merged(self) -> "Head": ...
+
+    def result(self) -> "Head":
+        return self.merged() if self.per_class else self._head

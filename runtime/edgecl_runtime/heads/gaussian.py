@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
-from .base import Head, check_examples, l2_normalize, register_head
+from .base import ClassAccumulator, Head, check_examples, l2_normalize, register_head
 from .validate import float_array, int_array, scalar
 
 SCORE_CHUNK = 256  # queries per batched (C, chunk, D) @ (C, D, D) product
@@ -73,6 +73,14 @@ def _batch_stats(z: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     mu = z.mean(axis=0)
     c = z - mu
     return z.shape[0], mu, c.T @ c
+
+
+def chan_merge(a: tuple, b: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(n, mean, scatter)`` of two disjoint batches from theirs (Chan et al.'s parallel formulas, float64)."""
+    (na, mua, Sa), (nb, mub, Sb) = a, b
+    n = na + nb
+    delta = mub - mua
+    return n, mua + delta * (nb / n), Sa + Sb + np.outer(delta, delta) * (na * nb / n)
 
 
 @register_head
@@ -207,6 +215,9 @@ class GaussianHead(Head):
             raise InvalidInputError(f"class index {index} out of range for {self.num_classes} classes")
         return int(index)
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        return {"mean": self.means[index], "scatter": self._blocks[index]}
+
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "GaussianHead":
         nb, mub, Sb = _batch_stats(tukey(check_examples(embeddings, self.dim), self.beta))
         if index is None:
@@ -217,12 +228,9 @@ class GaussianHead(Head):
                 self._prec + [None],
             )
         c = self._check_index(index)
-        na, mua = int(self._counts[c]), self.means[c]
-        n = na + nb
-        delta = mub - mua
         means, scatter, counts = self.means.copy(), list(self._blocks), self._counts.copy()
-        means[c] = mua + delta * (nb / n)
-        scatter[c] = (self._blocks[c] + Sb + np.outer(delta, delta) * (na * nb / n)).astype(np.float32)
+        n, means[c], S = chan_merge((int(self._counts[c]), self.means[c], self._blocks[c]), (nb, mub, Sb))
+        scatter[c] = S.astype(np.float32)
         counts[c] = n
         prec = list(self._prec)
         prec[c] = None
@@ -250,3 +258,33 @@ class GaussianHead(Head):
         keep = np.arange(self.num_classes) != c
         return self._replace(self.means[keep], self._blocks[:c] + self._blocks[c + 1 :], self._counts[keep],
                              self._prec[:c] + self._prec[c + 1 :])
+
+    def accumulator(self) -> "GaussianAccumulator":
+        return GaussianAccumulator(self)
+
+
+class GaussianAccumulator(ClassAccumulator):
+    """Per class: ``(n, mean, scatter)``, updated with Chan's formulas and a float32 scatter as ``with_examples``."""
+
+    def start(self, index: int) -> tuple:
+        return int(self._head.counts[index]), self._head.means[index], self._head._blocks[index]
+
+    def first(self, embeddings: np.ndarray) -> tuple:
+        n, mu, S = _batch_stats(tukey(embeddings, self._head.beta))
+        return n, mu, S.astype(np.float32)
+
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        n, mu, S = chan_merge(state, _batch_stats(tukey(embeddings, self._head.beta)))
+        return n, mu, S.astype(np.float32)
+
+    def merged(self) -> GaussianHead:
+        head, c0 = self._head, self._head.num_classes
+        means = np.empty((self.num_classes, head.dim))
+        means[:c0] = head.means
+        counts = np.empty(self.num_classes, np.int64)
+        counts[:c0] = head.counts
+        new = [None] * (self.num_classes - c0)
+        blocks, prec = list(head._blocks) + new, list(head._prec) + new
+        for index, (n, mu, S) in self.per_class.items():
+            counts[index], means[index], blocks[index], prec[index] = n, mu, S, None
+        return head._replace(means, blocks, counts, prec)

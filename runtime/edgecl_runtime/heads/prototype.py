@@ -7,7 +7,9 @@ import threading
 import numpy as np
 
 from ..errors import CorruptBundleError
-from .base import RunningMeanHead, l2_normalize, read_only, register_head, require_arrays, shifted_mean
+from .base import (
+    ClassAccumulator, RunningMeanHead, l2_normalize, read_only, register_head, require_arrays, shifted_mean, shifted_row,
+)
 
 
 _APPEND = threading.Lock()  # the check-and-append on a shared row buffer
@@ -95,3 +97,28 @@ class PrototypeCosineHead(RunningMeanHead):
     def without_class(self, index: int) -> "PrototypeCosineHead":
         keep = np.arange(self.num_classes) != index
         return PrototypeCosineHead(self.prototypes[keep], self.counts[keep])
+
+    def accumulator(self) -> "MeanAccumulator":
+        return MeanAccumulator(self)
+
+
+class MeanAccumulator(ClassAccumulator):
+    """Per class: its float32 running mean and count, updated as ``with_examples`` does (``shifted_row``)."""
+
+    def start(self, index: int) -> tuple:
+        return self._head.prototypes[index], int(self._head.counts[index])
+
+    def first(self, embeddings: np.ndarray) -> tuple:
+        return (embeddings.astype(np.float64).sum(axis=0) / embeddings.shape[0]).astype(np.float32), embeddings.shape[0]
+
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        return shifted_row(state[0], state[1], embeddings.astype(np.float64).sum(axis=0), embeddings.shape[0], +1)
+
+    def merged(self) -> PrototypeCosineHead:
+        head, c0 = self._head, self._head.num_classes
+        protos = np.empty((self.num_classes, head.dim), np.float32)
+        counts = np.empty(self.num_classes, np.int64)
+        protos[:c0], counts[:c0] = head.prototypes, head.counts
+        for index, (proto, n) in self.per_class.items():
+            protos[index], counts[index] = proto, n
+        return PrototypeCosineHead(protos, counts)

@@ -48,7 +48,7 @@ import functools
 import numpy as np
 
 from ..errors import CorruptBundleError, InvalidInputError
-from .base import Head, check_examples, register_head
+from .base import ClassAccumulator, Head, check_examples, register_head
 from .validate import float_array, int_array, scalar
 
 INVERSE_TOL = 1e-7  # relative residual |(G + lam I) A_inv v - v| / |v| above which A_inv is recomputed
@@ -387,6 +387,9 @@ class RidgeHead(Head):
             new._set_weights(new._inv_times(Q))
         return new
 
+    def class_statistics(self, index: int) -> dict[str, np.ndarray]:
+        return {"feature_sum": self.Q[:, index]}  # its examples in G are shared with every class
+
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "RidgeHead":
         return self._updated(index, embeddings, +1)
 
@@ -399,3 +402,43 @@ class RidgeHead(Head):
             return self._updated(index, examples, -1, allow_empty=True).without_class(index)
         keep = np.arange(self.num_classes) != self._check_index(index)
         return self._derived(self.Q[:, keep], self._counts[keep], self.W[:, keep])
+
+    def accumulator(self) -> "RidgeAccumulator":
+        return RidgeAccumulator(self)
+
+
+class RidgeAccumulator(ClassAccumulator):
+    """The additions' Gram matrix ``dG = sum H^T H``, and per class its count and column of ``Q`` (summed as
+    ``with_examples`` does); ``result`` solves the ridge system once from ``G + dG`` (O(M^3 + M^2 C)) instead
+    of one Woodbury step per addition."""
+
+    def __init__(self, head: RidgeHead):
+        super().__init__(head)
+        m = head.Q.shape[0]
+        self._dG = np.zeros((m, m))
+
+    def _features(self, embeddings: np.ndarray) -> np.ndarray:
+        H = self._head.features(embeddings).astype(np.float64)
+        self._dG += H.T @ H
+        return H
+
+    def start(self, index: int) -> tuple:
+        return int(self._head.counts[index]), self._head.Q[:, index]
+
+    def first(self, embeddings: np.ndarray) -> tuple:
+        H = self._features(embeddings)
+        return H.shape[0], H.sum(axis=0)
+
+    def step(self, state: tuple, embeddings: np.ndarray) -> tuple:
+        H = self._features(embeddings)
+        return state[0] + H.shape[0], state[1] + H.sum(axis=0)
+
+    def merged(self) -> RidgeHead:
+        head, c0 = self._head, self._head.num_classes
+        Q = np.empty((head.Q.shape[0], self.num_classes))
+        Q[:, :c0] = head.Q
+        counts = np.empty(self.num_classes, np.int64)
+        counts[:c0] = head.counts
+        for index, (n, column) in self.per_class.items():
+            counts[index], Q[:, index] = n, column
+        return RidgeHead(head.G + self._dG, Q, head.lam, counts, head.W_rand)
