@@ -57,12 +57,20 @@ def _parse_learner_args(ctx, param, values) -> dict:
                    "or else a plain string. See `edgecl learners`.")
 def train(dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device, engine,
           embedding_cache, threads, out_dir, learner_args):
-    """Run the class-incremental protocol and save the run to --out."""
+    """Run the class-incremental protocol and save the run to --out.
+
+    Under torchrun (``torchrun --nproc-per-node N --no-python edgecl train ...``) the ranks share the data and
+    reduce their statistics (docs/distributed.md); rank 0 writes --out."""
+    from .. import distributed
     from ..backbones import DEFAULT_BACKBONE, BackboneError
     from ..data import DataError
     from ..experiment import RunConfig, run_experiment
     from ..features import EngineError
 
+    try:
+        device = distributed.init_from_env(device)
+    except distributed.DistributedError as exc:
+        fail(exc)
     if threads:
         import torch
 
@@ -74,8 +82,10 @@ def train(dataset, backbone, weights, img_size, learner, init_cls, increment, se
     )
     try:
         run_experiment(cfg, out_dir=out_dir, log=click.echo, progress=progress_bar)
-    except (BackboneError, DataError, EngineError, ValueError) as exc:
+    except (BackboneError, DataError, EngineError, ValueError, distributed.DistributedError) as exc:
         fail(exc)
+    finally:
+        distributed.shutdown()
 
 
 @click.command(name="export")
