@@ -260,7 +260,7 @@ def data_parallel(features: Callable, head: nn.Module, loader) -> nn.Module:
     model = _Composed(features, head)
     if not is_distributed():
         return model
-    ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)  # frozen buffers
     ddp.register_comm_hook(loader, _weighted_allreduce)
     return ddp
 
