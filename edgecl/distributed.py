@@ -99,12 +99,14 @@ def check_learner(name: str) -> None:
 
 
 def main_first(fn: Callable):
-    """``fn()`` on rank 0, then (after a barrier) on the other ranks: rank 0 fills shared caches first."""
+    """``fn()`` on each node's first rank (``LOCAL_RANK`` 0), then (after a barrier) on the other ranks: one
+    process per node fills the node's caches (embedded backbone, rendered data), the others read them."""
     if not is_distributed():
         return fn()
-    out = fn() if is_main() else None
+    first = int(os.environ.get("LOCAL_RANK", rank())) == 0
+    out = fn() if first else None
     dist.barrier()
-    return out if is_main() else fn()
+    return out if first else fn()
 
 
 def main_only(fn: Callable) -> Callable:
