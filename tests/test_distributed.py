@@ -146,3 +146,39 @@ def test_unsupported_learner_is_refused(runs):
 def test_slow_variants(tmp_path_factory, name):
     one, two = _runs(tmp_path_factory.mktemp(f"dist-{name}"), {name: SLOW[name]})
     _compare(one, two, name, CLOSED_FORM_RTOL if name == "ranpac-default" else GRADIENT_RTOL)
+
+
+def test_gaussian_moments_merge_equals_examples():
+    """What FeCAM's reduction feeds the head: moments of a batch merge like the batch's examples."""
+    from edgecl_runtime.errors import InvalidInputError
+    from edgecl_runtime.heads.gaussian import GaussianHead, tukey
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 6)), rng.standard_normal((5, 6))
+    head = GaussianHead.empty(6).with_examples(None, a)
+    z = tukey(b, head.beta)
+    mean = z.mean(axis=0)
+    outer = z.T @ z - len(z) * np.outer(mean, mean)  # from summed moments, as the ranks reduce them
+    for index in (None, 0):
+        want, got = head.with_examples(index, b), head.with_moments(index, len(b), mean, outer)
+        np.testing.assert_allclose(got.means, want.means, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.scatter, want.scatter, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got.counts, want.counts)
+    with pytest.raises(InvalidInputError):
+        head.with_moments(0, 0, mean, outer)
+
+
+def test_without_process_group_the_hooks_are_the_single_process_computation():
+    import torch
+
+    from edgecl import distributed
+
+    assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
+    order = np.array([5, 2, 9])
+    assert distributed.local_rows(order).tolist() == [5, 2, 9]
+    feats, labels = torch.arange(12.0).reshape(4, 3), torch.tensor([0, 1, 1, 2])
+    sums, counts = distributed.class_sums(feats, labels, 4)
+    assert counts.tolist() == [1, 2, 1, 0]
+    assert torch.equal(sums[1], feats[1:3].double().sum(0))
+    with pytest.raises(ValueError, match="no training samples"):
+        distributed.class_sums(feats[:0], labels[:0], 0)
