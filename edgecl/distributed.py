@@ -41,8 +41,8 @@ from torch import nn
 from .data import BatchLoader
 
 DEFAULT_TIMEOUT_S = 1800
-# learners whose training goes through the hooks of this module (the prompt-pool learners do not, yet)
-SUPPORTED_LEARNERS = ("simplecil", "aper", "vpt", "ease", "ranpac", "fecam", "slca")
+# learners whose training goes through the hooks of this module (others, e.g. a plugin's, are refused)
+SUPPORTED_LEARNERS = ("simplecil", "aper", "vpt", "ease", "ranpac", "fecam", "slca", "l2p", "dualprompt", "coda_prompt")
 
 
 class DistributedError(RuntimeError):
@@ -235,8 +235,8 @@ def make_loader(*args, **kwargs) -> BatchLoader:
 
 
 # ------------------------------------------------------------------ gradient training
-class _Composed(nn.Module):
-    """``head(features(x))`` as one module (what DDP wraps)."""
+class Composed(nn.Module):
+    """``head(features(x))`` as one module (what ``data_parallel`` wraps for a features + classifier pair)."""
 
     def __init__(self, features: Callable, head: nn.Module):
         super().__init__()
@@ -257,12 +257,13 @@ def _weighted_allreduce(loader, bucket):
     return dist.all_reduce(buf, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
-def data_parallel(features: Callable, head: nn.Module, loader) -> nn.Module:
-    """``head(features(x))`` as a module: under DDP (gradients weighted by batch share) in a process group."""
-    model = _Composed(features, head)
+def data_parallel(model: nn.Module, loader, find_unused_parameters: bool = False) -> nn.Module:
+    """``model`` itself, or in a process group ``model`` under DDP whose gradients are weighted by each rank's
+    share of ``loader``'s current global batch (a ``DistributedBatchLoader``) before they are summed."""
     if not is_distributed():
         return model
-    ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)  # frozen buffers
+    ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False,  # buffers are frozen
+                                              find_unused_parameters=find_unused_parameters)
     ddp.register_comm_hook(loader, _weighted_allreduce)
     return ddp
 

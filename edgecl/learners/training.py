@@ -71,7 +71,7 @@ def fit_classifier(
     """Train ``params`` (reached through ``features``) and a new head on ``loader``; returns the last epoch's loss/accuracy."""
     torch.manual_seed(seed)
     clf = make_head(head, dim, len(classes)).to(device)
-    model = distributed.data_parallel(features, clf, loader)  # DDP under torch.distributed
+    model = distributed.data_parallel(distributed.Composed(features, clf), loader)  # DDP under torch.distributed
     lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
     lookup[classes] = torch.arange(len(classes))
     opt = torch.optim.AdamW(list(params) + list(clf.parameters()), lr=lr, weight_decay=weight_decay)
