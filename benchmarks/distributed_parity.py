@@ -7,7 +7,8 @@ array's largest absolute value) and the per-task accuracies must be equal. Wall 
 is recorded with the load average (the machine is shared, so times are indicative only).
 Writes ``<out>/<name>.json`` and ``.md``.
 
-Example: ``python benchmarks/distributed_parity.py --nproc 2``
+Example: ``python benchmarks/distributed_parity.py --nproc 2`` (results: ``benchmarks/results/distributed-parity.md``
+for the CNN runs, ``distributed-parity-vit.md`` for ``--configs ease-vit-1ep l2p-vit-1ep coda-vit-1ep``)
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ CONFIGS = {
     "slca-closed-form": ["--learner", "slca", "--learner-arg", "epochs=0"],
     "slca-1ep": ["--learner", "slca", "--learner-arg", "epochs=1"],
     "aper-ssf-2ep": ["--learner", "aper", "--learner-arg", "peft=ssf", "--learner-arg", "epochs=2"],
+}
+VIT_CONFIGS = {  # --configs ...: the embedded ViT (prompt pools need a ViT)
+    "ease-vit-1ep": ["--learner", "ease", "--backbone", "edgecl-vit-tiny", "--learner-arg", "epochs=1"],
+    "l2p-vit-1ep": ["--learner", "l2p", "--backbone", "edgecl-vit-tiny", "--learner-arg", "epochs=1"],
+    "coda-vit-1ep": ["--learner", "coda_prompt", "--backbone", "edgecl-vit-tiny", "--learner-arg", "epochs=1"],
 }
 
 
@@ -65,7 +71,7 @@ def compare(one: Path, two: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=[*CONFIGS, *VIT_CONFIGS])
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default="distributed-parity")
     args = ap.parse_args()
@@ -74,7 +80,7 @@ def main() -> None:
     rows, load = {}, [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
-            flags = BASE + CONFIGS[name]
+            flags = BASE + {**CONFIGS, **VIT_CONFIGS}[name]
             t1 = _run([_edgecl(), "train", *flags, "--out", f"{tmp}/one/{name}"])
             t2 = _run([*torchrun, _edgecl(), "train", *flags, "--out", f"{tmp}/two/{name}"])
             rows[name] = {"flags": flags, "seconds_1proc": t1, f"seconds_{args.nproc}proc": t2,
