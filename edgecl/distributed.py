@@ -155,7 +155,8 @@ def gather_rows(rows: np.ndarray, positions: np.ndarray, total: int) -> np.ndarr
     if not is_distributed():
         return rows
     parts = all_gather_objects((np.asarray(positions), np.asarray(rows)))
-    out = np.empty((total, *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+    ref = max((part for _, part in parts), key=len)  # an empty part may lack the row shape
+    out = np.empty((total, *ref.shape[1:]), dtype=ref.dtype)
     for pos, part in parts:
         out[pos] = part
     return out
@@ -197,10 +198,6 @@ def shard_positions(n_local: int) -> tuple[np.ndarray, int]:
     if pos is None or len(pos) != n_local:
         raise DistributedError("statistics of rows that did not come from the last sharded pass")
     return pos, total
-
-
-def gather_predictions(local_pred: np.ndarray, positions: np.ndarray, total: int) -> np.ndarray:
-    return gather_rows(np.asarray(local_pred), positions, total)
 
 
 class DistributedBatchLoader(BatchLoader):

@@ -19,7 +19,7 @@ import pytest
 WORKER = Path(__file__).with_name("distributed_runs.py")
 CLOSED_FORM_RTOL = 1e-5
 GRADIENT_RTOL = 1e-4  # DDP vs one process, fixed seeds (docs/distributed.md): adapters, SSF, slow learner
-PROMPT_RTOL = 1e-3  # prompt pools (Adam at lr 0.01)
+PROMPT_RTOL = 5e-3  # prompt pools (Adam at lr 0.01): one process differs from itself by 1e-3 across BLAS threads
 SMALL = {"dataset": "shapes:10", "init_cls": 5, "increment": 5, "train_per_class": 16, "test_per_class": 5,
          "engine": "torch"}
 
