@@ -100,7 +100,8 @@ def markdown(report: dict) -> str:
              f"{report['cpus']} CPUs, load average {report['loadavg_before_after'][0]:.1f} -> "
              f"{report['loadavg_before_after'][1]:.1f} (shared machine: times are indicative). Largest relative "
              "difference per saved array (|a - b|max / |a|max), arrays that differ by 0 omitted.", "",
-             f"| run | flags | 1 proc s | {n} procs s | accuracies equal | differing arrays |", "|---|---|---|---|---|---|"]
+             f"| run | flags | 1 proc s | {n} procs s | accuracies equal | differing arrays |",
+             "|---|---|---|---|---|---|"]
     for name, row in report["runs"].items():
         diff = {k: v for k, v in row["max_rel_diff"].items() if v > 0}
         worst = sorted(diff.items(), key=lambda kv: -kv[1])[:3]

@@ -106,8 +106,8 @@ def run_experiment(
     metrics = IncrementalMetrics()
     log(f"{cfg.learner} on {cfg.dataset} with {spec.name} ({spec.weights}); {scenario.describe()}")
     for t, classes in enumerate(scenario.tasks):
-        loader = distributed.make_loader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True, seed=t,
-                             indices=scenario.task_indices(train, t))
+        loader = distributed.make_loader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True,
+                                         seed=t, indices=scenario.task_indices(train, t))
         learner.fit_task(loader, progress=bar(f"task {t + 1}/{scenario.num_tasks}"))
         seen = scenario.seen_indices(test, t)
         metrics.record(test.labels[seen], evaluate(learner, test, spec, indices=seen, features=features), scenario.tasks)

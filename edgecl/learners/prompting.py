@@ -129,7 +129,8 @@ class PromptLearner(Learner):
         steps = self.hp["epochs"] * max(1, len(loader) if hasattr(loader, "__len__") else 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
         coef = float(self.hp.get(self.aux_coef_name, 0.0)) if self.aux_coef_name else 0.0
-        model = distributed.data_parallel(TaskClassifier(self.net, weight, bias, task, lo, hi), loader)  # DDP under torch.distributed
+        # DDP under torch.distributed
+        model = distributed.data_parallel(TaskClassifier(self.net, weight, bias, task, lo, hi), loader)
         for _ in range(self.hp["epochs"]):
             for x, y in progress(loader) if progress else loader:
                 x, y = x.to(self.device), y.to(self.device)

@@ -118,7 +118,8 @@ class SLCA(HeadLearner):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, hp["epochs"] * len(loader)))
         for p in params:
             p.requires_grad_(True)
-        model = distributed.data_parallel(distributed.Composed(self.backbone, clf), loader)  # DDP under torch.distributed
+        # DDP under torch.distributed
+        model = distributed.data_parallel(distributed.Composed(self.backbone, clf), loader)
         try:
             for _ in range(hp["epochs"]):
                 for x, y in progress(loader) if progress else loader:
