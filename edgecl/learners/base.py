@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..distributed import local_rows
 
 
 class Learner(abc.ABC):
@@ -71,7 +72,7 @@ class Learner(abc.ABC):
         from ..data import BatchLoader
 
         if isinstance(loader, BatchLoader):
-            idx = loader.next_order()
+            idx = local_rows(loader.next_order())  # this rank's rows under torch.distributed
             features = self.features or self.default_features(loader)
             feats = features.embed(self.embedding_module(), loader.dataset, idx, frozen=self.embedding_frozen,
                                    progress=progress)

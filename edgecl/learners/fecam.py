@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import distributed
 from .closed_form import HeadLearner, task_classes
 from .registry import register_learner
 
@@ -46,10 +47,13 @@ class FeCAM(HeadLearner):
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         feats, labels = self.embed(loader, progress)
         feats, labels = feats.numpy(), labels.numpy()
-        old, new = task_classes(labels, self.num_classes)
+        old, new = task_classes(distributed.all_classes(labels), self.num_classes)
         head = self.head
-        for c in old + new:
-            head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
+        if distributed.is_distributed():  # per-class moments summed over ranks
+            head = distributed.gaussian_update(head, feats, labels, old + new, self.num_classes)
+        else:
+            for c in old + new:
+                head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
         self.head, self.num_classes = head, head.num_classes
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:

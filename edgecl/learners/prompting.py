@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..peft.prompts import PromptedViT
 from .base import Learner
 from .hparams import resolve_hparams
@@ -50,6 +51,20 @@ def block_list(hp: dict[str, Any], key: str) -> list[int]:
     if not blocks or len(set(blocks)) != len(blocks):
         raise ValueError(f"hyper-parameter {key}={hp[key]!r} must name distinct blocks")
     return blocks
+
+
+class TaskClassifier(nn.Module):
+    """One task's training forward: prompted embedding, logits of classes ``lo..hi-1`` (earlier ones masked),
+    and the pool's auxiliary loss (``None`` if it has none)."""
+
+    def __init__(self, net: nn.Module, weight: nn.Parameter, bias: nn.Parameter, task: int, lo: int, hi: int):
+        super().__init__()
+        self.net, self.weight, self.bias, self.task, self.lo, self.hi = net, weight, bias, task, lo, hi
+
+    def forward(self, x: torch.Tensor):
+        emb, aux = self.net.encode(x, self.task)
+        logits = (emb @ self.weight.T + self.bias)[:, : self.hi]
+        return logits.masked_fill(torch.arange(self.hi, device=x.device) < self.lo, -math.inf), aux
 
 
 class PromptLearner(Learner):
@@ -93,12 +108,13 @@ class PromptLearner(Learner):
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         labels = torch.cat([y for _, y in loader])
-        if labels.numel() == 0:
+        present = distributed.all_classes(labels.numpy())  # of every rank under torch.distributed
+        if len(present) == 0:
             raise ValueError("fit_task got no training samples")
-        lo, hi = self.num_classes, int(labels.max()) + 1
-        if int(labels.min()) < lo:
-            raise ValueError(f"task labels must be new classes >= {lo}, got {int(labels.min())}")
-        missing = sorted(set(range(lo, hi)) - set(labels.tolist()))
+        lo, hi = self.num_classes, int(present.max()) + 1
+        if int(present.min()) < lo:
+            raise ValueError(f"task labels must be new classes >= {lo}, got {int(present.min())}")
+        missing = sorted(set(range(lo, hi)) - set(present.tolist()))
         if missing:
             raise ValueError(f"classes {missing} have no training samples")
         torch.manual_seed(self.hp["seed"] + self.tasks)
@@ -113,11 +129,12 @@ class PromptLearner(Learner):
         steps = self.hp["epochs"] * max(1, len(loader) if hasattr(loader, "__len__") else 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
         coef = float(self.hp.get(self.aux_coef_name, 0.0)) if self.aux_coef_name else 0.0
+        # DDP under torch.distributed
+        model = distributed.data_parallel(TaskClassifier(self.net, weight, bias, task, lo, hi), loader)
         for _ in range(self.hp["epochs"]):
             for x, y in progress(loader) if progress else loader:
                 x, y = x.to(self.device), y.to(self.device)
-                emb, aux = self.net.encode(x, task)
-                logits = (emb @ weight.T + bias)[:, :hi].masked_fill(torch.arange(hi, device=self.device) < lo, -math.inf)
+                logits, aux = model(x)
                 loss = F.cross_entropy(logits, y)
                 if aux is not None and coef:
                     loss = loss + coef * aux
@@ -128,11 +145,11 @@ class PromptLearner(Learner):
         for p in self.net.pool.parameters():
             p.grad = None
         self.weight, self.bias = weight.detach().cpu(), bias.detach().cpu()
-        self.counts = torch.cat([self.counts, torch.bincount(labels - lo, minlength=hi - lo)])
+        self.counts = torch.cat([self.counts, distributed.all_sum(torch.bincount(labels - lo, minlength=hi - lo))])
         self.proto_sums = torch.cat([self.proto_sums, torch.zeros(hi - lo, dim, dtype=torch.float64)])
         if self.hp["head"] == "prototype":
             feats, ys = self.embed(loader)
-            self.proto_sums.index_add_(0, ys, feats.double())
+            self.proto_sums += distributed.class_sums(feats, ys, hi)[0]  # summed over ranks
         self.num_classes = hi
 
     # ----------------------------------------------------------- inference

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import class_sums
 from .hparams import ConfiguredLearner
 
 
@@ -53,21 +54,18 @@ class PrototypeLearner(ConfiguredLearner):
 
     def add_examples(self, feats: torch.Tensor, labels: torch.Tensor) -> list[int]:
         """Running-mean update of the classes in ``labels``; returns the classes that are new."""
-        if labels.numel() == 0:
-            raise ValueError("fit_task got no training samples")
         dim = feats.shape[1]
+        sums, k = class_sums(feats, labels, self.num_classes)  # over all ranks under torch.distributed
         if self.means.shape[0] == 0:
             self.means = torch.zeros(0, dim, dtype=torch.float64)
-        n = max(int(labels.max()) + 1, self.num_classes)
-        missing = sorted(set(range(self.num_classes, n)) - set(labels.tolist()))
+        n = len(k)
+        missing = [c for c in range(self.num_classes, n) if k[c] == 0]
         if missing:
             raise ValueError(f"classes {missing} have no training samples")
         new = list(range(self.num_classes, n))
         if new:
             self.means = torch.cat([self.means, torch.zeros(len(new), dim, dtype=torch.float64)])
             self.counts = torch.cat([self.counts, torch.zeros(len(new), dtype=torch.int64)])
-        sums = torch.zeros(n, dim, dtype=torch.float64).index_add_(0, labels, feats.double())
-        k = torch.bincount(labels, minlength=n)
         hit = k > 0
         total = self.counts[hit] + k[hit]
         self.means[hit] = (self.means[hit] * self.counts[hit, None] + sums[hit]) / total[:, None]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import class_sums
 from .base import Learner
 from .registry import register_learner
 
@@ -33,15 +34,14 @@ class SimpleCIL(Learner):
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         feats, labels = self.embed(loader, progress)
-        if labels.numel() == 0:
-            raise ValueError("fit_task got no training samples")
-        n = max(int(labels.max()) + 1, self.num_classes)
+        sums, counts = class_sums(feats, labels, self.num_classes)  # over all ranks under torch.distributed
+        n = len(counts)
         if n > self._sums.shape[0]:
             pad = n - self._sums.shape[0]
             self._sums = torch.cat([self._sums, torch.zeros(pad, self._sums.shape[1], dtype=torch.float64)])
             self._counts = torch.cat([self._counts, torch.zeros(pad, dtype=torch.int64)])
-        self._sums.index_add_(0, labels, feats.double())
-        self._counts.index_add_(0, labels, torch.ones_like(labels))
+        self._sums[:n] += sums
+        self._counts[:n] += counts
         missing = (self._counts[:n] == 0).nonzero().flatten().tolist()
         if missing:
             raise ValueError(f"classes {missing} have no training samples")

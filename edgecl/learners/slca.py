@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from .closed_form import RIDGE_DEFAULTS, HeadLearner, check_ridge_hparams, grow_ridge, task_classes
 from .registry import register_learner
 
@@ -105,7 +106,7 @@ class SLCA(HeadLearner):
 
     def _slow_learn(self, loader, params: list[nn.Parameter], progress) -> None:
         """Cross-entropy on the task's new classes: slow backbone blocks, fast throw-away linear classifier."""
-        labels = np.concatenate([y.numpy() for _, y in loader])
+        labels = distributed.all_classes(np.concatenate([y.numpy() for _, y in loader]))  # of every rank
         _, new = task_classes(labels, self.num_classes)
         if len(new) < 2:
             return  # cross-entropy needs two classes to learn anything
@@ -117,13 +118,15 @@ class SLCA(HeadLearner):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, hp["epochs"] * len(loader)))
         for p in params:
             p.requires_grad_(True)
+        # DDP under torch.distributed
+        model = distributed.data_parallel(distributed.Composed(self.backbone, clf), loader)
         try:
             for _ in range(hp["epochs"]):
                 for x, y in progress(loader) if progress else loader:
                     keep = y >= new[0]  # a task may also revisit old classes: learn on its new ones
                     if keep.sum() == 0:
                         continue
-                    loss = F.cross_entropy(clf(self.backbone(x[keep].to(self.device))), (y[keep] - new[0]).to(self.device))
+                    loss = F.cross_entropy(model(x[keep].to(self.device)), (y[keep] - new[0]).to(self.device))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

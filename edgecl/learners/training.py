@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import distributed
 
 HEAD_TYPES = ("cosine", "linear")
 
@@ -41,11 +44,13 @@ def make_head(kind: str, dim: int, classes: int) -> nn.Module:
 
 
 def task_labels(loader: Iterable) -> torch.Tensor:
-    """Sorted distinct labels of ``loader``; ``ValueError`` if it is empty."""
+    """Sorted distinct labels of ``loader`` (of every rank's part under torch.distributed); ``ValueError`` if
+    it is empty."""
     labels = [torch.as_tensor(y) for _, y in loader]
-    if not labels or torch.cat(labels).numel() == 0:
+    present = distributed.all_classes(torch.cat(labels).numpy() if labels else np.zeros(0, np.int64))
+    if len(present) == 0:
         raise ValueError("fit_task got no training samples")
-    return torch.unique(torch.cat(labels))
+    return torch.from_numpy(present)
 
 
 def fit_classifier(
@@ -66,6 +71,7 @@ def fit_classifier(
     """Train ``params`` (reached through ``features``) and a new head on ``loader``; returns the last epoch's loss/accuracy."""
     torch.manual_seed(seed)
     clf = make_head(head, dim, len(classes)).to(device)
+    model = distributed.data_parallel(distributed.Composed(features, clf), loader)  # DDP under torch.distributed
     lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
     lookup[classes] = torch.arange(len(classes))
     opt = torch.optim.AdamW(list(params) + list(clf.parameters()), lr=lr, weight_decay=weight_decay)
@@ -78,7 +84,7 @@ def fit_classifier(
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in progress(loader) if progress else loader:
             x, y = x.to(device), lookup[y].to(device)
-            logits = clf(features(x))
+            logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
