@@ -9,8 +9,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .curves import write_accuracy_curves
-from .data import ArrayDataset, BatchLoader, load_dataset
+from .data import ArrayDataset, load_dataset
 from .errors import ConfigError
 from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner
@@ -69,13 +70,19 @@ def evaluate(learner, ds: ArrayDataset, spec, batch_size: int = 256, indices=Non
     if features is None:
         features = FeatureExtractor(spec.input_size, spec.mean, spec.std, batch_size=batch_size, engine="torch",
                                     device=learner.device)
-    feats = features.embed(learner.embedding_module(), ds, indices, frozen=learner.embedding_frozen)
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
+    mine = distributed.local_positions(idx)  # this rank's rows under torch.distributed (else all)
+    feats = features.embed(learner.embedding_module(), ds, idx[mine], frozen=learner.embedding_frozen)
     preds = [learner.scores(feats[i : i + batch_size]).argmax(dim=1) for i in range(0, len(feats), batch_size)]
-    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+    return distributed.gather_rows(torch.cat(preds).numpy() if preds else np.zeros(0, np.int64), mine, len(idx))
 
 
 def make_features(cfg: RunConfig, spec) -> FeatureExtractor:
-    """The run's embedding service: cached under the edgecl cache directory unless ``cfg.embedding_cache`` is off."""
+    """The run's embedding service: cached under the edgecl cache directory unless ``cfg.embedding_cache`` is off;
+    under torch.distributed each rank's shard, in memory (``edgecl.distributed.ShardedFeatures``)."""
+    if distributed.is_distributed():
+        inner = FeatureExtractor(spec.input_size, spec.mean, spec.std, engine=cfg.engine, device=cfg.device)
+        return distributed.ShardedFeatures(inner)
     return FeatureExtractor(spec.input_size, spec.mean, spec.std, engine=cfg.engine, device=cfg.device,
                             cache_dir=default_cache_dir() if cfg.embedding_cache else None)
 
@@ -90,17 +97,21 @@ def run_experiment(
 
     ``progress(label)`` returns a wrapper for iterables (e.g. a progress bar).
     """
-    bar = progress or (lambda label: None)
-    backbone = create_backbone(cfg.backbone, cfg.weights, cfg.img_size, progress=bar("pre-training embedded backbone"))
+    distributed.check_learner(cfg.learner)
+    log = distributed.main_only(log)  # under torch.distributed rank 0 logs and writes the run
+    bar = (progress if distributed.is_main() else None) or (lambda label: None)
+    # rank 0 first: it fills the caches (pre-trained embedded backbone, rendered data) the others then read
+    backbone = distributed.main_first(lambda: create_backbone(cfg.backbone, cfg.weights, cfg.img_size,
+                                                              progress=bar("pre-training embedded backbone")))
     spec = backbone.spec
-    train, test = load_dataset(
+    train, test = distributed.main_first(lambda: load_dataset(
         cfg.dataset,
         image_size=spec.input_size[1:],
         seed=cfg.data_seed,
         test_fraction=cfg.test_fraction,
         train_per_class=cfg.train_per_class,
         test_per_class=cfg.test_per_class,
-    )
+    ))
     scenario = ClassIncremental(train.num_classes, cfg.init_cls, cfg.increment, seed=cfg.order_seed)
     train, test = scenario.remap(train), scenario.remap(test)
     learner = create_learner(cfg.learner, backbone, device=cfg.device, **cfg.learner_args)
@@ -108,8 +119,8 @@ def run_experiment(
     metrics = IncrementalMetrics()
     log(f"{cfg.learner} on {cfg.dataset} with {spec.name} ({spec.weights}); {scenario.describe()}")
     for t, classes in enumerate(scenario.tasks):
-        loader = BatchLoader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True, seed=t,
-                             indices=scenario.task_indices(train, t))
+        loader = distributed.make_loader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True,
+                                         seed=t, indices=scenario.task_indices(train, t))
         learner.fit_task(loader, progress=bar(f"task {t + 1}/{scenario.num_tasks}"))
         seen = scenario.seen_indices(test, t)
         metrics.record(test.labels[seen], evaluate(learner, test, spec, indices=seen, features=features), scenario.tasks)
@@ -124,7 +135,7 @@ def run_experiment(
     )
     log(f"embeddings: {features.summary()}")
     result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test)
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         config = asdict(cfg) | {"class_order": scenario.class_order}
         save_run(Path(out_dir), config, learner, result.class_names, metrics.to_dict())
         seen = [len(task) + sum(len(x) for x in scenario.tasks[:t]) for t, task in enumerate(scenario.tasks)]

@@ -78,10 +78,19 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     \b
     edgecl train --dataset shapes:20 --out runs/a
     edgecl train --config runs/a --learner-arg M=512 --out runs/b   # a's run, one change
+
+    Under torchrun (torchrun --nproc-per-node N --no-python edgecl train ...)
+    the ranks share the data and reduce their statistics
+    (docs/distributed.md); rank 0 writes --out and prints the result.
     """
+    from .. import distributed
     from ..errors import EdgeclError
     from ..experiment import run_experiment
 
+    try:
+        device = distributed.init_from_env(device)
+    except distributed.DistributedError as exc:
+        fail(exc)
     if threads:
         import torch
 
@@ -91,6 +100,10 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
         result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
     except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
+    finally:
+        distributed.shutdown()
+    if not distributed.is_main():
+        return
     m = result.metrics
     if as_json:
         return emit_json({"run_dir": str(out_dir), "config": asdict(cfg), "class_order": result.scenario.class_order,

@@ -30,6 +30,7 @@ from edgecl_runtime.heads.base import Head
 
 from ..backbones import Backbone
 from ..data import BatchLoader
+from ..distributed import local_rows
 from ..features import FeatureExtractor
 
 
@@ -79,7 +80,7 @@ class Learner(abc.ABC):
         """Embeddings and labels of one pass over ``loader`` (in its order); a ``BatchLoader``'s through
         ``self.features``, any other iterable of ``(x, y)`` batch by batch."""
         if isinstance(loader, BatchLoader):
-            idx = loader.next_order()
+            idx = local_rows(loader.next_order())  # this rank's rows under torch.distributed
             features = self.features or self.default_features(loader)
             feats = features.embed(self.embedding_module(), loader.dataset, idx, frozen=self.embedding_frozen,
                                    progress=progress)

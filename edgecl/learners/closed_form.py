@@ -12,6 +12,7 @@ import numpy as np
 
 from edgecl_runtime.heads.ridge import RidgeHead, random_features
 
+from .. import distributed
 from .hparams import require
 from .labels import task_classes
 
@@ -64,17 +65,21 @@ def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_
     accumulated over all tasks, in float64.
     """
     H = random_features(feats, W_rand).astype(np.float64)
-    _, new = task_classes(labels, num_classes)
+    _, new = task_classes(distributed.all_classes(labels), num_classes)
     n = num_classes + len(new)
     m = H.shape[1]
     G = np.zeros((m, m)) if head is None else head.G
     Q = np.zeros((m, 0)) if head is None else head.Q
     counts = np.zeros(0, np.int64) if head is None else head.counts
-    Q = np.column_stack([Q, np.zeros((m, len(new)))]) + H.T @ np.eye(n)[labels]
-    counts = np.append(counts, np.zeros(len(new), np.int64)) + np.bincount(labels, minlength=n)
+    dG, dQ, dcounts = distributed.ridge_statistics(H, labels, n)  # summed over ranks under torch.distributed
+    Q = np.column_stack([Q, np.zeros((m, len(new)))]) + dQ
+    counts = np.append(counts, np.zeros(len(new), np.int64)) + dcounts
     lambdas = [10.0**k for k in range(hp["lambda_min_exp"], hp["lambda_max_exp"] + 1)]
-    lam = select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"])
+    if distributed.is_distributed():
+        lam = distributed.select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"], single=select_lambda)
+    else:
+        lam = select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"])
     # G is kept float32-exact (rounded once per task), so the bundle stores it in float32 and the device
     # solves exactly the system the learner solved.
-    return RidgeHead((G + H.T @ H).astype(np.float32).astype(np.float64), Q, lam, counts, W_rand)
+    return RidgeHead((G + dG).astype(np.float32).astype(np.float64), Q, lam, counts, W_rand)
 

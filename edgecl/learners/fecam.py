@@ -27,6 +27,7 @@ import numpy as np
 
 from edgecl_runtime.heads.gaussian import GaussianHead
 
+from .. import distributed
 from ..errors import StateError
 from .head_learner import HeadLearner
 from .labels import task_classes
@@ -48,10 +49,13 @@ class FeCAM(HeadLearner):
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         feats, labels = self.embed(loader, progress)
         feats, labels = feats.numpy(), labels.numpy()
-        old, new = task_classes(labels, self.num_classes)
+        old, new = task_classes(distributed.all_classes(labels), self.num_classes)
         head = self.head
-        for c in old + new:
-            head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
+        if distributed.is_distributed():  # per-class moments summed over ranks
+            head = distributed.gaussian_update(head, feats, labels, old + new, self.num_classes)
+        else:
+            for c in old + new:
+                head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
         self.head, self.num_classes = head, head.num_classes
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:

@@ -35,6 +35,7 @@ from torch import nn
 from edgecl_runtime.heads.linear import LinearHead
 from edgecl_runtime.heads.prototype import PrototypeCosineHead
 
+from .. import distributed
 from ..errors import ConfigError, StateError
 from ..loop import cosine_schedule, epochs, mask_logits, train
 from ..peft.prompts import PromptedViT
@@ -55,6 +56,19 @@ def block_list(hp: dict[str, Any], key: str) -> list[int]:
     if not blocks or len(set(blocks)) != len(blocks):
         raise ConfigError(f"hyper-parameter {key}={hp[key]!r} must name distinct blocks")
     return blocks
+
+
+class TaskClassifier(nn.Module):
+    """One task's training forward: prompted embedding, logits of classes ``lo..hi-1`` (earlier ones masked),
+    and the pool's auxiliary loss (``None`` if it has none); one module, so DDP can wrap it."""
+
+    def __init__(self, net: nn.Module, weight: nn.Parameter, bias: nn.Parameter, task: int, lo: int, hi: int):
+        super().__init__()
+        self.net, self.weight, self.bias, self.task, self.lo, self.hi = net, weight, bias, task, lo, hi
+
+    def forward(self, x: torch.Tensor):
+        emb, aux = self.net.encode(x, self.task)
+        return mask_logits((emb @ self.weight.T + self.bias)[:, : self.hi], self.lo), aux
 
 
 class PromptLearner(ConfiguredLearner):
@@ -99,19 +113,28 @@ class PromptLearner(ConfiguredLearner):
 
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         labels = torch.from_numpy(loader_labels(loader))
-        _, new = task_classes(labels, self.num_classes, new_only=True)
+        _, new = task_classes(distributed.all_classes(labels.numpy()), self.num_classes, new_only=True)  # every rank
         lo, hi = self.num_classes, self.num_classes + len(new)
         torch.manual_seed(self.hp["seed"] + self.tasks)
         self._grow()
         weight, bias = self._train_task(loader, lo, hi, progress)
         self.weight, self.bias = weight.detach().cpu(), bias.detach().cpu()
-        self.counts = torch.cat([self.counts, torch.bincount(labels - lo, minlength=hi - lo)])
+        self.counts = torch.cat([self.counts, distributed.all_sum(torch.bincount(labels - lo, minlength=hi - lo))])
         if self.hp["head"] == "prototype":
-            feats, ys = self.embed(loader)
-            feats, ys = feats.numpy(), ys.numpy()
-            for c in new:
-                self.protos = self.protos.with_examples(None, feats[ys == c])
+            self._add_prototypes(loader, new)
         self.num_classes = hi
+
+    def _add_prototypes(self, loader, new: list[int]) -> None:
+        """Prototypes of the task's classes from the trained prompted embedding (class sums of every rank)."""
+        feats, ys = self.embed(loader)
+        if distributed.is_distributed():
+            sums, k = distributed.class_sums(feats, ys, new[-1] + 1)  # summed over ranks
+            for c in new:
+                self.protos = self.protos.with_sum(None, sums[c].numpy(), int(k[c]))
+            return
+        feats, ys = feats.numpy(), ys.numpy()
+        for c in new:
+            self.protos = self.protos.with_examples(None, feats[ys == c])
 
     def _train_task(self, loader, lo: int, hi: int, progress) -> tuple[nn.Parameter, nn.Parameter]:
         """The pool's trainable parameters and the linear head (grown to ``hi`` classes) by cross-entropy
@@ -124,11 +147,12 @@ class PromptLearner(ConfiguredLearner):
         opt = torch.optim.Adam(params, lr=self.hp["lr"])
         steps = self.hp["epochs"] * max(1, len(loader) if hasattr(loader, "__len__") else 1)
         coef = float(self.hp.get(self.aux_coef_name, 0.0)) if self.aux_coef_name else 0.0
+        model = distributed.data_parallel(TaskClassifier(self.net, weight, bias, task, lo, hi), loader)  # DDP if any
 
         def loss_fn(batch):
             x, y = batch[0].to(self.device), batch[1].to(self.device)
-            emb, aux = self.net.encode(x, task)
-            loss = F.cross_entropy(mask_logits((emb @ weight.T + bias)[:, :hi], lo), y)
+            logits, aux = model(x)
+            loss = F.cross_entropy(logits, y)
             return loss + coef * aux if aux is not None and coef else loss
 
         train(epochs(loader, self.hp["epochs"], progress), loss_fn, opt, cosine_schedule(opt, steps))

@@ -20,6 +20,7 @@ import torch
 
 from edgecl_runtime.heads.prototype import PrototypeCosineHead
 
+from .. import distributed
 from .head_learner import HeadLearner
 from .labels import task_classes
 
@@ -52,12 +53,18 @@ class PrototypeLearner(HeadLearner):
         self.add_examples(feats, labels)
 
     def add_examples(self, feats: torch.Tensor, labels: torch.Tensor) -> list[int]:
-        """Running-mean update of the classes in ``labels`` (the runtime head's own); returns the new classes."""
-        old, new = task_classes(labels, self.num_classes)
-        feats, labels = feats.numpy(), labels.numpy()
+        """Running-mean update of the classes in ``labels`` (the runtime head's own; under torch.distributed with
+        the class sums of every rank); returns the new classes."""
+        old, new = task_classes(distributed.all_classes(labels.numpy()), self.num_classes)
         head = self.head or PrototypeCosineHead(np.zeros((0, feats.shape[1]), np.float32), np.zeros(0, np.int64))
-        for c in old + new:
-            head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
+        if distributed.is_distributed():
+            sums, k = distributed.class_sums(feats, labels, self.num_classes)  # summed over ranks
+            for c in old + new:
+                head = head.with_sum(c if c < self.num_classes else None, sums[c].numpy(), int(k[c]))
+        else:
+            feats, labels = feats.numpy(), labels.numpy()
+            for c in old + new:
+                head = head.with_examples(c if c < self.num_classes else None, feats[labels == c])
         self.head, self.num_classes = head, head.num_classes
         return new
 

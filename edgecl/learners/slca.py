@@ -32,6 +32,7 @@ from torch import nn
 
 from edgecl_runtime.heads.ridge import RidgeHead
 
+from .. import distributed
 from .._compat import import_timm
 from ..errors import StateError
 from ..loop import cosine_schedule, epochs, train
@@ -86,7 +87,7 @@ class SLCA(HeadLearner):
 
     def _slow_learn(self, loader, params: list[nn.Parameter], progress) -> None:
         """Cross-entropy on the task's new classes: slow backbone blocks, fast throw-away linear classifier."""
-        _, new = task_classes(loader_labels(loader), self.num_classes)
+        _, new = task_classes(distributed.all_classes(loader_labels(loader)), self.num_classes)  # of every rank
         if len(new) < 2:
             return  # cross-entropy needs two classes to learn anything
         hp = self.hp
@@ -100,10 +101,11 @@ class SLCA(HeadLearner):
             keep = y >= new[0]  # a task may also revisit old classes: learn on its new ones
             if keep.sum() == 0:
                 return None
-            return F.cross_entropy(clf(self.backbone(x[keep].to(self.device))), (y[keep] - new[0]).to(self.device))
+            return F.cross_entropy(model(x[keep].to(self.device)), (y[keep] - new[0]).to(self.device))
 
         for p in params:
             p.requires_grad_(True)
+        model = distributed.data_parallel(distributed.Composed(self.backbone, clf), loader)  # DDP under torch.distributed
         try:
             sched = cosine_schedule(opt, max(1, hp["epochs"] * len(loader)))
             train(epochs(loader, hp["epochs"], progress), loss_fn, opt, sched)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import ConfigError
 from ..loop import cosine_schedule, steps_per_epoch, train
 from .labels import loader_labels, task_classes
@@ -45,11 +46,11 @@ def make_head(kind: str, dim: int, classes: int) -> nn.Module:
 
 
 def task_labels(loader: Iterable, num_classes: int, new_only: bool = False) -> torch.Tensor:
-    """Sorted distinct labels of ``loader`` for a learner that knows ``num_classes`` classes, checked by
-    ``task_classes`` (``LabelError``)."""
-    labels = loader_labels(loader)
-    task_classes(labels, num_classes, new_only)
-    return torch.from_numpy(np.unique(labels))
+    """Sorted distinct labels of ``loader`` (of every rank's part under torch.distributed) for a learner that
+    knows ``num_classes`` classes, checked by ``task_classes`` (``LabelError``)."""
+    present = distributed.all_classes(loader_labels(loader))
+    task_classes(present, num_classes, new_only)
+    return torch.from_numpy(np.asarray(present))
 
 
 class _Tally:
@@ -85,6 +86,7 @@ def fit_classifier(
     """Train ``params`` (reached through ``features``) and a new head on ``loader``; returns the last epoch's loss/accuracy."""
     torch.manual_seed(seed)
     clf = make_head(head, dim, len(classes)).to(device)
+    model = distributed.data_parallel(distributed.Composed(features, clf), loader)  # DDP under torch.distributed
     lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
     lookup[classes] = torch.arange(len(classes))
     opt = torch.optim.AdamW(list(params) + list(clf.parameters()), lr=lr, weight_decay=weight_decay)
@@ -96,7 +98,7 @@ def fit_classifier(
 
         def loss_fn(batch):
             x, y = batch[0].to(device), lookup[batch[1]].to(device)
-            logits = clf(features(x))
+            logits = model(x)
             loss = F.cross_entropy(logits, y)
             tally.add(loss, logits, y)
             return loss

@@ -168,6 +168,14 @@ class RunningMeanHead(Head):
         """The head with ``k`` examples summing to ``total`` added (``sign=+1``; ``index=None``: a new
         last class) or removed (``-1``)."""
 
+    def with_sum(self, index: int | None, total: np.ndarray, k: int) -> "RunningMeanHead":
+        """``with_examples`` from the examples' sum ``total`` (float64 ``(D,)``) and count ``k >= 1`` (statistics
+        summed elsewhere, e.g. over the ranks of a distributed training run)."""
+        total = np.asarray(total, dtype=np.float64)
+        if k < 1 or total.shape != (self.prototypes.shape[1],) or not np.all(np.isfinite(total)):
+            raise InvalidInputError(f"need k >= 1 examples summing to a finite ({self.prototypes.shape[1]},) vector")
+        return self._shifted(index, total, int(k), +1)
+
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "RunningMeanHead":
         emb = check_examples(embeddings, self.prototypes.shape[1])
         return self._shifted(index, emb.astype(np.float64).sum(axis=0), emb.shape[0], +1)

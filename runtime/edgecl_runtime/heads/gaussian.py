@@ -219,7 +219,14 @@ class GaussianHead(Head):
         return {"mean": self.means[index], "scatter": self._blocks[index]}
 
     def with_examples(self, index: int | None, embeddings: np.ndarray) -> "GaussianHead":
-        nb, mub, Sb = _batch_stats(tukey(check_examples(embeddings, self.dim), self.beta))
+        return self.with_moments(index, *_batch_stats(tukey(check_examples(embeddings, self.dim), self.beta)))
+
+    def with_moments(self, index: int | None, nb: int, mub: np.ndarray, Sb: np.ndarray) -> "GaussianHead":
+        """New head with a batch of ``nb`` examples added to class ``index`` (``None``: a new last class),
+        given by the mean ``mub`` and centred scatter ``Sb`` of their Tukey-transformed embeddings."""
+        nb = int(nb)
+        if nb < 1 or np.shape(mub) != (self.dim,) or np.shape(Sb) != (self.dim, self.dim):
+            raise InvalidInputError(f"moments of {nb} examples do not fit a head of dimension {self.dim}")
         if index is None:
             return self._replace(
                 np.vstack([self.means, mub[None]]),
