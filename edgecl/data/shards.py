@@ -50,7 +50,10 @@ def split_member(name: str) -> tuple[str, str]:
 
 def expand(pattern: str) -> list[str]:
     """The files a shard pattern names: a directory (its ``*.tar``), brace ranges, or a glob."""
-    from braceexpand import braceexpand
+    try:
+        from braceexpand import braceexpand
+    except ImportError as exc:
+        raise DataError("reading shards needs braceexpand: pip install 'edgecl[stream]'") from exc
 
     if os.path.isdir(pattern):
         return sorted(glob.glob(os.path.join(pattern, "*.tar")))
