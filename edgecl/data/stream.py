@@ -19,10 +19,12 @@ Images are decoded with Pillow to RGB and resized to ``image_size`` exactly as t
 folder does (``edgecl.data.sources.fit_image``), so a streamed source gives the same pixels, and the
 same embeddings, as loading it into memory.
 
-Rank split (for ``torch.distributed``): the training shards are split by shard, rank ``r`` of
-``w`` keeping ``shards[r::w]`` (``rank``/``world_size`` arguments; by default those of the
-initialised ``torch.distributed`` process group, else 0 and 1). A streamed folder's training rows are
-split the same way (``rows[r::w]``). The test split is not split: every rank evaluates on all of it.
+Rank split: ``load_stream(..., rank=r, world_size=w)`` keeps the training shards ``shards[r::w]``
+(a streamed folder: training rows ``r::w``), so that each process of a multi-process job opens only
+its own files; the test split of ``wds:DIR`` is not split. The default (0, 1) keeps everything, which
+is what ``edgecl.distributed`` expects: it splits a data set's rows across ranks itself (row ``i`` to
+rank ``i % w``), and a streamed set reads only the rows a rank embeds. Use one split or the other,
+never both (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -166,22 +168,9 @@ class StreamDataset(ArrayDataset):
         return StreamDataset(out.images, out.labels, out.class_names)
 
 
-def default_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a dependency of edgecl
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def load_stream(spec: str, image_size: tuple[int, int], seed: int = 0, test_fraction: float = 0.2,
-                rank: int | None = None, world_size: int | None = None) -> tuple[StreamDataset, StreamDataset]:
+                rank: int = 0, world_size: int = 1) -> tuple[StreamDataset, StreamDataset]:
     """Resolve a ``wds:`` or ``stream:`` spec to ``(train, test)`` (see module doc)."""
-    if rank is None or world_size is None:
-        rank, world_size = default_rank()
     kind, _, target = spec.partition(":")
     if not target:
         raise DataError(f"bad spec {spec!r}: use wds:DIR, wds:PATTERN or stream:DIR")
