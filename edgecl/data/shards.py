@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import tarfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -109,15 +110,15 @@ class ShardIndex:
 
     @classmethod
     def scan(cls, shards: list[str]) -> "ShardIndex":
-        cols: list[list[int]] = [[], [], [], []]
+        cols = [array("q") for _ in range(4)]  # 8 bytes a value while scanning (not a Python int each)
         for i, path in enumerate(shards):
             for offset, size, label in scan_shard(path):
                 for col, v in zip(cols, (i, offset, size, label)):
                     col.append(v)
         if not cols[0]:
             raise DataError(f"the shards hold no samples: {shards[0]}" + (" ..." if len(shards) > 1 else ""))
-        shard, offset, size, labels = (np.asarray(c, dtype=t) for c, t in zip(cols, (np.int32, np.int64, np.int64, np.int64)))
-        return cls(shards, shard, offset, size, labels)
+        shard, offset, size, labels = (np.frombuffer(c, dtype=np.int64).copy() for c in cols)
+        return cls(shards, shard.astype(np.int32), offset, size, labels)
 
     def read(self, rows: np.ndarray) -> list[bytes]:
         """The encoded image bytes of ``rows`` (one ``pread`` each, one open per shard touched)."""
