@@ -7,7 +7,8 @@ write_split_shards``). Each (scale, mode) then runs in a fresh subprocess: the c
 by the next ones), with the dataset ``wds:SHARDS`` (``stream`` mode: images stay on disk, embeddings are
 written to the memory-mapped cache batch by batch) or ``shapes:N`` (``memory`` mode: the same images,
 generated in memory). Peak RSS is the child's ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, after the
-backbone is loaded (baseline) and after each learner.
+backbone is loaded (baseline) and after each learner; this process imports neither torch nor the data (the
+shards are written in a subprocess too), since Linux carries ru_maxrss over from the parent into the child.
 
     python benchmarks/bench_streaming.py                      # 1x and 10x, simplecil + ranpac
     python benchmarks/bench_streaming.py --scales 1,10,20 --modes stream
@@ -36,6 +37,15 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def vm_hwm_mb() -> float:
+    """This process's own peak RSS from /proc (VmHWM): a cross-check of ru_maxrss, which Linux carries over
+    from the parent across fork + exec (the parent here stays small: it imports neither torch nor data)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def child(spec: dict) -> dict:
     """One (scale, mode): the learners in turn on one fresh embedding cache; peak RSS along the way."""
     import torch
@@ -57,24 +67,31 @@ def child(spec: dict) -> dict:
                                 "peak_mb": round(peak_mb(), 1), "last_top1": round(res.metrics.last, 2),
                                 "cache": res.learner.features.store_counts()})
         del res
-    out["peak_mb"] = round(peak_mb(), 1)
+    out["peak_mb"], out["vm_hwm_mb"] = round(peak_mb(), 1), vm_hwm_mb()
     out["cache_mb"] = round(sum(p.stat().st_size for p in Path(spec["cache"]).glob("*.emb")) / 2**20, 1)
     return out
 
 
-def make_shards(work: Path, classes: int, train_pc: int, test_pc: int, per_shard: int) -> Path:
+def write_shards(spec: dict) -> dict:
     from edgecl.data import make_shapes
     from edgecl.data.stream import write_split_shards
 
+    return write_split_shards(*make_shapes(spec["classes"], spec["train_pc"], spec["test_pc"], seed=0), spec["out"],
+                              spec["per_shard"])
+
+
+def make_shards(work: Path, classes: int, train_pc: int, test_pc: int, per_shard: int) -> Path:
+    """The generated set written as shards, in a subprocess (this process stays small: see ``vm_hwm_mb``)."""
     out = work / f"shards-{classes}x{train_pc}"
     if not (out / "classes.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        write_split_shards(*make_shapes(classes, train_pc, test_pc, seed=0), out, per_shard)
+        run_child({"classes": classes, "train_pc": train_pc, "test_pc": test_pc, "out": str(out),
+                   "per_shard": per_shard}, "--child-shards")
     return out
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+def run_child(spec: dict, flag: str = "--child") -> dict:
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True,
                           cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"child failed ({spec['dataset']}):\n{proc.stderr[-3000:]}")
@@ -127,14 +144,14 @@ def markdown(report: dict) -> str:
         "baseline = after loading the backbone, before any data.",
         "",
         "| scale | mode | images | pixels in memory (MB) | shards (MB) | embeddings on disk (MB) | baseline (MB) | "
-        "peak RSS (MB) | per learner: peak MB / s / last top-1 / cache hits-misses |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "peak RSS (MB) | VmHWM (MB) | per learner: peak MB / s / last top-1 / cache hits-misses |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["rows"]:
         per = "; ".join(f"{x['learner']} {x['peak_mb']:.0f} / {x['seconds']:.0f} s / {x['last_top1']:.2f}% / "
                         f"{x['cache']['hits']}-{x['cache']['misses']}" for x in r["learners"])
         lines.append(f"| {r['scale']}x | {r['mode']} | {r['images']} | {r['image_mb']} | {r['shards_mb']} | "
-                     f"{r['cache_mb']} | {r['baseline_mb']:.0f} | {r['peak_mb']:.0f} | {per} |")
+                     f"{r['cache_mb']} | {r['baseline_mb']:.0f} | {r['peak_mb']:.0f} | {r['vm_hwm_mb']:.0f} | {per} |")
     lines += ["", "## Growth", ""]
     for mode, g in report["growth"].items():
         if g:
@@ -147,6 +164,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-shards", help=argparse.SUPPRESS)
     ap.add_argument("--classes", type=int, default=50)
     ap.add_argument("--train-per-class", type=int, default=40, help="at 1x")
     ap.add_argument("--test-per-class", type=int, default=10, help="at 1x")
@@ -160,8 +178,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="Where shards and caches go (default: a temporary folder).")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    if args.child or args.child_shards:
+        print(json.dumps(child(json.loads(args.child)) if args.child else write_shards(json.loads(args.child_shards))))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="edgecl-bench-streaming-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -170,7 +188,7 @@ def main() -> None:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
                    f"Python {platform.python_version()}, {platform.platform()}",
-        "config": {k: v for k, v in vars(args).items() if k not in ("child", "out", "workdir")},
+        "config": {k: v for k, v in vars(args).items() if k not in ("child", "child_shards", "out", "workdir")},
         "rows": rows,
         "growth": {mode: growth(rows, mode) for mode in args.modes},
     }
