@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgecl_runtime.io import IMAGE_SUFFIXES, read_image
-from edgecl_runtime.preprocess import resize
 
 from .synthetic import make_shapes
 from .errors import DataError  # noqa: F401  (re-exported: edgecl.data.DataError)
+from .common import class_dirs, fit_image, split_stratified
 
 if TYPE_CHECKING:  # imported where used: glyph generation workers must not import torch
     from .dataset import ArrayDataset
@@ -54,32 +54,6 @@ def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(x[..., :3])
 
 
-def split_stratified(ds: ArrayDataset, test_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
-    from .dataset import ArrayDataset
-
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test_mask = np.zeros(len(ds), dtype=bool)
-    for c in range(ds.num_classes):
-        idx = np.nonzero(ds.labels == c)[0]
-        if len(idx) < 2:
-            raise DataError(f"class {ds.class_names[c]!r} has {len(idx)} image(s); need at least 2 to split")
-        k = min(len(idx) - 1, max(1, int(round(test_fraction * len(idx)))))
-        test_mask[rng.permutation(idx)[:k]] = True
-    if hasattr(ds, "subset"):  # a StreamDataset: select rows without reading images
-        return ds.subset(np.flatnonzero(~test_mask)), ds.subset(np.flatnonzero(test_mask))
-    return (
-        ArrayDataset(ds.images[~test_mask], ds.labels[~test_mask], ds.class_names),
-        ArrayDataset(ds.images[test_mask], ds.labels[test_mask], ds.class_names),
-    )
-
-
-def fit_image(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """A decoded uint8 ``(H, W, 3)`` image resized to ``image_size`` as image folders are loaded."""
-    return (resize(image.astype(np.float32) / 255.0, image_size) * 255 + 0.5).clip(0, 255).astype(np.uint8)
-
-
 def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> ArrayDataset:
     from .dataset import ArrayDataset
 
@@ -94,20 +68,13 @@ def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> A
     return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), names)
 
 
-def _class_dirs(root: Path) -> list[str]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise DataError(f"{root}: expected one sub-folder per class, found none")
-    return names
-
-
 def load_image_folder(root: Path, image_size: tuple[int, int], test_fraction: float, seed: int):
     if (root / "train").is_dir() and (root / "test").is_dir():
-        names = _class_dirs(root / "train")
-        if _class_dirs(root / "test") != names:
+        names = class_dirs(root / "train")
+        if class_dirs(root / "test") != names:
             raise DataError(f"{root}: train/ and test/ hold different class folders")
         return _read_folder(root / "train", names, image_size), _read_folder(root / "test", names, image_size)
-    return split_stratified(_read_folder(root, _class_dirs(root), image_size), test_fraction, seed)
+    return split_stratified(_read_folder(root, class_dirs(root), image_size), test_fraction, seed)
 
 
 def load_npz(path: Path, test_fraction: float, seed: int):

@@ -16,7 +16,7 @@ Specs (also accepted by ``edgecl.data.load_dataset`` and ``edgecl train --datase
   read when a batch needs them instead of all at load time.
 
 Images are decoded with Pillow to RGB and resized to ``image_size`` exactly as the in-memory image
-folder does (``edgecl.data.sources.fit_image``), so a streamed source gives the same pixels, and the
+folder does (``edgecl.data.common.fit_image``), so a streamed source gives the same pixels, and the
 same embeddings, as loading it into memory.
 
 Rank split: ``load_stream(..., rank=r, world_size=w)`` keeps the training shards ``shards[r::w]``
@@ -41,6 +41,7 @@ import numpy as np
 
 from edgecl_runtime.io import IMAGE_SUFFIXES
 
+from .common import class_dirs, fit_image, split_stratified
 from .dataset import ArrayDataset
 from .errors import DataError
 from .shards import ShardIndex, read_class_names, shard_urls
@@ -126,8 +127,6 @@ class StreamImages:
         return len(self.rows)
 
     def __getitem__(self, idx) -> np.ndarray:
-        from .sources import fit_image
-
         rows = np.atleast_1d(self.rows[idx])
         images = [fit_image(decode_image(data, self.source.where(r)), self.size)
                   for r, data in zip(rows, self.source.read(rows))]
@@ -182,8 +181,6 @@ def load_stream(spec: str, image_size: tuple[int, int], seed: int = 0, test_frac
         train = _shards(str(root / "train-*.tar"), size, rank, world_size)
         test = _shards(str(root / "test-*.tar"), size, 0, 1, train.class_names)
         return train, test
-    from .sources import split_stratified
-
     return split_stratified(_shards(target, size, rank, world_size), test_fraction, seed)
 
 
@@ -197,17 +194,15 @@ def _shards(pattern: str, size, rank: int, world_size: int, names: list[str] | N
 
 
 def _folder(root: Path, size, seed: int, test_fraction: float, rank: int, world_size: int):
-    from .sources import _class_dirs, split_stratified
-
     if not root.is_dir():
         raise DataError(f"stream:{root}: not a folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        names = _class_dirs(root / "train")
-        if _class_dirs(root / "test") != names:
+        names = class_dirs(root / "train")
+        if class_dirs(root / "test") != names:
             raise DataError(f"{root}: train/ and test/ hold different class folders")
         train, test = _file_list(root / "train", names, size), _file_list(root / "test", names, size)
     else:
-        train, test = split_stratified(_file_list(root, _class_dirs(root), size), test_fraction, seed)
+        train, test = split_stratified(_file_list(root, class_dirs(root), size), test_fraction, seed)
     return train.subset(np.arange(len(train))[rank::world_size]), test
 
 
