@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgecl.data import DataError, load_dataset
 from edgecl.data.shards import ShardIndex, shard_urls
-from edgecl.data.stream import StreamImages, load_stream, write_split_shards
+from edgecl.data.stream import ShardSource, StreamImages, load_stream, write_split_shards
 from edgecl.features import EmbeddingStore
 
 SIZE = (32, 32)
@@ -183,7 +183,7 @@ def test_corrupt_image_and_missing_label_are_data_errors(tmp_path):
 
     shard("train-000000.tar", [("a.png", b"\x89PNG not really"), ("a.cls", b"0")])
     train = ShardIndex.scan([str(tmp_path / "train-000000.tar")])
-    images = StreamImages(__import__("edgecl.data.stream", fromlist=["ShardSource"]).ShardSource(train), [0], SIZE)
+    images = StreamImages(ShardSource(train), [0], SIZE)
     with pytest.raises(DataError, match=r"cannot decode image .*train-000000.tar"):
         images[[0]]
     shard("x-000000.tar", [("a.png", b"x"), ("b.png", b"y"), ("b.cls", b"1")])
