@@ -20,6 +20,9 @@ from .rundir import save_run
 from .zoo import DEFAULT_BACKBONE, create_backbone
 
 
+EVAL_CHUNK_BATCHES = 32
+
+
 @dataclass
 class RunConfig:
     dataset: str = "shapes"
@@ -66,15 +69,21 @@ class RunResult:
 def evaluate(learner, ds: ArrayDataset, spec, batch_size: int = 256, indices=None,
              features: FeatureExtractor | None = None) -> np.ndarray:
     """Predicted class of each image of ``ds`` (of its rows ``indices``), embedded through ``features``
-    (default: no cache, eager torch) and scored by ``learner.scores`` in batches of ``batch_size``."""
+    (default: no cache, eager torch) and scored by ``learner.scores`` in batches of ``batch_size``. Rows
+    are embedded in chunks of ``EVAL_CHUNK_BATCHES`` of the extractor's batches (the same batches as
+    one call), so memory does not grow with the test set."""
     if features is None:
         features = FeatureExtractor(spec.input_size, spec.mean, spec.std, batch_size=batch_size, engine="torch",
                                     device=learner.device)
-    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
-    mine = distributed.local_positions(idx)  # this rank's rows under torch.distributed (else all)
-    feats = features.embed(learner.embedding_module(), ds, idx[mine], frozen=learner.embedding_frozen)
-    preds = [learner.scores(feats[i : i + batch_size]).argmax(dim=1) for i in range(0, len(feats), batch_size)]
-    return distributed.gather_rows(torch.cat(preds).numpy() if preds else np.zeros(0, np.int64), mine, len(idx))
+    rows = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
+    mine = distributed.local_positions(rows)  # this rank's rows under torch.distributed (else all)
+    local, chunk = rows[mine], features.batch_size * EVAL_CHUNK_BATCHES
+    preds = []
+    for start in range(0, len(local), chunk):
+        feats = features.embed(learner.embedding_module(), ds, local[start : start + chunk],
+                               frozen=learner.embedding_frozen)
+        preds += [learner.scores(feats[i : i + batch_size]).argmax(dim=1) for i in range(0, len(feats), batch_size)]
+    return distributed.gather_rows(torch.cat(preds).numpy() if preds else np.zeros(0, np.int64), mine, len(rows))
 
 
 def make_features(cfg: RunConfig, spec) -> FeatureExtractor:

@@ -77,3 +77,42 @@ def preview(spec, out, split, count, cols, scale, seed, as_json):
         return emit_json({"out": out, "images": len(images), "size": list(images.shape[1:3]), "classes": list(names)})
     click.echo(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) of {spec} -> {out}")
     click.echo("classes, row by row: " + ", ".join(names[: cols * 4]) + (", ..." if len(names) > cols * 4 else ""))
+
+
+@data.command()
+@click.argument("spec")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--per-shard", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples per shard (tar file).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Data seed (generation / train-test split).")
+@click.option("--train-per-class", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Generated sets (shapes, glyphs, emoji): training images per class.")
+@click.option("--test-per-class", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Generated sets: test images per class.")
+@click.option("--json", "as_json", is_flag=True, help="Print the shard paths and counts as JSON.")
+def shards(spec, out_dir, per_shard, seed, train_per_class, test_per_class, as_json):
+    """Write SPEC as WebDataset tar shards to OUT_DIR (train-NNNNNN.tar, test-NNNNNN.tar, classes.json).
+
+    SPEC is any --dataset of `edgecl train`; an image folder is copied file by file (never loaded whole,
+    images kept in their format), other sources are written as PNG. Train on the result with
+    `edgecl train --dataset wds:OUT_DIR` (docs/streaming.md).
+    """
+    import json
+    from pathlib import Path
+
+    from ..data import DataError, load_dataset
+    from ..data.stream import PREFIXES, write_split_shards
+
+    if Path(spec).is_dir() and not spec.startswith(PREFIXES):
+        spec = f"stream:{spec}"
+    try:
+        train, test = load_dataset(spec, seed=seed, train_per_class=train_per_class, test_per_class=test_per_class)
+        report = write_split_shards(train, test, out_dir, per_shard)
+    except DataError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for split in ("train", "test"):
+        click.echo(f"{split}: {report[split]['samples']} samples in {len(report[split]['shards'])} shard(s)")
+    click.echo(f"{report['classes']} classes -> {out_dir} (train with --dataset wds:{out_dir})")

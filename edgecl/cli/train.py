@@ -32,7 +32,8 @@ def _parse_learner_args(ctx, param, values) -> dict:
 @click.option("--dataset", default="shapes", show_default=True,
               help="'shapes' / 'shapes:N' (embedded), 'glyphs:N[:within|cross][:SIZE]' (rendered from "
                    "matplotlib's fonts, cached), 'emoji:N[:within|cross-VENDOR][:SIZE]' (five emoji vendors, "
-                   "cached; docs/emoji.md), an image folder (one sub-folder per class) or a .npz file.")
+                   "cached; docs/emoji.md), an image folder (one sub-folder per class), a .npz file, or data kept on disk: "
+                   "'wds:DIR|PATTERN' (WebDataset tar shards) or 'stream:DIR' (docs/streaming.md).")
 @click.option("--backbone", default=None, help="Backbone: an embedded or named one (see `edgecl backbones`: edgecl-resnet10t, "
                    "edgecl-resnet10t-glyphs, edgecl-vit-tiny, mobilenetv2-imagenet, ...) or any timm model name "
                    "with --weights; default: the embedded edgecl-resnet10t.")

@@ -13,6 +13,8 @@
   noto, emojione, symbola); e.g. ``emoji:100``, ``emoji:100:cross-symbola:64``. Cached.
 * ``DIR`` - one sub-folder per class of image files; or ``DIR/train/<class>``
   and ``DIR/test/<class>`` for a fixed split.
+* ``wds:DIR`` / ``wds:PATTERN`` - WebDataset tar shards, ``stream:DIR`` - an image folder read batch
+  by batch: images stay on disk (``stream.py``, docs/streaming.md).
 * ``FILE.npz`` - arrays ``x`` (N, H, W[, C]) uint8 and ``y`` (N,) int, optional
   ``class_names``; or ``x_train``/``y_train``/``x_test``/``y_test``.
 
@@ -28,10 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgecl_runtime.io import IMAGE_SUFFIXES, read_image
-from edgecl_runtime.preprocess import resize
 
 from .synthetic import make_shapes
 from .errors import DataError  # noqa: F401  (re-exported: edgecl.data.DataError)
+from .common import class_dirs, fit_image, split_stratified
 
 if TYPE_CHECKING:  # imported where used: glyph generation workers must not import torch
     from .dataset import ArrayDataset
@@ -52,25 +54,6 @@ def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(x[..., :3])
 
 
-def split_stratified(ds: ArrayDataset, test_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
-    from .dataset import ArrayDataset
-
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test_mask = np.zeros(len(ds), dtype=bool)
-    for c in range(ds.num_classes):
-        idx = np.nonzero(ds.labels == c)[0]
-        if len(idx) < 2:
-            raise DataError(f"class {ds.class_names[c]!r} has {len(idx)} image(s); need at least 2 to split")
-        k = min(len(idx) - 1, max(1, int(round(test_fraction * len(idx)))))
-        test_mask[rng.permutation(idx)[:k]] = True
-    return (
-        ArrayDataset(ds.images[~test_mask], ds.labels[~test_mask], ds.class_names),
-        ArrayDataset(ds.images[test_mask], ds.labels[test_mask], ds.class_names),
-    )
-
-
 def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> ArrayDataset:
     from .dataset import ArrayDataset
 
@@ -80,26 +63,18 @@ def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> A
         if not files:
             raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
-            im = read_image(f).astype(np.float32) / 255.0
-            images.append((resize(im, image_size) * 255 + 0.5).clip(0, 255).astype(np.uint8))
+            images.append(fit_image(read_image(f), image_size))
             labels.append(label)
     return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), names)
 
 
-def _class_dirs(root: Path) -> list[str]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise DataError(f"{root}: expected one sub-folder per class, found none")
-    return names
-
-
 def load_image_folder(root: Path, image_size: tuple[int, int], test_fraction: float, seed: int):
     if (root / "train").is_dir() and (root / "test").is_dir():
-        names = _class_dirs(root / "train")
-        if _class_dirs(root / "test") != names:
+        names = class_dirs(root / "train")
+        if class_dirs(root / "test") != names:
             raise DataError(f"{root}: train/ and test/ hold different class folders")
         return _read_folder(root / "train", names, image_size), _read_folder(root / "test", names, image_size)
-    return split_stratified(_read_folder(root, _class_dirs(root), image_size), test_fraction, seed)
+    return split_stratified(_read_folder(root, class_dirs(root), image_size), test_fraction, seed)
 
 
 def load_npz(path: Path, test_fraction: float, seed: int):
@@ -142,8 +117,8 @@ def load_dataset(
 
     Specs: ``shapes[:N]``; ``glyphs:N[:within|cross][:SIZE]`` (e.g. ``glyphs:200``,
     ``glyphs:200:cross``, ``glyphs:500:cross:96``); ``emoji:N[:within|cross-VENDOR][:SIZE]``
-    (e.g. ``emoji:100:cross-symbola``); an image folder; a ``.npz`` file (see the
-    module doc). ``image_size`` applies to folders; generated sets keep their own size (the
+    (e.g. ``emoji:100:cross-symbola``); an image folder; a ``.npz`` file; ``wds:DIR|PATTERN`` shards or
+    ``stream:DIR`` (images stay on disk; see the module doc). ``image_size`` applies to folders; generated sets keep their own size (the
     batch loader resizes to the backbone's input).
     """
     if spec == "glyphs" or spec.startswith("glyphs:"):
@@ -154,6 +129,10 @@ def load_dataset(
         from .emoji import make_emoji, parse_spec as parse_emoji
 
         return make_emoji(parse_emoji(spec, train_per_class, test_per_class, seed))
+    if spec.startswith(("wds:", "stream:")):
+        from .stream import load_stream
+
+        return load_stream(spec, image_size, seed, test_fraction)
     if spec == "shapes" or spec.startswith("shapes:"):
         try:
             n = int(spec.split(":", 1)[1]) if ":" in spec else 100
@@ -165,9 +144,9 @@ def load_dataset(
             raise DataError(str(exc)) from exc
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"data source not found: {spec} (use 'shapes', 'glyphs:N', 'emoji:N', an image folder or a .npz file)")
+        raise DataError(f"data source not found: {spec} (use 'shapes', 'glyphs:N', 'emoji:N', 'wds:SHARDS', 'stream:DIR', an image folder or a .npz file)")
     if path.is_dir():
         return load_image_folder(path, image_size, test_fraction, seed)
     if path.suffix == ".npz":
         return load_npz(path, test_fraction, seed)
-    raise DataError(f"{spec}: unsupported data source (use 'shapes', 'glyphs:N', 'emoji:N', an image folder or a .npz file)")
+    raise DataError(f"{spec}: unsupported data source (use 'shapes', 'glyphs:N', 'emoji:N', 'wds:SHARDS', 'stream:DIR', an image folder or a .npz file)")

@@ -5,13 +5,16 @@ every task go through one ``FeatureExtractor``. For a module whose state no
 longer changes in the run (``frozen=True``: a frozen backbone, a first-session
 adaptation after its training) it embeds the whole data split once and keeps
 the matrix, row ``i`` = image ``i``, in an ``EmbeddingStore`` (on disk under
-the cache directory, memory-mapped), keyed by
+the cache directory, written batch by batch as it is computed, memory-mapped),
+keyed by
 
 * the module's state: a digest of its structure and every parameter and buffer
   (so fine-tuning, a PEFT module's training or other weights give other keys),
 * the preprocessing (input size, mean, std, runtime preprocessing version),
 * the data: a digest of the split's images (so another data seed, another
-  source or another split gives another key),
+  source or another split gives another key); for a streamed split
+  (``edgecl.data.stream``: images on disk) a digest of its files' paths, sizes
+  and modification times and of the rows it selects,
 * the engine that computed it and the torch version.
 
 Later calls, other learners of a grid and other processes read the rows they
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +108,7 @@ class FeatureExtractor:
             engine = self._engine(self.engine_kind(module, self.state_key(module), dataset), module, dataset)
             return torch.from_numpy(self._run(engine, dataset.images, idx, progress))
         matrix = self.matrix(module, dataset, progress)
-        return torch.from_numpy(np.array(matrix[idx], dtype=np.float32))
+        return torch.from_numpy(self.store.rows(matrix, idx))
 
     def matrix(self, module: nn.Module, dataset, progress: Callable | None = None) -> np.ndarray:
         """Embeddings of the whole split, row ``i`` = image ``i``, from the store or computed into it."""
@@ -117,7 +120,7 @@ class FeatureExtractor:
         ).hexdigest()
         if key not in self._matrices:
             full = np.arange(len(dataset))
-            compute = lambda: self._run(self._engine(kind, module, dataset), dataset.images, full, progress)  # noqa: E731
+            compute = lambda: self._batches(self._engine(kind, module, dataset), dataset.images, full, progress)  # noqa: E731
             self._matrices[key] = self.store.get_or_create(key, compute)
         return self._matrices[key]
 
@@ -139,6 +142,10 @@ class FeatureExtractor:
         return f"{self.input_size}:{self.mean}:{self.std}:runtime-{runtime_version}"
 
     def data_key(self, images: np.ndarray) -> str:
+        """Digest of the images' bytes; a streamed set's (``edgecl.data.stream.StreamImages``) own key,
+        computed from its files without reading the images."""
+        if hasattr(images, "cache_key"):
+            return images.cache_key
         found = self._data_keys.get(id(images))
         if found is None or found[0] is not images:
             found = (images, images_digest(images))
@@ -199,7 +206,13 @@ class FeatureExtractor:
 
     # -------------------------------------------------------------- batches
     def _run(self, engine: Engine, images: np.ndarray, idx: np.ndarray, progress: Callable | None) -> np.ndarray:
-        """``engine`` over ``images[idx]`` in batches; the next batch is preprocessed on a worker thread."""
+        """``engine`` over ``images[idx]`` in batches, as one matrix."""
+        out = list(self._batches(engine, images, idx, progress))
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), np.float32)
+
+    def _batches(self, engine: Engine, images, idx: np.ndarray, progress: Callable | None) -> Iterator[np.ndarray]:
+        """``engine`` over ``images[idx]``, batch by batch; the next batch is read and preprocessed on a
+        worker thread while the engine runs the current one."""
         from ..data.dataset import prefetched, preprocess_rows
 
         def prep(i: int) -> np.ndarray:
@@ -209,5 +222,5 @@ class FeatureExtractor:
         batches = prefetched(prep, starts)
         if progress:  # the bar needs a length: it runs over the batch starts, in step with the batches
             batches = (x for _, x in zip(progress(starts), batches))
-        out = [engine(x) for x in batches]
-        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), np.float32)
+        for x in batches:
+            yield np.asarray(engine(x), dtype=np.float32)
