@@ -340,6 +340,7 @@ class ShardedFeatures:
 
     def __init__(self, inner):
         self.inner = inner
+        self.batch_size = inner.batch_size
         self._shards: dict[tuple[str, str], np.ndarray] = {}
 
     def embed(self, module: nn.Module, dataset, indices=None, *, frozen: bool = True,
