@@ -42,9 +42,8 @@ def subset_npz(train, test, classes: list[int], path: Path) -> None:
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, class_names=np.array(names))
 
 
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_two_pass import cpu_name, default_backbone
+def parse_args() -> argparse.Namespace:
+    from bench_two_pass import default_backbone
 
     name, weights, size = default_backbone()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,15 +60,53 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1993)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "prompt_device_classes.json")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import torch
 
-    from edgecl.zoo import create_backbone
-    from edgecl.data import load_dataset
+def measure_learner(learner: str, args, tmp: Path, train, test, trained: list, added: list) -> dict:
+    """Train ``learner`` on the trained classes, export, add the other classes on the device, score both groups."""
     from edgecl.experiment import RunConfig, run_experiment
     from edgecl.pipeline import export_run
     from edgecl_runtime import Bundle
+
+    hp = {} if learner == "simplecil" else {"head": "prototype", "epochs": args.epochs}
+    cfg = RunConfig(
+        dataset=str(tmp / "trained.npz"), backbone=args.backbone, weights=args.weights, img_size=args.img_size,
+        learner=learner, learner_args=hp, init_cls=args.increment, increment=args.increment, order_seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    result = run_experiment(cfg, out_dir=tmp / learner, log=lambda s, n=learner: print(f"  {n}: {s}", flush=True))
+    train_s = time.perf_counter() - t0
+    b = Bundle.load(export_run(tmp / learner, tmp / f"{learner}-bundle").path, device="cpu")
+    add_ms = [1e3 * b.add_class(train.class_names[c], train.images[train.labels == c][: args.shots]).seconds
+              for c in added]
+    keep = np.isin(test.labels, trained + added)
+    truth = np.array(test.class_names)[test.labels[keep]]
+    pred = np.array(b.predict(test.images[keep]).labels)
+    is_added = np.isin(truth, [train.class_names[c] for c in added])
+    assert set(truth) <= set(b.classes)
+    return {
+        "learner": learner,
+        "hparams": result.learner.hparams,
+        "top1_all": round(100 * float(np.mean(pred == truth)), 2),
+        "top1_trained_classes": round(100 * float(np.mean(pred[~is_added] == truth[~is_added])), 2),
+        "top1_device_added_classes": round(100 * float(np.mean(pred[is_added] == truth[is_added])), 2),
+        "protocol_last_top1_before_adding": round(result.metrics.last, 2),
+        "train_seconds": round(train_s, 1),
+        "add_class_ms_median": round(float(np.median(add_ms)), 2),
+    }
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_two_pass import cpu_name
+
+    args = parse_args()
+
+    import torch
+
+    from edgecl.data import load_dataset
+    from edgecl.zoo import create_backbone
 
     torch.set_num_threads(args.threads)
     spec = create_backbone(args.backbone, args.weights, args.img_size).spec
@@ -83,37 +120,7 @@ def main() -> None:
         tmp = Path(tmp)
         subset_npz(train, test, trained, tmp / "trained.npz")
         for learner in args.learners.split(","):
-            hp = {} if learner == "simplecil" else {"head": "prototype", "epochs": args.epochs}
-            cfg = RunConfig(
-                dataset=str(tmp / "trained.npz"), backbone=args.backbone, weights=args.weights, img_size=args.img_size,
-                learner=learner, learner_args=hp, init_cls=args.increment, increment=args.increment,
-                order_seed=args.seed,
-            )
-            t0 = time.perf_counter()
-            result = run_experiment(cfg, out_dir=tmp / learner, log=lambda s, n=learner: print(f"  {n}: {s}", flush=True))
-            train_s = time.perf_counter() - t0
-            bundle = export_run(tmp / learner, tmp / f"{learner}-bundle").path
-            b = Bundle.load(bundle, device="cpu")
-            add_ms = []
-            for c in added:
-                shots = train.images[train.labels == c][: args.shots]
-                add_ms.append(1e3 * b.add_class(train.class_names[c], shots).seconds)
-            names = np.array(b.classes)
-            keep = np.isin(test.labels, trained + added)
-            truth = np.array(test.class_names)[test.labels[keep]]
-            pred = np.array(b.predict(test.images[keep]).labels)
-            is_added = np.isin(truth, [train.class_names[c] for c in added])
-            assert set(truth) <= set(names)
-            rows.append({
-                "learner": learner,
-                "hparams": result.learner.hparams,
-                "top1_all": round(100 * float(np.mean(pred == truth)), 2),
-                "top1_trained_classes": round(100 * float(np.mean(pred[~is_added] == truth[~is_added])), 2),
-                "top1_device_added_classes": round(100 * float(np.mean(pred[is_added] == truth[is_added])), 2),
-                "protocol_last_top1_before_adding": round(result.metrics.last, 2),
-                "train_seconds": round(train_s, 1),
-                "add_class_ms_median": round(float(np.median(add_ms)), 2),
-            })
+            rows.append(measure_learner(learner, args, tmp, train, test, trained, added))
             print(json.dumps(rows[-1]), flush=True)
     report = {
         "command": " ".join(["python", *sys.argv]),
@@ -131,7 +138,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-
 
 if __name__ == "__main__":
     main()

@@ -28,8 +28,6 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     import numpy as np
     import torch
 
-    from edgecl_runtime.benchmark import interleaved
-
     from .rundir import load_run
 
     if threads:
@@ -42,8 +40,35 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     out: dict = {"run_dir": str(run_dir), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                  "onnx_threads": threads, "batch_sizes": {}}
 
-    def onnx_fn(xb):
-        return lambda: b._scores_preprocessed(xb).argmax(1)
+    compiled, out["torch_compile"] = _compiled(learner.logits, x) if compile else (None, {"status": "disabled"})
+    with torch.inference_mode():
+        ref = learner.logits(torch.from_numpy(x)).argmax(1).numpy()
+    out["agreement"] = float(np.mean(ref == b._scores_preprocessed(x).argmax(1)[: len(ref)]))
+    for n in sorted({1, len(x)}):
+        out["batch_sizes"][str(n)] = _timings(b, learner.logits, compiled, x[:n], repeats if n == 1 else max(5, repeats // 3))
+    return out
+
+
+def _compiled(logits, x) -> tuple:
+    """``torch.compile`` of ``logits``, compiled for the batch sizes measured, and how that went."""
+    import torch
+
+    try:
+        t0 = time.perf_counter()
+        compiled = torch.compile(logits, dynamic=False)
+        with torch.inference_mode():
+            for n in sorted({1, len(x)}):
+                compiled(torch.from_numpy(x[:n]))  # compiles (once per batch size)
+        return compiled, {"status": "ok", "compile_s": time.perf_counter() - t0}
+    except Exception as exc:  # noqa: BLE001 - inductor needs a C compiler and more; report why not
+        return None, {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def _timings(b, logits, compiled, xb, repeats: int) -> dict:
+    """Interleaved timings of the bundle, torch eager and (if any) the compiled model on one batch, and ratios."""
+    import torch
+
+    from edgecl_runtime.benchmark import interleaved
 
     def torch_fn(fn, xt):
         def run():
@@ -51,35 +76,18 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
                 return fn(xt).argmax(1)
         return run
 
-    compiled, compile_info = None, {"status": "disabled"}
-    if compile:
-        try:
-            t0 = time.perf_counter()
-            compiled = torch.compile(learner.logits, dynamic=False)
-            with torch.inference_mode():
-                for n in sorted({1, len(x)}):
-                    compiled(torch.from_numpy(x[:n]))  # compiles (once per batch size)
-            compile_info = {"status": "ok", "compile_s": time.perf_counter() - t0}
-        except Exception as exc:  # noqa: BLE001 - inductor needs a C compiler and more; report why not
-            compiled, compile_info = None, {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    out["torch_compile"] = compile_info
-    with torch.inference_mode():
-        ref = learner.logits(torch.from_numpy(x)).argmax(1).numpy()
-    out["agreement"] = float(np.mean(ref == b._scores_preprocessed(x).argmax(1)[: len(ref)]))
-    for n in sorted({1, len(x)}):
-        xb, xt = x[:n], torch.from_numpy(x[:n])
-        fns = {"onnx": onnx_fn(xb), "torch_eager": torch_fn(learner.logits, xt)}
-        if compiled is not None:
-            fns["torch_compile"] = torch_fn(compiled, xt)
-        t = interleaved(fns, repeats if n == 1 else max(5, repeats // 3))
-        row = {k: v for k, v in t.items()}
-        # p50 ratios, and ratios of the fastest calls (less sensitive to other processes on the machine)
-        row["speedup_vs_eager"] = t["torch_eager"]["p50_ms"] / t["onnx"]["p50_ms"]
-        row["speedup_vs_eager_min"] = t["torch_eager"]["min_ms"] / t["onnx"]["min_ms"]
-        if "torch_compile" in t:
-            row["speedup_vs_compile"] = t["torch_compile"]["p50_ms"] / t["onnx"]["p50_ms"]
-            row["speedup_vs_compile_min"] = t["torch_compile"]["min_ms"] / t["onnx"]["min_ms"]
-        out["batch_sizes"][str(n)] = row
-    return out
+    xt = torch.from_numpy(xb)
+    fns = {"onnx": lambda: b._scores_preprocessed(xb).argmax(1), "torch_eager": torch_fn(logits, xt)}
+    if compiled is not None:
+        fns["torch_compile"] = torch_fn(compiled, xt)
+    t = interleaved(fns, repeats)
+    row = dict(t)
+    # p50 ratios, and ratios of the fastest calls (less sensitive to other processes on the machine)
+    row["speedup_vs_eager"] = t["torch_eager"]["p50_ms"] / t["onnx"]["p50_ms"]
+    row["speedup_vs_eager_min"] = t["torch_eager"]["min_ms"] / t["onnx"]["min_ms"]
+    if "torch_compile" in t:
+        row["speedup_vs_compile"] = t["torch_compile"]["p50_ms"] / t["onnx"]["p50_ms"]
+        row["speedup_vs_compile_min"] = t["torch_compile"]["min_ms"] / t["onnx"]["min_ms"]
+    return row
 
 

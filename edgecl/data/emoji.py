@@ -48,7 +48,7 @@ import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -278,28 +278,16 @@ def render_emoji(items: Sequence[tuple[str, int]], size: int, rng: np.random.Gen
 
 
 @dataclass(frozen=True)
-class EmojiConfig:
+class EmojiConfig(generated.GeneratedConfig):
     """An ``emoji`` benchmark data set: everything its pixels depend on."""
 
-    num_classes: int = 100
-    split: str = "within"
-    train_per_class: int = 30
-    test_per_class: int = 10
-    size: int = 64
-    seed: int = 0
+    kind: ClassVar[str] = "emoji"
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+
     augment: AugmentConfig = field(default_factory=lambda: EMOJI_AUGMENT)
 
-    def __post_init__(self):
-        if self.split not in SPLITS:
-            raise DataError(f"emoji split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.train_per_class < 1 or self.test_per_class < 1:
-            raise DataError("emoji needs train_per_class >= 1 and test_per_class >= 1")
-        if not 8 <= self.size <= 512:
-            raise DataError(f"emoji image size must be 8..512 px, got {self.size}")
-        pool = len(benchmark_pool())
-        if not 1 <= self.num_classes <= pool:
-            raise DataError(f"emoji has 1..{pool} classes (code points drawn by all {len(VENDORS)} vendors), "
-                            f"asked for {self.num_classes}")
+    def pool_size(self) -> tuple[int, str]:
+        return len(benchmark_pool()), f"code points drawn by all {len(VENDORS)} vendors"
 
     def vendors(self, split: str) -> tuple[str, ...]:
         """The vendors whose art makes the ``train`` or ``test`` images."""

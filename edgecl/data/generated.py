@@ -20,8 +20,9 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -30,6 +31,40 @@ from .errors import DataError
 logger = logging.getLogger("edgecl.data")
 
 CHUNK = 256  # images per random stream / work unit
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class GeneratedConfig:
+    """What a generated benchmark's pixels depend on, checked on creation; each kind subclasses it
+    with its name, splits, class pool and augmentation."""
+
+    kind: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ()
+
+    num_classes: int = 100
+    split: str = "within"
+    train_per_class: int = 30
+    test_per_class: int = 10
+    size: int = 64
+    seed: int = 0
+
+    def pool_size(self) -> tuple[int, str]:
+        """How many classes the kind can draw, and what makes a code point one of them."""
+        raise NotImplementedError
+
+    def __post_init__(self):
+        if self.split not in self.splits:
+            raise DataError(f"{self.kind} split must be one of {', '.join(self.splits)}, got {self.split!r}")
+        if self.train_per_class < 1 or self.test_per_class < 1:
+            raise DataError(f"{self.kind} needs train_per_class >= 1 and test_per_class >= 1")
+        if not 8 <= self.size <= 512:
+            raise DataError(f"{self.kind} image size must be 8..512 px, got {self.size}")
+        pool, what = self.pool_size()
+        if not 1 <= self.num_classes <= pool:
+            raise DataError(f"{self.kind} has 1..{pool} classes ({what}), asked for {self.num_classes}")
 
 
 # ------------------------------------------------------------------------------ spec parsing

@@ -42,7 +42,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -258,28 +258,17 @@ def _write_split(tmp: Path, split: str, items, labels, size, seed_words, cfg, wo
 
 
 @dataclass(frozen=True)
-class GlyphConfig:
+class GlyphConfig(generated.GeneratedConfig):
     """A ``glyphs`` benchmark data set: everything its pixels depend on."""
 
+    kind: ClassVar[str] = "glyphs"
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+
     num_classes: int = 200
-    split: str = "within"
-    train_per_class: int = 30
-    test_per_class: int = 10
-    size: int = 64
-    seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    def __post_init__(self):
-        pool = len(benchmark_pool())
-        if self.split not in SPLITS:
-            raise DataError(f"glyphs split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if not 1 <= self.num_classes <= pool:
-            raise DataError(f"glyphs has 1..{pool} classes (code points in >= {MIN_FONTS} fonts), asked for {self.num_classes}")
-        if self.train_per_class < 1 or self.test_per_class < 1:
-            raise DataError("glyphs needs train_per_class >= 1 and test_per_class >= 1")
-        if not 8 <= self.size <= 512:
-            raise DataError(f"glyphs image size must be 8..512 px, got {self.size}")
-
+    def pool_size(self) -> tuple[int, str]:
+        return len(benchmark_pool()), f"code points in >= {MIN_FONTS} fonts"
 
 def plan(cfg: GlyphConfig) -> tuple[list[int], dict[str, tuple[list[tuple[str, int, int]], np.ndarray]]]:
     """Classes (code points, label order) and per split the (font, code point) items and labels."""

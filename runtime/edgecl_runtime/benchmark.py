@@ -171,26 +171,10 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
         "cold_start_s": cold,
         "load_s": t_load,
     }
-    x1 = b.preprocess(one)
-    out["predict_b1"] = timings(lambda: b.predict(one), repeats)
-    view = b._view
-    # backbone (+ fixed transform) alone vs backbone + head scoring, in alternating blocks (a busy machine slows both)
-    pair = interleaved({"embed_b1": lambda: b._forward(x1, view, "features"),
-                        "scores_b1": lambda: b._forward(x1, view, "scores")}, repeats)
-    out.update(pair)
-    out["head_overhead_b1"] = out["scores_b1"]["p50_ms"] / out["embed_b1"]["p50_ms"]
-    out["preprocess_b1"] = timings(lambda: b.preprocess(one), repeats)
-    frame = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
-    out["preprocess_480x640_b1"] = timings(lambda: b.preprocess(frame), max(5, repeats // 5))
+    out.update(_batch1(b, one, rng, repeats))
     # the device case (one camera frame at a time): the process's peak so far, before any batch
     out["peak_rss_batch1_mib"] = peak_rss_mib()
-    batch = rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8)  # made after: its arrays are not batch-1 memory
-    xb = b.preprocess(batch)
-    nb = max(5, repeats // 5)
-    out[f"predict_b{batch_size}"] = timings(lambda: b.predict(batch), nb)
-    out[f"embed_b{batch_size}"] = timings(lambda: b._forward(xb, view, "features"), nb)
-    out[f"preprocess_b{batch_size}"] = timings(lambda: b.preprocess(batch), nb)
-    out["throughput_images_per_s"] = batch_size / (out[f"predict_b{batch_size}"]["p50_ms"] / 1e3)
+    out.update(_batched(b, rng, batch_size, max(5, repeats // 5)))
     # after the batch too (activations of batch_size images), before add-class loads a second copy
     out["peak_rss_mib"] = peak_rss_mib()
     out["rss_at_start_mib"] = rss_start
@@ -201,6 +185,32 @@ def measure(path: str | Path, device: str = "auto", threads: int | None = None, 
         Bundle.load(path, device=device, threads=threads, cache=source == "cached")
         out[f"load_{source}_s"] = time.perf_counter() - t0
     out["add_class"] = measure_add_class(path, device, threads, add_examples, rng)
+    return out
+
+
+def _batch1(b, one: np.ndarray, rng, repeats: int) -> dict:
+    """Batch-1 timings: predict, backbone alone vs backbone + head, preprocessing (also of a 480x640 frame)."""
+    x1, view, out = b.preprocess(one), b._view, {}
+    out["predict_b1"] = timings(lambda: b.predict(one), repeats)
+    # backbone (+ fixed transform) alone vs backbone + head scoring, in alternating blocks (a busy machine slows both)
+    out.update(interleaved({"embed_b1": lambda: b._forward(x1, view, "features"),
+                            "scores_b1": lambda: b._forward(x1, view, "scores")}, repeats))
+    out["head_overhead_b1"] = out["scores_b1"]["p50_ms"] / out["embed_b1"]["p50_ms"]
+    out["preprocess_b1"] = timings(lambda: b.preprocess(one), repeats)
+    frame = rng.integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
+    out["preprocess_480x640_b1"] = timings(lambda: b.preprocess(frame), max(5, repeats // 5))
+    return out
+
+
+def _batched(b, rng, batch_size: int, repeats: int) -> dict:
+    """Timings of one batch of ``batch_size`` random images: predict, embed, preprocess, throughput."""
+    _, h, w = b.input_size
+    batch = rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8)  # made after batch 1: not batch-1 memory
+    xb, view, out = b.preprocess(batch), b._view, {}
+    out[f"predict_b{batch_size}"] = timings(lambda: b.predict(batch), repeats)
+    out[f"embed_b{batch_size}"] = timings(lambda: b._forward(xb, view, "features"), repeats)
+    out[f"preprocess_b{batch_size}"] = timings(lambda: b.preprocess(batch), repeats)
+    out["throughput_images_per_s"] = batch_size / (out[f"predict_b{batch_size}"]["p50_ms"] / 1e3)
     return out
 
 
