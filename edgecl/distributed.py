@@ -340,8 +340,11 @@ class ShardedFeatures:
 
     def __init__(self, inner):
         self.inner = inner
-        self.batch_size = inner.batch_size
         self._shards: dict[tuple[str, str], np.ndarray] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return self.inner.batch_size
 
     def embed(self, module: nn.Module, dataset, indices=None, *, frozen: bool = True,
               progress: Callable | None = None) -> torch.Tensor:
