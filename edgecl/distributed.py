@@ -29,6 +29,7 @@ Without an initialised process group every function here is the identity
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 from typing import Callable, Iterator
@@ -88,9 +89,15 @@ def init_from_env(device: str = "cpu", timeout_s: float | None = None) -> str:
     return device
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(completed: bool = False) -> None:
+    """Leave the process group. After a completed run the ranks first meet at a barrier and drop finished work
+    (DDP reducers, async handles), so that no rank tears its connections down while a peer still uses them."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if completed:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def check_learner(name: str) -> None:

@@ -20,6 +20,7 @@ def main(argv: list[str]) -> None:
     out, configs = Path(argv[0]), json.loads(Path(argv[1]).read_text())
     torch.set_num_threads(1)
     distributed.init_from_env("cpu")
+    completed = False
     try:
         if "--fail-rank" in argv:
             if distributed.rank() == int(argv[argv.index("--fail-rank") + 1]):
@@ -27,8 +28,9 @@ def main(argv: list[str]) -> None:
             distributed.all_sum(torch.zeros(1))  # the other ranks wait here
         for name, fields in configs.items():
             run_experiment(RunConfig(**fields), out_dir=out / name, log=lambda s: None)
+        completed = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(completed)
 
 
 if __name__ == "__main__":

@@ -96,13 +96,15 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
         import torch
 
         torch.set_num_threads(threads)
+    completed = False
     try:
         cfg = _run_config(ctx, config_file)
         result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
+        completed = True
     except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
     finally:
-        distributed.shutdown()
+        distributed.shutdown(completed)
     if not distributed.is_main():
         return
     m = result.metrics
