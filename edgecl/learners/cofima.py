@@ -105,7 +105,7 @@ class CoFiMA(SLCA):
             if clf is not None:
                 fisher = self._fisher(loader, named, clf, first_new)
                 if self.fisher is not None:
-                    merged = fisher_merge(prev, {n: p.detach() for n, p in named.items()}, self.fisher, fisher,
+                    merged = fisher_merge(prev, {n: p.detach().clone() for n, p in named.items()}, self.fisher, fisher,
                                           self.hp["alpha"])
                     with torch.no_grad():
                         for n, p in named.items():
