@@ -46,7 +46,8 @@ from .slca import SLCA, last_blocks
 FISHER_PREFIX = "fisher."
 
 
-def diagonal_fisher(params: dict[str, nn.Parameter], batches: Iterable, loss_fn: Callable, cap: float) -> dict[str, torch.Tensor]:
+def diagonal_fisher(params: dict[str, nn.Parameter], batches: Iterable, loss_fn: Callable,
+                    cap: float) -> dict[str, torch.Tensor]:
     """Mean over ``batches`` of the squared gradient of ``loss_fn(batch)`` (``None``: skipped) w.r.t. each of
     ``params``, capped at ``cap``."""
     names = list(params)
