@@ -85,11 +85,12 @@ class SLCA(HeadLearner):
         self.head = grow_ridge(self.head, feats.numpy(), labels, self.num_classes, None, self.hp)
         self.num_classes = self.head.num_classes
 
-    def _slow_learn(self, loader, params: list[nn.Parameter], progress) -> None:
-        """Cross-entropy on the task's new classes: slow backbone blocks, fast throw-away linear classifier."""
+    def _slow_learn(self, loader, params: list[nn.Parameter], progress) -> nn.Module | None:
+        """Cross-entropy on the task's new classes: slow backbone blocks, fast throw-away linear classifier
+        (returned; ``None`` when the task has fewer than two new classes and nothing was trained)."""
         _, new = task_classes(distributed.all_classes(loader_labels(loader)), self.num_classes)  # of every rank
         if len(new) < 2:
-            return  # cross-entropy needs two classes to learn anything
+            return None  # cross-entropy needs two classes to learn anything
         hp = self.hp
         torch.manual_seed(hp["seed"] + self.num_classes)
         clf = nn.Linear(self.backbone.embedding_dim, len(new)).to(self.device)
@@ -113,6 +114,7 @@ class SLCA(HeadLearner):
             self.backbone.freeze()
             for p in params:
                 p.grad = None
+        return clf
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self._load_head(state)

@@ -12,8 +12,9 @@ small random init around (1, 0) is dropped for that guarantee). Where:
   spans the same functions as one after the BatchNorm that follows it, and
   it avoids going behind timm's fused BatchNorm+activation layers.
 
-Being an affine map per channel after a linear layer, SSF could be folded into
-the frozen weights for deployment; edgecl exports it as is (a Mul and an Add).
+Being an affine map per channel after a linear layer, SSF folds into the
+frozen weights (``edgecl.peft.fold.fold_peft``); learners export it as is (a Mul
+and an Add) unless they fold it (LAE's ``fold``).
 """
 
 from __future__ import annotations
