@@ -17,12 +17,15 @@ from edgecl_runtime import Bundle
 from edgecl_runtime.preprocess import preprocess
 from peft_helpers import train_learner
 
+SECOND = {"second": "edgecl-vit-tiny"}
+
 
 @pytest.fixture(scope="module")
 def fusion():
-    """PromptFusion on shapes:15, B5-Inc5: the embedded ViT with VPT + the embedded ResNet-10t."""
+    """PromptFusion on shapes:15, B5-Inc5: the embedded ViT with VPT (booster) + a second, frozen copy of it
+    (stabiliser; the default second backbone, the embedded ResNet-10t, is made on first use: too slow here)."""
     torch.set_num_threads(1)
-    return train_learner("promptfusion", create_backbone("edgecl-vit-tiny"), classes=15, increment=5, epochs=1)
+    return train_learner("promptfusion", create_backbone("edgecl-vit-tiny"), classes=15, increment=5, epochs=1, **SECOND)
 
 
 def images(trained, ds, n=None):
@@ -63,7 +66,7 @@ def test_lambda_is_validated_on_held_out_images(fusion):
     from the rest; a fixed lam is kept as given."""
     learner = fusion.learner
     task = fusion.scenario.task_data(fusion.train, 0)
-    fresh = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1)
+    fresh = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1, **SECOND)
     fresh.peft.load_peft_state(learner.peft.peft_state())
     fresh.peft.freeze()
     fresh.adapted = True
@@ -78,8 +81,16 @@ def test_lambda_is_validated_on_held_out_images(fusion):
     a, b = cos(feats[val, :d], means[:, :d]), cos(feats[val, d:], means[:, d:])
     assert fresh.validate_lambda(feats, labels) == choose_lambda(a, b, task.labels[val])
     assert fresh.head is None  # validation leaves the head alone
-    fixed = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1, lam=0.3)
-    assert fixed.lam == 0.3 and fixed.export_head is not None
+    fixed = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1, lam=0.3, **SECOND)
+    fixed.fit_task(_loader(fusion, task))
+    assert fixed.lam == 0.3 and fixed.lambdas == [] and np.allclose(fixed.export_head()[1]["weights"], [0.3, 0.7])
+
+
+def _loader(trained, ds):
+    from edgecl.data import BatchLoader
+
+    spec = trained.learner.backbone.spec
+    return BatchLoader(ds, spec.input_size, spec.mean, spec.std, 64, shuffle=True, seed=0)
 
 
 def test_trains_above_chance(fusion):
@@ -98,6 +109,7 @@ def test_one_graph_with_both_backbones_parity_and_device_class(fusion, tmp_path)
     assert report.parity_max_abs_diff <= 1e-4
     graph = onnx.load(str(report.path / "model.onnx")).graph
     convs = sum(isinstance(m, torch.nn.Conv2d) for bb in (learner.backbone, learner.second) for m in bb.model.modules())
+    assert convs == 2 * sum(isinstance(m, torch.nn.Conv2d) for m in learner.backbone.model.modules())
     assert sum(n.op_type == "Conv" for n in graph.node) == convs  # both backbones' convolutions
     assert sum(n.op_type == "Softmax" for n in graph.node) >= len(learner.backbone.model.blocks)  # the ViT's attention
     bundle = Bundle.load(report.path)
