@@ -105,6 +105,11 @@ def test_one_graph_with_both_backbones_parity_and_device_class(fusion, tmp_path)
     _, loaded = load_run(run_dir)
     np.testing.assert_array_equal(evaluate(loaded, fusion.test, spec), evaluate(learner, fusion.test, spec))
     assert loaded.lam == learner.lam
+    # the run directory holds the second backbone itself (restored from the state, not rebuilt by name)
+    run_state = np.load(run_dir / "learner_state.npz")
+    assert "second_spec" in run_state and any(k.startswith("second.") for k in run_state.files)
+    for k, v in learner.second.model.state_dict().items():
+        assert torch.equal(loaded.second.model.state_dict()[k], v)
     report = export_run(run_dir, tmp_path / "bundle", check_inputs=[images(fusion, fusion.test, 32).numpy()])
     assert report.parity_max_abs_diff <= 1e-4
     graph = onnx.load(str(report.path / "model.onnx")).graph

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar
 
+import json
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,7 +57,8 @@ from torch import nn
 from edgecl_runtime.heads.prototype import PrototypeCosineHead
 from edgecl_runtime.heads.subspace import SubspaceCosineHead
 
-from ..backbones import Backbone
+from ..backbones import Backbone, BackboneSpec, backbone_from_state
+from ..errors import ConfigError, StateError
 from ..peft import PeftModel
 from .aper import PEFT_PREFIX, TRAIN_DEFAULTS
 from .hparams import require
@@ -64,6 +67,15 @@ from .registry import register_learner
 from .training import HEAD_TYPES, fit_classifier, task_labels
 
 LAMBDA_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
+SECOND_PREFIX = "second."
+_resolver: Callable[..., Backbone] | None = None
+
+
+def set_backbone_resolver(resolve: Callable[..., Backbone]) -> None:
+    """How a named second backbone is built: ``resolve(name, weights, seed=...)`` (``edgecl.zoo`` registers
+    ``create_backbone`` when it is imported; learners sit below the zoo and cannot import it)."""
+    global _resolver
+    _resolver = resolve
 
 
 class FusionEmbedding(nn.Module):
@@ -130,24 +142,37 @@ class PromptFusion(PrototypeLearner):
 
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
-        from ..zoo import create_backbone
-
         hp = self.hparams
-        self.second: Backbone = create_backbone(hp["second"], weights=hp["second_weights"] or None, seed=hp["seed"]).to(device)
-        self.second.model.requires_grad_(False).eval()
         method = "vpt_deep" if hp["deep"] else "vpt_shallow"
         self.peft = PeftModel(self.backbone.model, method, prompt_length=hp["prompt_length"], seed=hp["seed"]).to(device)
         self.adapted = False
         self.lam = 0.5 if hp["lam"] == -1.0 else hp["lam"]
         self.lambdas: list[float] = []  # the validated value of every task
-        self._embedding = FusionEmbedding(self.peft, backbone.embedding_dim, backbone.spec,
-                                          self.second.model, self.second.embedding_dim, self.second.spec)
+        self._second: Backbone | None = None  # built on first use, or restored from a saved state
+        self._embedding: FusionEmbedding | None = None
+
+    @property
+    def second(self) -> Backbone:
+        """The stabiliser's frozen backbone (hparam ``second``)."""
+        if self._second is None:
+            if _resolver is None:
+                raise ConfigError("promptfusion needs edgecl.zoo imported to build its second backbone")
+            hp = self.hparams
+            self._set_second(_resolver(hp["second"], hp["second_weights"] or None, seed=hp["seed"]))
+        return self._second
+
+    def _set_second(self, second: Backbone) -> None:
+        self._second = second.to(self.device)
+        second.model.requires_grad_(False).eval()
+        self._embedding = FusionEmbedding(self.peft, self.backbone.embedding_dim, self.backbone.spec,
+                                          second.model, second.embedding_dim, second.spec)
 
     @property
     def embedding_dim(self) -> int:
-        return 2 * self._embedding.block
+        return 2 * max(self.backbone.embedding_dim, self.second.embedding_dim)
 
     def embedding_module(self) -> nn.Module:
+        self.second  # noqa: B018  (builds the second backbone and the fused module on first use)
         return self._embedding
 
     @property
@@ -193,7 +218,7 @@ class PromptFusion(PrototypeLearner):
         self.add_examples(feats[~val], labels[~val])
         protos = self.head.prototypes
         self.head, self.num_classes = head, n
-        d = self._embedding.block
+        d = self.embedding_module().block
         a = PrototypeCosineHead(protos[:, :d], np.ones(len(protos), np.int64)).scores(f[val, :d])
         b = PrototypeCosineHead(protos[:, d:], np.ones(len(protos), np.int64)).scores(f[val, d:])
         return choose_lambda(a, b, y[val])
@@ -216,10 +241,18 @@ class PromptFusion(PrototypeLearner):
 
     # --------------------------------------------------------------- state
     def extra_state(self) -> dict[str, np.ndarray]:
+        """The VPT prompts, ``lam``, and the second backbone itself (spec and weights: a run stays self-contained)."""
         peft = {PEFT_PREFIX + k: v.numpy() for k, v in self.peft.peft_state().items()}
-        return {"adapted": np.array(self.adapted), "lam": np.array(self.lam), "lambdas": np.asarray(self.lambdas), **peft}
+        second = {SECOND_PREFIX + k: v.detach().cpu().numpy() for k, v in self.second.model.state_dict().items()}
+        return {"adapted": np.array(self.adapted), "lam": np.array(self.lam), "lambdas": np.asarray(self.lambdas),
+                "second_spec": np.array(json.dumps(self.second.spec.to_dict())), **peft, **second}
 
     def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        if "second_spec" not in state:
+            raise StateError("promptfusion state has no second backbone")
+        spec = BackboneSpec.from_dict(json.loads(str(state["second_spec"])))
+        weights = {k[len(SECOND_PREFIX) :]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(SECOND_PREFIX)}
+        self._set_second(backbone_from_state(spec, weights))
         self.peft.load_peft_state({k[len(PEFT_PREFIX) :]: v for k, v in state.items() if k.startswith(PEFT_PREFIX)})
         self.adapted = bool(state.get("adapted", True))
         if self.adapted:
