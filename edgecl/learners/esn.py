@@ -1,5 +1,7 @@
-"""ESN (Wang et al., "Isolation and Impartial Aggregation: A Paradigm of Incremental Learning without
-Interference", AAAI 2023).
+"""ESN (Wang et al., "Isolation and Impartial Aggregation", AAAI 2023): a component per task, energy-voted.
+
+The paper: "Isolation and Impartial Aggregation: A Paradigm of Incremental
+Learning without Interference" (reference code: iamwangyabin/ESN).
 
 Every task gets its own component on the frozen ViT and nothing is shared
 between tasks (isolation): a task token, a class-attention block over the

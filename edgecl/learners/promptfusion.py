@@ -1,5 +1,7 @@
-"""PromptFusion-style two-backbone fusion (Chen et al., "PromptFusion: Decoupling Stability and Plasticity
-for Continual Learning").
+"""PromptFusion (Chen et al.): two backbones in one graph, scored ``lam * f_A + (1 - lam) * f_B``.
+
+The paper: "PromptFusion: Decoupling Stability and Plasticity for Continual
+Learning"; this is its two-expert fusion with image backbones.
 
 Two learners score every image and the fusion is their mixture
 
