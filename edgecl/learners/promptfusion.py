@@ -217,9 +217,11 @@ class PromptFusion(PrototypeLearner):
         if not val.any():
             return self.lam
         head, n = self.head, self.num_classes
-        self.add_examples(feats[~val], labels[~val])
-        protos = self.head.prototypes
-        self.head, self.num_classes = head, n
+        try:
+            self.add_examples(feats[~val], labels[~val])
+            protos = self.head.prototypes
+        finally:
+            self.head, self.num_classes = head, n
         d = self.embedding_module().block
         a = PrototypeCosineHead(protos[:, :d], np.ones(len(protos), np.int64)).scores(f[val, :d])
         b = PrototypeCosineHead(protos[:, d:], np.ones(len(protos), np.int64)).scores(f[val, d:])
