@@ -173,7 +173,8 @@ class ESN(PrototypeLearner):
     def _new_component(self, classes: int) -> TaskComponent:
         vit = self.backbone.model
         torch.manual_seed(self.hp["seed"] + len(self.components))
-        return TaskComponent(vit.embed_dim, vit.blocks[0].attn.num_heads, classes, vit.cls_token, self.hp["mlp_ratio"]).to(self.device)
+        heads = vit.blocks[0].attn.num_heads
+        return TaskComponent(vit.embed_dim, heads, classes, vit.cls_token, self.hp["mlp_ratio"]).to(self.device)
 
     def _set(self, components: list[TaskComponent], temperatures: list[float]) -> None:
         for c in components:
@@ -257,7 +258,8 @@ class ESN(PrototypeLearner):
 
     # --------------------------------------------------------------- state
     def extra_state(self) -> dict[str, np.ndarray]:
-        out = {"task_of_class": self.task_of_class.numpy().copy(), "temperatures": np.asarray(self.temperatures, np.float64)}
+        out = {"task_of_class": self.task_of_class.numpy().copy(),
+               "temperatures": np.asarray(self.temperatures, np.float64)}
         for k, c in enumerate(self.components):
             out.update({f"component{k}.{n}": v.detach().cpu().numpy() for n, v in c.state_dict().items()})
         return out

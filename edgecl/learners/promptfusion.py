@@ -139,14 +139,16 @@ class PromptFusion(PrototypeLearner):
 
     def validate(self, hp: dict[str, Any]) -> None:
         super().validate(hp)
-        require(self.name, hp["lam"] == -1.0 or 0.0 <= hp["lam"] <= 1.0, f"lam must be -1 or in [0, 1], got {hp['lam']}")
+        lam = hp["lam"]
+        require(self.name, lam == -1.0 or 0.0 <= lam <= 1.0, f"lam must be -1 or in [0, 1], got {lam}")
         require(self.name, 0.0 < hp["val_fraction"] < 1.0, f"val_fraction must be in (0, 1), got {hp['val_fraction']}")
 
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
         hp = self.hparams
         method = "vpt_deep" if hp["deep"] else "vpt_shallow"
-        self.peft = PeftModel(self.backbone.model, method, prompt_length=hp["prompt_length"], seed=hp["seed"]).to(device)
+        self.peft = PeftModel(self.backbone.model, method, prompt_length=hp["prompt_length"], seed=hp["seed"])
+        self.peft.to(device)
         self.adapted = False
         self.lam = 0.5 if hp["lam"] == -1.0 else hp["lam"]
         self.lambdas: list[float] = []  # the validated value of every task
@@ -155,13 +157,16 @@ class PromptFusion(PrototypeLearner):
 
     @property
     def second(self) -> Backbone:
-        """The stabiliser's frozen backbone (hparam ``second``)."""
+        """The stabiliser's frozen backbone (hparam ``second``), built on first use."""
         if self._second is None:
-            if _resolver is None:
-                raise ConfigError("promptfusion needs edgecl.zoo imported to build its second backbone")
-            hp = self.hparams
-            self._set_second(_resolver(hp["second"], hp["second_weights"] or None, seed=hp["seed"]))
+            self._set_second(self._build_second())
         return self._second
+
+    def _build_second(self) -> Backbone:
+        if _resolver is None:
+            raise ConfigError("promptfusion needs edgecl.zoo imported to build its second backbone")
+        hp = self.hparams
+        return _resolver(hp["second"], hp["second_weights"] or None, seed=hp["seed"])
 
     def _set_second(self, second: Backbone) -> None:
         self._second = second.to(self.device)
@@ -174,7 +179,8 @@ class PromptFusion(PrototypeLearner):
         return 2 * max(self.backbone.embedding_dim, self.second.embedding_dim)
 
     def embedding_module(self) -> nn.Module:
-        self.second  # noqa: B018  (builds the second backbone and the fused module on first use)
+        if self._embedding is None:
+            self._set_second(self._build_second())
         return self._embedding
 
     @property
@@ -241,7 +247,8 @@ class PromptFusion(PrototypeLearner):
             return super().export_head()
         protos, counts = self.head.prototypes, self.head.counts
         w = self._weights(len(counts) + 1)
-        return self.head_kind, {"prototypes": protos, "counts": counts, "weights": w[:-1].copy(), "new_class_weights": w[-1].copy()}
+        arrays = {"prototypes": protos, "counts": counts, "weights": w[:-1].copy(), "new_class_weights": w[-1].copy()}
+        return self.head_kind, arrays
 
     # --------------------------------------------------------------- state
     def extra_state(self) -> dict[str, np.ndarray]:
@@ -255,7 +262,8 @@ class PromptFusion(PrototypeLearner):
         if "second_spec" not in state:
             raise StateError("promptfusion state has no second backbone")
         spec = BackboneSpec.from_dict(json.loads(str(state["second_spec"])))
-        weights = {k[len(SECOND_PREFIX) :]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(SECOND_PREFIX)}
+        n = len(SECOND_PREFIX)
+        weights = {k[n:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(SECOND_PREFIX)}
         self._set_second(backbone_from_state(spec, weights))
         self.peft.load_peft_state({k[len(PEFT_PREFIX) :]: v for k, v in state.items() if k.startswith(PEFT_PREFIX)})
         self.adapted = bool(state.get("adapted", True))
