@@ -54,6 +54,14 @@ def test_generated_prompts_are_the_mlp_of_the_query_modulated_by_the_task():
     film1 = gen.film(gen.task_embeddings[1])
     torch.testing.assert_close(trained.insert, (1 + film1[:8]) * mlp + film1[8:])
     torch.testing.assert_close(trained.aux_loss, 1 - F.cosine_similarity(q, gen.keys[1][None], dim=1).mean())
+    # shared=continual (the paper): generator and FiLM keep training; shared=first: frozen after the first task
+    shared = lambda g: [p.requires_grad for m in (g.norm, g.mlp, g.film) for p in m.parameters()]
+    assert all(shared(gen))
+    first = PromptGenerator(8, length=3, hidden=6, task_dim=4, shared="first")
+    first.add_task()
+    assert all(shared(first))
+    first.add_task()
+    assert not any(shared(first)) and first.keys[1].requires_grad and first.task_embeddings[1].requires_grad
     with pytest.raises(ValueError, match="pull must be >= 0"):
         create_learner("dap", create_backbone("edgecl-vit-tiny"), pull=-1)
 

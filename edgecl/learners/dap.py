@@ -11,7 +11,9 @@ image. Here the generator is a small MLP on the frozen ViT's [CLS] query ``q``
 ``t`` has a key ``k_t``; in training the task's own key is used and pulled to
 the queries (``pull * (1 - cos(q, k_t))``), at inference the key most
 cosine-similar to ``q`` (``argmax``). The generator and the FiLM layer are
-shared by all tasks and keep training; old keys and task embeddings are frozen.
+shared by all tasks and keep training (``shared=continual``, the paper; ``shared=first``
+freezes them after the first task, so the prompts of earlier tasks' images, and with them their
+prototypes, stay fixed); old keys and task embeddings are frozen.
 The prompt tokens are inserted after [CLS] before the first block
 (prompt-tuning, as L2P inserts its tokens) and the embedding is the prompted
 [CLS]; the whole generator runs inside the exported graph.
@@ -28,7 +30,7 @@ own, as the other prompt learners here do). The default head is
 classes; ``head=linear`` keeps the trained classifier.
 
 Hyper-parameters: ``length`` (5) prompt tokens, ``hidden`` (64) MLP width,
-``task_dim`` (16) task-embedding size, ``pull`` (0.1), ``head`` (prototype),
+``task_dim`` (16) task-embedding size, ``pull`` (0.1), ``shared`` (continual), ``head`` (prototype),
 ``epochs`` (3), ``lr`` (0.01), ``seed`` (0).
 """
 
@@ -44,13 +46,17 @@ from .hparams import require
 from .prompting import COMMON_CHOICES, COMMON_DEFAULTS, PromptLearner
 from .registry import register_learner
 
+SHARED = ("continual", "first")  # when the shared generator and FiLM layer train
+
 
 class PromptGenerator(nn.Module):
     """The instance-level prompt generator (see module doc): ``q (B, D) -> Prompts(insert=(B, length, D))``."""
 
-    def __init__(self, dim: int, length: int = 5, hidden: int = 64, task_dim: int = 16):
+    def __init__(self, dim: int, length: int = 5, hidden: int = 64, task_dim: int = 16, shared: str = "continual"):
         super().__init__()
-        self.dim, self.length, self.task_dim = dim, length, task_dim
+        if shared not in SHARED:
+            raise ValueError(f"shared must be one of {', '.join(SHARED)}, got {shared!r}")
+        self.dim, self.length, self.task_dim, self.shared = dim, length, task_dim, shared
         self.norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, length * dim))
         self.film = nn.Linear(task_dim, 2 * dim)
@@ -64,8 +70,12 @@ class PromptGenerator(nn.Module):
         return len(self.keys)
 
     def add_task(self) -> None:
-        """A key and a task embedding for the next task; earlier ones are frozen."""
-        for p in list(self.keys) + list(self.task_embeddings):
+        """A key and a task embedding for the next task; earlier ones are frozen, and with ``shared="first"``
+        the generator and the FiLM layer too after the first task."""
+        frozen = list(self.keys) + list(self.task_embeddings)
+        if self.shared == "first" and self.num_tasks:
+            frozen += [*self.norm.parameters(), *self.mlp.parameters(), *self.film.parameters()]
+        for p in frozen:
             p.requires_grad_(False)
         self.keys.append(nn.Parameter(torch.empty(self.dim).uniform_(-1, 1)))
         self.task_embeddings.append(nn.Parameter(torch.randn(self.task_dim)))
@@ -94,8 +104,9 @@ class DAP(PromptLearner):
     name = "dap"
     defaults: ClassVar[dict[str, Any]] = {
         **COMMON_DEFAULTS, "head": "prototype", "length": 5, "hidden": 64, "task_dim": 16, "pull": 0.1,
+        "shared": "continual",
     }  # fmt: skip
-    choices: ClassVar[dict[str, tuple]] = COMMON_CHOICES
+    choices: ClassVar[dict[str, tuple]] = {**COMMON_CHOICES, "shared": SHARED}
     positive: ClassVar[tuple[str, ...]] = (*PromptLearner.positive, "hidden", "task_dim")
     aux_coef_name = "pull"
     hparam_help: ClassVar[dict[str, str]] = {
@@ -104,6 +115,8 @@ class DAP(PromptLearner):
         "hidden": "hidden width of the prompt-generating MLP",
         "task_dim": "size of the task embedding that modulates the generated prompt (FiLM)",
         "pull": "weight of the loss pulling the task's key to the queries",
+        "shared": "continual: the generator and FiLM layer train on every task (the paper); first: on the first "
+                  "task only (the prompts of earlier tasks, and so their prototypes, stay fixed)",
     }
 
     def validate(self, hp: dict[str, Any]) -> None:
@@ -111,4 +124,4 @@ class DAP(PromptLearner):
         require(self.name, hp["pull"] >= 0, f"pull must be >= 0, got {hp['pull']}")
 
     def make_pool(self, dim: int, hp: dict[str, Any]) -> nn.Module:
-        return PromptGenerator(dim, length=hp["length"], hidden=hp["hidden"], task_dim=hp["task_dim"])
+        return PromptGenerator(dim, hp["length"], hp["hidden"], hp["task_dim"], shared=hp["shared"])
