@@ -11,9 +11,10 @@ image. Here the generator is a small MLP on the frozen ViT's [CLS] query ``q``
 ``t`` has a key ``k_t``; in training the task's own key is used and pulled to
 the queries (``pull * (1 - cos(q, k_t))``), at inference the key most
 cosine-similar to ``q`` (``argmax``). The generator and the FiLM layer are
-shared by all tasks and keep training (``shared=continual``, the paper; ``shared=first``
-freezes them after the first task, so the prompts of earlier tasks' images, and with them their
-prototypes, stay fixed); old keys and task embeddings are frozen.
+shared by all tasks; with ``shared=continual`` (the paper) they keep training on every task, with
+``shared=first`` (the default) they are frozen after the first task, so the prompts of earlier tasks'
+images, and with them their prototypes, stay fixed (measured: docs/mixtures.md); old keys and task
+embeddings are always frozen.
 The prompt tokens are inserted after [CLS] before the first block
 (prompt-tuning, as L2P inserts its tokens) and the embedding is the prompted
 [CLS]; the whole generator runs inside the exported graph.
@@ -30,7 +31,7 @@ own, as the other prompt learners here do). The default head is
 classes; ``head=linear`` keeps the trained classifier.
 
 Hyper-parameters: ``length`` (5) prompt tokens, ``hidden`` (64) MLP width,
-``task_dim`` (16) task-embedding size, ``pull`` (0.1), ``shared`` (continual), ``head`` (prototype),
+``task_dim`` (16) task-embedding size, ``pull`` (0.1), ``shared`` (first), ``head`` (prototype),
 ``epochs`` (3), ``lr`` (0.01), ``seed`` (0).
 """
 
@@ -104,7 +105,7 @@ class DAP(PromptLearner):
     name = "dap"
     defaults: ClassVar[dict[str, Any]] = {
         **COMMON_DEFAULTS, "head": "prototype", "length": 5, "hidden": 64, "task_dim": 16, "pull": 0.1,
-        "shared": "continual",
+        "shared": "first",
     }  # fmt: skip
     choices: ClassVar[dict[str, tuple]] = {**COMMON_CHOICES, "shared": SHARED}
     positive: ClassVar[tuple[str, ...]] = (*PromptLearner.positive, "hidden", "task_dim")
