@@ -168,3 +168,13 @@ def weights_source(spec: BackboneSpec) -> dict[str, Any]:
     if spec.weights.startswith(("embedded:", "random:")):
         return {**record, "source": spec.weights}
     return {**record, "source": "file", "file": Path(spec.weights.removeprefix("file:")).name}
+
+
+def _register_resolvers() -> None:
+    """Learners that build a further backbone by name (they sit below the zoo) get ``create_backbone``."""
+    from ..learners.promptfusion import set_backbone_resolver
+
+    set_backbone_resolver(create_backbone)
+
+
+_register_resolvers()
