@@ -69,6 +69,8 @@ def test_strict_loading_refuses_missing_and_mismatching_files(tmp_path):
         load(TINY, tmp_path / "shape.safetensors")
     with pytest.raises(ClipError, match="unknown open_clip config"):
         from_config("no-such-clip")
+    with pytest.raises(ClipError, match="edgecl.zoo.load_clip"):
+        load("edgecl-clip-tiny")
 
 
 def test_named_model_image_tower_is_the_embedded_vit(tiny):
