@@ -149,3 +149,12 @@ def test_text_tower_onnx_parity(tiny, tmp_path):
     assert text_parity(tiny, tmp_path / "text.onnx") <= 1e-4
     names = [f"LATIN CAPITAL LETTER {c}" for c in "ABCDEFGHIJ"]
     assert text_parity(tiny, tmp_path / "text.onnx", names) <= 1e-4  # a batch size other than the traced one
+
+
+def test_text_tower_refusals(tiny):
+    from edgecl_export.text_graph import text_tower_refusal
+
+    assert text_tower_refusal(tiny, "prototype_cosine", False, 192) is None
+    assert "takes no text prototype" in text_tower_refusal(tiny, "ridge", True, 2048)
+    assert "not the CLIP image embeddings" in text_tower_refusal(tiny, "prototype_cosine", False, 384)  # APER's concat
+    assert "not the CLIP image embeddings" in text_tower_refusal(tiny, "prototype_cosine", True, 192)
