@@ -149,3 +149,16 @@ def test_cli_add_class_by_name(bundle_copy, glyphs50):
     assert res["created"] and res["examples_added"] == 1 and res["by_text"] == _texts(train)[KNOWN]
     bad = subprocess.run(cmd[:6], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "IMAGES, --by-name" in bad.stderr
+
+
+def test_merge_into_a_new_bundle_keeps_the_text_tower(clip_bundle, tmp_path, glyphs50):
+    import shutil
+
+    train, _ = glyphs50
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(clip_bundle[0], a)
+    shutil.copytree(clip_bundle[0], b)
+    Bundle.load(b, device="cpu").add_class(train.class_names[KNOWN], text=_texts(train)[KNOWN])
+    merged = Bundle.load(a, device="cpu").merge(b, tmp_path / "merged")
+    assert (tmp_path / "merged" / "text.onnx").is_file() and train.class_names[KNOWN] in merged.classes
+    merged.add_class(train.class_names[KNOWN + 1], text=True)  # the merged bundle still adds by name
