@@ -85,8 +85,9 @@ def _merge_to_new(a: Path, others: list[Path], out: Path, timeout: float | None)
         with storage.locked(a, timeout):
             sa = locked_state(a, timeout, full=True)
             m = sa.manifest
+            text_file = (m.get("text") or {}).get("file")  # the optional text tower (docs/clip.md)
             for name in dict.fromkeys([onnx_file(m), m["base"]["file"], m["head"]["file"], m["journal"]["file"],
-                                       MANIFEST_NAME]):
+                                       MANIFEST_NAME] + ([text_file] if text_file in m["files"] else [])):
                 if (a / name).is_file():
                     storage.copy_file(a / name, tmp / name)
         with storage.locked(tmp, timeout):
