@@ -1,0 +1,90 @@
+"""What the CLIP learners (PROOF, ZSCL) share: the CLIP parts of a backbone, class-name texts, reference data.
+
+A CLIP backbone is an ``edgecl.backbones.Backbone`` with a CLIP model: ``backbone.clip`` (an
+``edgecl.clip.ClipModel``, whose ``backbone()`` is the image tower) or else ``backbone.model``, with
+``encode_image(x)``, ``encode_text(tokens)``, ``logit_scale``, ``visual`` and ``tokenize(texts)``
+returning ``(N, L)`` token ids. ``ImageTower`` is the image side as
+an embedding module (unit-norm image embeddings); ``text_features`` embeds class names through the text
+side (unit rows). A class named ``U+XXXX`` (the glyphs benchmark) is described by its Unicode character
+name (``unicodedata.name``), lower case, as the CLIP was pre-trained on.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+_CODE_POINT = re.compile(r"^U\+([0-9A-F]{4,6})$")
+
+
+def clip_model(backbone, learner: str) -> nn.Module:
+    """The backbone's CLIP model (``encode_image``/``encode_text``); ``ConfigError`` for another backbone."""
+    model = clip_of(backbone)
+    if not all(callable(getattr(model, m, None)) for m in ("encode_image", "encode_text", "tokenize")):
+        raise ConfigError(f"{learner} needs a CLIP backbone (image and text towers and a tokenizer), "
+                          f"got {backbone.spec.name!r}")
+    return model
+
+
+def clip_of(backbone) -> nn.Module:
+    """``backbone.clip`` if it has one, else ``backbone.model``."""
+    clip = getattr(backbone, "clip", None)
+    return clip if clip is not None else backbone.model
+
+
+def class_text(name: str, template: str = "{}") -> str:
+    """The text describing class ``name``: its Unicode character name for ``U+XXXX``, else the name itself."""
+    m = _CODE_POINT.match(name)
+    if m:
+        name = unicodedata.name(chr(int(m.group(1), 16)), name).lower()
+    return template.format(name)
+
+
+def loader_class_names(loader, count: int, learner: str) -> list[str]:
+    """The names of classes ``0..count-1`` of a ``BatchLoader``'s dataset (global labels after the protocol's remap)."""
+    names = getattr(getattr(loader, "dataset", None), "class_names", None)
+    if names is None or len(names) < count:
+        raise ConfigError(f"{learner} needs the class names: train it with a BatchLoader over a named dataset")
+    return [str(n) for n in names[:count]]
+
+
+@torch.no_grad()
+def text_features(backbone, texts: Iterable[str], batch_size: int = 256) -> torch.Tensor:
+    """``(N, D)`` unit-norm text embeddings of ``texts`` through the backbone's text tower (CPU float32)."""
+    texts, model = list(texts), clip_of(backbone)
+    device = next(model.parameters()).device
+    out = [model.encode_text(model.tokenize(texts[i : i + batch_size]).to(device)).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return F.normalize(torch.cat(out), dim=-1) if out else torch.zeros(0, 0)
+
+
+class ImageTower(nn.Module):
+    """Images -> unit-norm CLIP image embeddings (what the bundle's ``features`` are)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(x), dim=-1)
+
+
+def reference_images(classes: int, per_class: int, image_size: int) -> tuple[np.ndarray, list[str]]:
+    """Images and names (Unicode character names) of ``classes`` code points disjoint from every benchmark class:
+    the glyph pre-training corpus (``edgecl.data.glyphs.pretrain_corpus``), one row per image."""
+    import warnings
+
+    from ..data.glyphs import pretrain_corpus
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback-font notice: the classes stay disjoint from the benchmark
+        ds = pretrain_corpus(classes, per_class, size=image_size)
+    return np.asarray(ds.images), [class_text(ds.class_names[int(y)]) for y in ds.labels]
