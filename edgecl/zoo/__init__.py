@@ -8,7 +8,8 @@
   ``"efficientnet-lite0-imagenet"`` (``NAMED``, sha256-verified; ``edgecl.zoo.pretrained``);
 * any timm model name with ``weights=PATH`` to a timm checkpoint (``.pth``/``.bin``) or
   ``.safetensors`` file, loaded strictly (``edgecl.backbones.load_weights``);
-* ``weights="random"``: seeded random initialisation (tests, smoke runs).
+* ``weights="random"``: seeded random initialisation (tests, smoke runs);
+* a named CLIP model (``CLIP_MODELS``, ``edgecl-clip-tiny``): its image tower (``edgecl.zoo.clip``).
 
 Every named backbone is one :class:`WeightSource` record (``SOURCES``): timm name, kwargs, input
 size, mean/std and where its file comes from.
@@ -27,16 +28,19 @@ from torch import nn
 
 from ..backbones import Backbone, BackboneError, BackboneSpec, build_timm, data_config, embedding_dim_of, load_weights
 from ..backbones import sha256_of
+from .clip import CLIP_MODELS, load_clip
 from .embedded import DEFAULT_BACKBONE, EMBEDDED, ensure_embedded_weights
 from .pretrained import NAMED
 
 __all__ = [
+    "CLIP_MODELS",
     "DEFAULT_BACKBONE",
     "EMBEDDED",
     "NAMED",
     "SOURCES",
     "WeightSource",
     "create_backbone",
+    "load_clip",
     "weights_source",
 ]
 
@@ -136,6 +140,10 @@ def create_backbone(
     progress: Callable | None = None,
 ) -> Backbone:
     """Build a frozen backbone (see module doc); ``img_size`` overrides the input resolution."""
+    if name in CLIP_MODELS:  # a CLIP image tower; the backbone carries the whole model as ``.clip``
+        if weights is not None or (img_size is not None and img_size != CLIP_MODELS[name][0].input_size[1]):
+            raise BackboneError(f"{name} is a named CLIP model with its own weights at {CLIP_MODELS[name][0].input_size[1]} px")
+        return load_clip(name).backbone()
     if name in SOURCES:
         if weights is not None:
             raise BackboneError(f"{name} is a named backbone with its own weights; --weights is for timm models")

@@ -41,6 +41,7 @@ from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer
 from .model_graph import metadata as model_metadata
 from edgecl.onnx_graph import INPUT_NAME, ExportError, export_onnx, parity
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
+from .text_graph import TEXT_ONNX, text_tower_refusal, write_text_tower
 
 MODEL_ONNX = "model.onnx"
 HEAD_FILE = "head-000000.safetensors"
@@ -168,9 +169,39 @@ def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, export
     sections = _sections(learner, kind, class_names, dim, opset, exporter, precision_section, preprocess, head_inputs)
     sections["export"].update({"parity_max_abs_diff": graph.diff, "score_parity_max_abs_diff": score_diff,
                                "parity_tolerance": tolerance})
-    sections["files"] = {name: file_entry(tmp / name) for name in (MODEL_ONNX, HEAD_FILE)}
+    text = _text_tower(tmp, learner, graph, kind, transform is not None, dim, opset, tolerance)
+    if isinstance(text, dict):
+        sections["text"] = text
+    elif text is not None:
+        sections["export"]["text_tower"] = text
+    files = (MODEL_ONNX, HEAD_FILE) + ((TEXT_ONNX,) if isinstance(text, dict) else ())
+    sections["files"] = {name: file_entry(tmp / name) for name in files}
     sections.update(initial_fields(kind, HEAD_FILE, stored, class_names))  # bundle_id, head, base, journal
     return sections
+
+
+def _text_tower(tmp: Path, learner, graph: _Graph, kind: str, transformed: bool, dim: int, opset: int,
+                tolerance: float) -> dict | str | None:
+    """The manifest's ``text`` section when the backbone is a CLIP image tower whose embeddings the bundle's
+    features still are (``text_graph``); else the reason there is none (``None`` for a non-CLIP backbone)."""
+    import torch
+
+    from edgecl.zoo import CLIP_MODELS, load_clip
+
+    clip = getattr(learner.backbone, "clip", None)
+    name = learner.backbone.spec.notes.get("clip")
+    if clip is None and name in CLIP_MODELS:  # a backbone rebuilt from a run directory
+        clip = load_clip(name)
+    if clip is None:
+        return None
+    why = text_tower_refusal(clip, kind, transformed, dim)
+    if why is None:
+        with torch.no_grad():
+            x = torch.from_numpy(graph.inputs[0])
+            gap = float((graph.module(x) - clip.eval().encode_image(x)).abs().max())
+        if gap > tolerance:
+            why = f"the learner changed the image tower (features differ from {clip.name}'s by {gap:.3g})"
+    return f"none: {why}" if why else write_text_tower(clip, tmp, opset, tolerance)
 
 
 def _combine(tmp: Path, features: Path, kind: str, head, class_names, preprocess: dict, opset: int) -> list[str]:

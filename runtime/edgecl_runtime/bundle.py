@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from . import blas, inputs, signing, store
+from . import blas, inputs, signing, store, text
 from .errors import (
     DeviceUnavailableError,
+    IncompatibleBundleError,
     InvalidInputError,
     MissingFileError,
 )
@@ -81,6 +82,7 @@ class Bundle:
         self._run = Runner(session, io_binding=use_io_binding(session.get_providers()))
         self.blas_threads = blas_threads  # numpy's BLAS threads during the runtime's numpy work (runtime.blas)
         self.policy = None  # the signing.Policy of load (trusted keys, signing key); None: the environment's
+        self._text = None  # the text tower's session (text.TextTower), opened on first use
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -245,8 +247,15 @@ class Bundle:
             yield pred[i]
 
     # ----------------------------------------------------- on-device learning
-    def add_class(self, name: str, images, timeout: float | None = None) -> AddClassResult:
-        """Learn class ``name`` from a few example images and persist it (journaled, crash-safe).
+    def add_class(self, name: str, images=None, timeout: float | None = None, text: bool | str | None = None
+                  ) -> AddClassResult:
+        """Learn class ``name`` from a few example images and/or from text, and persist it (journaled, crash-safe).
+
+        ``text=True`` adds the prototype of the name itself, ``text="..."`` that of another description
+        (a class added by name alone, zero-shot): the bundle's text tower (``text.onnx``, a bundle exported
+        from a CLIP backbone with a prototype head; ``edgecl_runtime.text``) turns it into one example
+        in the feature space, added with the images' embeddings in one journaled update. A bundle without
+        a text tower refuses ``text`` (``IncompatibleBundleError``).
 
         An existing ``name`` is extended (exact running statistics), not
         duplicated. Names are validated (``edgecl_runtime.inputs.class_name``) and
@@ -255,10 +264,17 @@ class Bundle:
         unchanged. See ``edgecl_runtime.store`` for the update protocol.
         """
         name = inputs.class_name(name)
-        images = load_images(images)  # PIL images / paths -> arrays, so the budget sees their sizes
-        inputs.image_budget(images)
+        if images is None and not text:
+            raise InvalidInputError("add_class needs images, text (text=True: the name itself), or both")
         t0 = time.perf_counter()
-        emb = self.embed(images)
+        parts = []
+        if images is not None:
+            images = load_images(images)  # PIL images / paths -> arrays, so the budget sees their sizes
+            inputs.image_budget(images)
+            parts.append(self.embed(images))
+        if text:
+            parts.append(self.text_prototypes([name if text is True else text]))
+        emb = np.concatenate(parts) if len(parts) > 1 else parts[0]
         t_embed = time.perf_counter() - t0
         with blas.limit(self.blas_threads), signing.using(self.policy):
             state, created = store.add_examples(self.path, name, emb, timeout=timeout)
@@ -274,6 +290,20 @@ class Bundle:
             embed_seconds=t_embed,
             update_seconds=time.perf_counter() - t0 - t_embed,
         )
+
+    def text_prototypes(self, texts) -> np.ndarray:
+        """Prototypes ``(N, D)`` of ``texts`` (strings) in the feature space, by the bundle's text tower
+        (``IncompatibleBundleError`` without one, or for a head that takes no text prototype)."""
+        section = text.text_section(self.manifest, str(self.path))
+        if self.manifest["head"]["kind"] not in text.TEXT_HEADS:
+            raise IncompatibleBundleError(f"head {self.manifest['head']['kind']!r} takes no text prototype; "
+                                          f"only {', '.join(text.TEXT_HEADS)}")
+        if self._text is None:
+            if not (self.path / section["file"]).is_file():
+                raise MissingFileError(f"bundle file missing: {self.path / section['file']}")
+            self._text = text.TextTower(self.path / section["file"], section)
+        with blas.limit(self.blas_threads):
+            return self._text.run(texts)
 
     def remove_class(self, name: str, timeout: float | None = None) -> None:
         """Forget class ``name`` on the device; journaled like an addition.

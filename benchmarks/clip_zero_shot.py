@@ -1,0 +1,66 @@
+"""Zero-shot top-1 of a CLIP model on benchmark classes by name alone (docs/clip.md).
+
+For each data set the test images are classified among all its classes by cosine similarity to the
+text embeddings of the class names (``clip``) and to their text prototypes (``prototype``: what a
+class added by name on the device is scored with); chance is 1 / classes. The classes are never
+pre-training classes of ``edgecl-clip-tiny`` (``edgecl.pretrain.clip``). Writes
+``benchmarks/results/<name>.{json,md}`` with the command and the machine.
+
+    python benchmarks/clip_zero_shot.py [--model edgecl-clip-tiny] [--datasets glyphs:200 emoji:200 emoji:500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from edgecl.clip.zeroshot import zero_shot
+from edgecl.data import load_dataset
+from edgecl.zoo import load_clip
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="edgecl-clip-tiny")
+    ap.add_argument("--text-weights", default=None, help="a text-side weights file instead of the model's own")
+    ap.add_argument("--datasets", nargs="+", default=["glyphs:200", "emoji:200", "emoji:500"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default="clip-zero-shot")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    clip = load_clip(args.model, args.text_weights)
+    rows = []
+    for spec in args.datasets:
+        t0 = time.perf_counter()
+        _, test = load_dataset(spec)
+        r = zero_shot(clip, test.images, test.labels, test.class_names)
+        rows.append({"dataset": spec, **r, "seconds": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    out = {
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "model": args.model, "weights": clip.weights, "results": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    md = [f"# Zero-shot top-1 of {args.model} by class name", "", f"Command: `{out['command']}`", "",
+          f"Machine: {out['machine']}", "", "| data set (test split) | classes | images | chance | clip (text embedding) "
+          "| prototype (text prototype) |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['dataset']} | {r['classes']} | {r['images']} | {100 * r['chance']:.2f} % | {100 * r['clip']:.2f} % "
+           f"| {100 * r['prototype']:.2f} % |" for r in rows]
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
