@@ -70,9 +70,10 @@ def test_prototypes_are_class_means_and_texts_are_name_embeddings(run):
     learner = run.learner
     head = learner.head
     names = run.class_names
-    from edgecl.learners.vlm import text_features
+    from edgecl.learners.vlm import class_text, text_features
 
-    np.testing.assert_allclose(head.arrays()["texts"], text_features(learner.backbone, names).numpy(), atol=1e-6)
+    want = text_features(learner.backbone, [class_text(n) for n in names]).numpy()
+    np.testing.assert_allclose(head.arrays()["texts"], want, atol=1e-6)
     assert np.all(head.arrays()["text_from_image"] == 0) and np.all(head.counts == 30)
 
 
@@ -127,6 +128,7 @@ def test_export_parity_and_a_class_added_on_the_device_from_images(run, tmp_path
     assert report.parity_max_abs_diff <= 1e-4
     bundle = Bundle.load(report.path)
     assert bundle.manifest["head"]["kind"] == "proof_fusion"
+    assert "text" not in bundle.manifest and "takes no text prototype" in bundle.manifest["export"]["text_tower"]
     spec = learner.backbone.spec
     names = np.array(run.class_names)[run.test.labels]
     torch_pred = np.array(run.class_names)[evaluate(learner, run.test, spec)]

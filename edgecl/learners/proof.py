@@ -174,7 +174,7 @@ class Proof(HeadLearner):
         self.clip = clip_model(backbone, self.name)
         dim = self.head_dim
         self.fusion = ProofFusion(dim, self.hp["hidden"] or dim).to(device)
-        self._tower = ImageTower(self.clip)
+        self._tower = ImageTower(self.clip, normalize=True)
         self.train_stats: dict[str, float] | None = None
 
     @property

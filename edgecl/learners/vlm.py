@@ -3,16 +3,16 @@
 A CLIP backbone is an ``edgecl.backbones.Backbone`` with a CLIP model: ``backbone.clip`` (an
 ``edgecl.clip.ClipModel``, whose ``backbone()`` is the image tower) or else ``backbone.model``, with
 ``encode_image(x)``, ``encode_text(tokens)``, ``logit_scale``, ``visual`` and ``tokenize(texts)``
-returning ``(N, L)`` token ids. ``ImageTower`` is the image side as
-an embedding module (unit-norm image embeddings); ``text_features`` embeds class names through the text
-side (unit rows). A class named ``U+XXXX`` (the glyphs benchmark) is described by its Unicode character
-name (``unicodedata.name``), lower case, as the CLIP was pre-trained on.
+returning ``(N, L)`` token ids, and optionally ``prototypes_from_text`` (the ``edgecl.clip`` map of unit
+text embeddings to class prototypes in the image-feature space, what the bundle's text tower outputs
+for a class added by name on the device). ``ImageTower`` is the image side as
+an embedding module; ``text_features`` embeds class names through the text side (unit rows) and
+``class_prototypes`` turns them into prototypes in the image-feature space. A class named ``U+XXXX`` (the
+glyphs benchmark) is described by its Unicode character name, as the CLIP was pre-trained on.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Iterable
 
 import numpy as np
@@ -21,8 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-
-_CODE_POINT = re.compile(r"^U\+([0-9A-F]{4,6})$")
 
 
 def clip_model(backbone, learner: str) -> nn.Module:
@@ -41,11 +39,11 @@ def clip_of(backbone) -> nn.Module:
 
 
 def class_text(name: str, template: str = "{}") -> str:
-    """The text describing class ``name``: its Unicode character name for ``U+XXXX``, else the name itself."""
-    m = _CODE_POINT.match(name)
-    if m:
-        name = unicodedata.name(chr(int(m.group(1), 16)), name).lower()
-    return template.format(name)
+    """The text describing class ``name`` (``edgecl.clip.zeroshot.class_text``: the Unicode name of a ``U+XXXX``
+    glyph class, else the name itself) in ``template``."""
+    from ..clip.zeroshot import class_text as described
+
+    return template.format(described(name))
 
 
 def loader_class_names(loader, count: int, learner: str) -> list[str]:
@@ -66,15 +64,25 @@ def text_features(backbone, texts: Iterable[str], batch_size: int = 256) -> torc
     return F.normalize(torch.cat(out), dim=-1) if out else torch.zeros(0, 0)
 
 
-class ImageTower(nn.Module):
-    """Images -> unit-norm CLIP image embeddings (what the bundle's ``features`` are)."""
+@torch.no_grad()
+def class_prototypes(backbone, texts: Iterable[str]) -> torch.Tensor:
+    """``(N, D)`` class prototypes of ``texts`` in the image-feature space: the CLIP's ``prototypes_from_text``
+    of their unit text embeddings (the text embeddings themselves for a CLIP without one)."""
+    feats, model = text_features(backbone, texts), clip_of(backbone)
+    mapping = getattr(model, "prototypes_from_text", None)
+    return (mapping(feats) if callable(mapping) else feats).float().cpu()
 
-    def __init__(self, model: nn.Module):
+
+class ImageTower(nn.Module):
+    """Images -> CLIP image embeddings (what the bundle's ``features`` are), unit-norm if ``normalize``."""
+
+    def __init__(self, model: nn.Module, normalize: bool):
         super().__init__()
-        self.model = model
+        self.model, self.normalize = model, normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(x), dim=-1)
+        f = self.model.encode_image(x)
+        return F.normalize(f, dim=-1) if self.normalize else f
 
 
 def reference_images(classes: int, per_class: int, image_size: int) -> tuple[np.ndarray, list[str]]:

@@ -46,7 +46,7 @@ from .hparams import require
 from .prototypes import PrototypeLearner
 from .registry import register_learner
 from .training import task_labels
-from .vlm import ImageTower, class_text, clip_model, loader_class_names, reference_images, text_features
+from .vlm import ImageTower, class_prototypes, class_text, clip_model, loader_class_names, reference_images
 
 _TUNED = "tuned."
 
@@ -97,7 +97,7 @@ class ZSCL(PrototypeLearner):
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
         self.clip = clip_model(backbone, self.name)
-        self._tower = ImageTower(self.clip)
+        self._tower = ImageTower(self.clip, normalize=False)
         visual = dict(self.clip.visual.named_parameters())
         self.tuned = {n: visual[n] for n in tuned_names(self.clip.visual, self.hp["blocks"])}
         self._initial = {n: p.detach().clone() for n, p in self.tuned.items()}
@@ -111,6 +111,9 @@ class ZSCL(PrototypeLearner):
     def embedding_module(self) -> nn.Module:
         return self._tower
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self._tower(x), dim=-1)
+
     @property
     def embedding_frozen(self) -> bool:
         return False  # the image tower is fine-tuned every task
@@ -119,11 +122,11 @@ class ZSCL(PrototypeLearner):
         classes = task_labels(loader, self.num_classes)
         total = int(classes.max()) + 1
         names = loader_class_names(loader, total, self.name)
-        texts = text_features(self.backbone, [class_text(n, self.hp["template"]) for n in names]).to(self.device)
-        self.train_stats = self._train(loader, texts, progress)
-        head = self.head or PrototypeCosineHead(np.zeros((0, texts.shape[1]), np.float32), np.zeros(0, np.int64))
+        protos = class_prototypes(self.backbone, [class_text(n, self.hp["template"]) for n in names])
+        self.train_stats = self._train(loader, F.normalize(protos, dim=-1).to(self.device), progress)
+        head = self.head or PrototypeCosineHead(np.zeros((0, protos.shape[1]), np.float32), np.zeros(0, np.int64))
         for c in range(self.num_classes, total):
-            head = head.with_examples(None, texts[c : c + 1].cpu().numpy())
+            head = head.with_examples(None, protos[c : c + 1].numpy())
         self.head, self.num_classes = head, head.num_classes
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,8 +136,9 @@ class ZSCL(PrototypeLearner):
             images, texts = reference_images(hp["ref_classes"], hp["ref_per_class"], spec.input_size[1])
             x = torch.from_numpy(preprocess_rows(images, np.arange(len(images)), spec.input_size, spec.mean, spec.std))
             with torch.no_grad(), self.initial_weights():
-                init = torch.cat([self._tower(b.to(self.device)) for b in x.split(64)])
-            self._reference = (x, init, text_features(self.backbone, sorted(set(texts))).to(self.device))
+                init = torch.cat([self._features(b.to(self.device)) for b in x.split(64)])
+            ref_protos = F.normalize(class_prototypes(self.backbone, sorted(set(texts))), dim=-1)
+            self._reference = (x, init, ref_protos.to(self.device))
         return self._reference
 
     def initial_weights(self):
@@ -160,7 +164,7 @@ class ZSCL(PrototypeLearner):
         """Mean ``1 - cos`` between the current and the initial image features of the reference images."""
         x, init, _ = self.reference()
         with torch.no_grad():
-            now = torch.cat([self._tower(b.to(self.device)) for b in x.split(64)])
+            now = torch.cat([self._features(b.to(self.device)) for b in x.split(64)])
         return float((1 - (now * init).sum(1)).mean())
 
     def _train(self, loader, texts: torch.Tensor, progress) -> dict[str, float]:
@@ -178,7 +182,7 @@ class ZSCL(PrototypeLearner):
 
         def loss_fn(batch):
             x, y = batch[0].to(self.device), batch[1].to(self.device)
-            loss = F.cross_entropy(scale * self._tower(x) @ texts.T, y)
+            loss = F.cross_entropy(scale * self._features(x) @ texts.T, y)
             if ref is not None:
                 loss = loss + hp["distill"] * self._distillation(ref, len(y), scale, g)
             state["loss"] += float(loss.detach())
@@ -203,7 +207,7 @@ class ZSCL(PrototypeLearner):
     def _distillation(self, ref, batch: int, scale: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x, init, texts = ref
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=g)
-        current = scale * self._tower(x[idx].to(self.device)) @ texts.T
+        current = scale * self._features(x[idx].to(self.device)) @ texts.T
         teacher = scale * init[idx] @ texts.T
         t = self.hp["temperature"]
         return soft_cross_entropy(teacher, current, t) + soft_cross_entropy(teacher.T, current.T, t)
