@@ -1,4 +1,4 @@
-"""PROOF (Zhou et al., "Learning without Forgetting for Vision-Language Models", 2023/2025).
+"""PROOF (Zhou et al., "Learning without Forgetting for Vision-Language Models"): device adds classes from images.
 
 The CLIP model stays frozen. Each task adds a projection on the image side and one on the text side
 (two-layer ReLU MLPs; the features are projected by the *sum* of all tasks' projections, and the
@@ -19,7 +19,10 @@ image features; text features are the CLIP text embeddings of the class names.
 The bundle's ``features`` are the unit CLIP image embeddings; the projections, the fusion module and the
 context prompts are the ``proof_fusion`` head (``edgecl_runtime.heads.proof``), scored in the single-file
 model with the prototypes and texts as graph inputs. On the device a class is added from images: its
-prototype is their mean and, having no name embedding, its text feature is its own unit prototype.
+prototype is their mean and, having no name embedding, its text feature is its own unit prototype. Not by
+name: the bundle has no text tower, because the runtime's add-by-name adds the name's text prototype as one
+*example* of a prototype head (``edgecl_runtime.text.TEXT_HEADS``), while a PROOF class keeps its name
+embedding apart from its visual prototype (both enter the fusion module).
 
 Departures from the paper, see ``docs/mixtures.md``: no exemplar memory; the fused text and prototype
 features are per image (the reference averages them over the test batch, making a prediction depend on
@@ -163,6 +166,16 @@ class Proof(HeadLearner):
     defaults = {"hidden": 0, "context": 3, "epochs": 5, "lr": 1e-3, "weight_decay": 5e-4, "batch_size": 64,
                 "template": "{}", "seed": 0}
     positive = ("epochs", "lr", "batch_size", "context")
+    hparam_help = {
+        "hidden": "hidden width of each task's image and text projection MLP (0: the CLIP embedding width)",
+        "context": "learnable context prompts added to the fusion module's sequence per task",
+        "epochs": "training epochs of the new projections and the fusion module per task (on cached CLIP features)",
+        "lr": "peak learning rate (AdamW, cosine decay)",
+        "weight_decay": "AdamW weight decay",
+        "batch_size": "training batch size (images)",
+        "template": "text of a class for the CLIP text tower, '{}' standing for its name",
+        "seed": "seed of the projections' initialisation, the prompts and the batch order",
+    }
 
     def validate(self, hp: dict[str, Any]) -> None:
         super().validate(hp)

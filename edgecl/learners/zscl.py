@@ -1,8 +1,9 @@
-"""ZSCL-style learner (Zheng et al., "Preventing Zero-Shot Transfer Degradation in Continual Learning of
-Vision-Language Models", ICCV 2023).
+"""ZSCL (Zheng et al., ICCV 2023) on a CLIP: device adds classes by name (text tower) or from images.
 
-The classifier is zero-shot: each class is the CLIP text embedding of its name (a ``prototype_cosine``
-head whose prototypes are text features, count 1). Each task fine-tunes the image side of CLIP (its last
+Zheng et al., "Preventing Zero-Shot Transfer Degradation in Continual Learning of Vision-Language Models".
+The classifier is zero-shot: each class is the text prototype of its name (a ``prototype_cosine`` head,
+count 1): the unit CLIP text embedding through the CLIP's prototype map (``edgecl.clip``), which is what
+the bundle's text tower gives for a name on the device. Each task fine-tunes the image side of CLIP (its last
 ``blocks`` transformer blocks, final layer norm and projection; the text tower stays the pre-trained one,
 so the device can embed new names with the very tower the classes were trained against) with
 
@@ -18,8 +19,9 @@ so the device can embed new names with the very tower the classes were trained a
   the task the model becomes that mean, which is what the next task starts from and what is exported.
 
 The bundle is that single averaged image tower (unit features) and the text prototypes; on the device a
-class is added from images (its prototype is their mean feature) or, where the bundle carries the CLIP
-text tower, by name (its prototype is the name's text embedding). ``distill=0`` / ``we_every=0`` turn the
+class is added from images (its prototype is their mean feature) or, since the bundle carries the CLIP
+text tower (its features are the tuned CLIP image embeddings, its head ``prototype_cosine``), by name
+(``Bundle.add_class(name, text=True)``: its prototype is the name's text prototype). ``distill=0`` / ``we_every=0`` turn the
 two mechanisms off (plain fine-tuning of the last blocks).
 
 Hyper-parameters: ``blocks`` (1), ``epochs`` (2), ``lr`` (1e-4), ``weight_decay`` (0.0), ``distill`` (1.0),
@@ -87,6 +89,19 @@ class ZSCL(PrototypeLearner):
     defaults = {"blocks": 1, "epochs": 2, "lr": 1e-4, "weight_decay": 0.0, "distill": 1.0, "temperature": 2.0,
                 "we_every": 5, "ref_classes": 100, "ref_per_class": 2, "template": "{}", "seed": 0}
     positive = ("blocks", "epochs", "lr", "temperature", "ref_classes", "ref_per_class")
+    hparam_help = {
+        "blocks": "last transformer blocks of the CLIP image tower fine-tuned (with the final norm/projection)",
+        "epochs": "fine-tuning epochs per task",
+        "lr": "peak learning rate (AdamW, cosine decay)",
+        "weight_decay": "AdamW weight decay",
+        "distill": "weight of the distillation towards the initial model on reference data (0: off)",
+        "temperature": "softmax temperature of the distillation",
+        "we_every": "optimizer steps between weight-space-ensembling snapshots (0: off, keep the last weights)",
+        "ref_classes": "reference classes: rendered code points that are no benchmark class, named by Unicode",
+        "ref_per_class": "reference images per reference class",
+        "template": "text of a class for the CLIP text tower, '{}' standing for its name",
+        "seed": "seed of the reference-batch sampling",
+    }
 
     def validate(self, hp: dict[str, Any]) -> None:
         super().validate(hp)
