@@ -50,7 +50,7 @@ from .head_learner import HeadLearner
 from .hparams import require
 from .registry import register_learner
 from .training import task_labels
-from .vlm import ImageTower, class_text, clip_model, loader_class_names, text_features
+from .vlm import UnitImageTower, class_text, clip_model, loader_class_names, text_features
 
 
 class Projections(nn.Module):
@@ -187,7 +187,7 @@ class Proof(HeadLearner):
         self.clip = clip_model(backbone, self.name)
         dim = self.head_dim
         self.fusion = ProofFusion(dim, self.hp["hidden"] or dim).to(device)
-        self._tower = ImageTower(self.clip, normalize=True)
+        self._tower = UnitImageTower(self.clip)
         self.train_stats: dict[str, float] | None = None
 
     @property

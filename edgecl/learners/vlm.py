@@ -5,8 +5,8 @@ A CLIP backbone is an ``edgecl.backbones.Backbone`` with a CLIP model: ``backbon
 ``encode_image(x)``, ``encode_text(tokens)``, ``logit_scale``, ``visual`` and ``tokenize(texts)``
 returning ``(N, L)`` token ids, and optionally ``prototypes_from_text`` (the ``edgecl.clip`` map of unit
 text embeddings to class prototypes in the image-feature space, what the bundle's text tower outputs
-for a class added by name on the device). ``ImageTower`` is the image side as
-an embedding module; ``text_features`` embeds class names through the text side (unit rows) and
+for a class added by name on the device). ``ImageTower``/``UnitImageTower`` are the image side as
+embedding modules; ``text_features`` embeds class names through the text side (unit rows) and
 ``class_prototypes`` turns them into prototypes in the image-feature space. A class named ``U+XXXX`` (the
 glyphs benchmark) is described by its Unicode character name, as the CLIP was pre-trained on.
 """
@@ -74,15 +74,21 @@ def class_prototypes(backbone, texts: Iterable[str]) -> torch.Tensor:
 
 
 class ImageTower(nn.Module):
-    """Images -> CLIP image embeddings (what the bundle's ``features`` are), unit-norm if ``normalize``."""
+    """Images -> CLIP image embeddings (what the bundle's ``features`` are)."""
 
-    def __init__(self, model: nn.Module, normalize: bool):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.normalize = model, normalize
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.model.encode_image(x)
-        return F.normalize(f, dim=-1) if self.normalize else f
+        return self.model.encode_image(x)
+
+
+class UnitImageTower(ImageTower):
+    """Images -> unit-norm CLIP image embeddings (its own class: the feature cache keys modules by type and weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(x), dim=-1)
 
 
 def reference_images(classes: int, per_class: int, image_size: int) -> tuple[np.ndarray, list[str]]:

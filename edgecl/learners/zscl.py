@@ -112,7 +112,7 @@ class ZSCL(PrototypeLearner):
     def __init__(self, backbone, device: str = "cpu", **hparams: Any):
         super().__init__(backbone, device, **hparams)
         self.clip = clip_model(backbone, self.name)
-        self._tower = ImageTower(self.clip, normalize=False)
+        self._tower = ImageTower(self.clip)
         visual = dict(self.clip.visual.named_parameters())
         self.tuned = {n: visual[n] for n in tuned_names(self.clip.visual, self.hp["blocks"])}
         self._initial = {n: p.detach().clone() for n, p in self.tuned.items()}
