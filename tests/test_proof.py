@@ -113,6 +113,9 @@ def test_state_round_trip_restores_the_scores(run):
     x = _x(learner, run.test.images[:8])
     torch.testing.assert_close(again.logits(x), learner.logits(x))
     assert again.tasks == 2 and len(again.fusion.context) == 2
+    again.fusion.extend(3, torch.Generator().manual_seed(0))  # a next task after loading: the fusion module trains again
+    assert again.fusion.q.weight.requires_grad and again.fusion.context[-1].requires_grad
+    assert not any(p.requires_grad for p in [*again.fusion.img.mlps[1].parameters(), again.fusion.context[1]])
 
 
 def test_proof_refuses_a_backbone_without_a_text_tower():

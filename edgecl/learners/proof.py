@@ -44,7 +44,7 @@ from torch import nn
 
 from edgecl_runtime.heads.proof import FUSION, PROJECTIONS, ProofFusionHead
 
-from ..errors import NotTrainedError, StateError
+from ..errors import StateError
 from ..loop import cosine_schedule, train
 from .head_learner import HeadLearner
 from .hparams import require
@@ -102,8 +102,12 @@ class ProofFusion(nn.Module):
         self.context = nn.ParameterList()
 
     def extend(self, prompts: int, generator: torch.Generator) -> None:
-        """A new task: new image and text projections and ``prompts`` context prompts; older ones frozen."""
+        """A new task: new image and text projections and ``prompts`` context prompts, older ones frozen; the
+        fusion module (shared by all tasks) trains."""
         self.img.extend(), self.txt.extend()
+        for p in [*self.q.parameters(), *self.k.parameters(), *self.v.parameters(), *self.o.parameters(),
+                  *self.ln.parameters()]:
+            p.requires_grad_(True)
         for p in self.context:
             p.requires_grad_(False)
         self.context.append(nn.Parameter(torch.randn(prompts, self.ln.normalized_shape[0], generator=generator)))
@@ -260,12 +264,6 @@ class Proof(HeadLearner):
             raise StateError(f"proof state: {prompts.shape[0]} context prompts for {tasks} tasks")
         self.fusion.context = nn.ParameterList(
             [nn.Parameter(c, requires_grad=False) for c in prompts.detach().split(prompts.shape[0] // tasks)])
-
-    @torch.no_grad()
-    def scores(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            raise NotTrainedError("proof has not learned any class yet")
-        return super().scores(feats)
 
     @property
     def embedding_frozen(self) -> bool:
