@@ -8,23 +8,25 @@ import click
 
 from edgecl_runtime.cli.common import emit_json, fail, json_option, log, progress_bar
 
-ARCH_ALIASES = {"vit": "edgecl-vit-tiny", "resnet10t": "edgecl-resnet10t"}
+ARCH_ALIASES = {"vit": "edgecl-vit-tiny", "resnet10t": "edgecl-resnet10t", "clip": "edgecl-clip-tiny"}
 
 
 def resolve_arch(arch: str) -> str:
     """An alias (``vit``, ``resnet10t``) or an embedded backbone name -> the embedded name."""
+    from ..zoo import CLIP_MODELS
     from ..zoo.embedded import EMBEDDED
 
     name = ARCH_ALIASES.get(arch, arch)
-    if name not in EMBEDDED:
-        known = sorted(set(ARCH_ALIASES) | set(EMBEDDED))
+    if name not in EMBEDDED and name not in CLIP_MODELS:
+        known = sorted(set(ARCH_ALIASES) | set(EMBEDDED) | set(CLIP_MODELS))
         raise click.BadParameter(f"unknown recipe {arch!r}; known: {', '.join(known)}", param_hint="--arch")
     return name
 
 
 @click.command()
 @click.option("--arch", default="vit", show_default=True,
-              help="Recipe to train: vit (edgecl-vit-tiny), resnet10t (edgecl-resnet10t) or an embedded backbone name.")
+              help="Recipe to train: vit (edgecl-vit-tiny), resnet10t (edgecl-resnet10t), clip (edgecl-clip-tiny: its "
+                   "text side, contrastive, docs/clip.md) or an embedded backbone name.")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: the recipe's).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
@@ -48,10 +50,10 @@ def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_eve
     {"checkpoint", "config_hash", "metrics"} at the end.
     """
     from ..pretrain import cache_path, config_hash, pretrain as run, save_checkpoint
-    from ..zoo import EMBEDDED, create_backbone
+    from ..zoo import CLIP_MODELS, EMBEDDED, create_backbone
 
     name = resolve_arch(arch)
-    recipe = EMBEDDED[name]
+    recipe = EMBEDDED[name] if name in EMBEDDED else CLIP_MODELS[name][1]
     changes = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     if classes is not None:
         if "num_classes" not in recipe.task_kwargs:
@@ -70,6 +72,8 @@ def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_eve
         fail(FileExistsError(f"{path} exists; pass --force to train again and replace it"))
     log.info(f"pre-training {name} (config hash {config_hash(recipe)}): {recipe.timm_name} on task "
                f"{recipe.task} {recipe.task_kwargs}, {recipe.steps} steps x {recipe.batch_size}, {threads} thread(s)")
+    if name in CLIP_MODELS:
+        return _pretrain_clip(name, recipe, path, threads, dtype, as_json)
     try:
         result = run(recipe, threads=threads, progress=progress_bar("pre-training"), log=log.info,
                      log_every=log_every, eval_every=eval_every, resolve=create_backbone)
@@ -80,4 +84,19 @@ def pretrain(arch, steps, batch_size, lr, classes, seed, threads, dtype, log_eve
         return emit_json({"checkpoint": str(path), "config_hash": config_hash(recipe), "metrics": result.metrics})
     accs = "  ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("acc_"))
     click.echo(f"final loss {result.metrics['loss']:.4f}  held-out {accs}  ({result.metrics['seconds']:.0f} s)")
+    click.echo(f"checkpoint written to {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype})")
+
+
+def _pretrain_clip(name, recipe, path: Path, threads: int, dtype: str, as_json: bool):
+    """The text side of a CLIP model (``edgecl.zoo.clip.make_weights``)."""
+    from ..pretrain import config_hash
+    from ..zoo.clip import make_weights
+
+    try:
+        _, metrics = make_weights(name, path, threads=threads, dtype=dtype, log=log.info, recipe=recipe)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(exc)
+    if as_json:
+        return emit_json({"checkpoint": str(path), "config_hash": config_hash(recipe), "metrics": metrics})
+    click.echo(f"final loss {metrics['loss']:.4f}  batch accuracy {metrics['batch_acc']:.4f}  ({metrics['seconds']:.0f} s)")
     click.echo(f"checkpoint written to {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype})")

@@ -31,7 +31,7 @@ RECIPE = Recipe(
     task_kwargs={"glyph_per_class": 6, "emoji_per_class": 10, "emoji_exclude": ["emoji:100", "emoji:200", "emoji:500"],
                  "ridge": 0.1},
     init={"visual.trunk": IMAGE_TOWER},
-    steps=800,
+    steps=600,
     batch_size=128,
     lr=1e-3,
     weight_decay=0.05,

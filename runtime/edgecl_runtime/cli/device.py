@@ -44,29 +44,37 @@ def predict(bundle, images, top_k, as_json, device):
 @main.command(name="add-class")
 @click.argument("bundle", type=click.Path())
 @click.argument("name")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--by-name", is_flag=True,
+              help="Also (or, without IMAGES, only) learn NAME from its name: the bundle's text tower makes a "
+                   "prototype of it (bundles exported from a CLIP backbone, e.g. edgecl-clip-tiny, with a prototype head).")
+@click.option("--text", default=None, metavar="TEXT", help="Like --by-name, from TEXT instead of NAME (e.g. a Unicode name).")
 @device_option
 @threads_option
 @json_option
-def add_class(bundle, name, images, device, as_json):
-    """Teach BUNDLE class NAME from a few IMAGES (files, or .npy arrays of images); the update is saved
-    atomically (journaled: `edgecl history` lists it, `edgecl rollback` undoes it). An existing NAME
-    gets the new examples too. --json prints {"class", "created", "examples_added", "total_examples",
-    "num_classes", "seconds"}."""
+def add_class(bundle, name, images, by_name, text, device, as_json):
+    """Teach BUNDLE class NAME from a few IMAGES (files, or .npy arrays of images), from its name alone
+    (--by-name, zero-shot), or both; the update is saved atomically (journaled: `edgecl history` lists it,
+    `edgecl rollback` undoes it). An existing NAME gets the new examples too. --json prints {"class",
+    "created", "examples_added", "total_examples", "num_classes", "seconds", "by_text"}."""
     from edgecl_runtime import EdgeclRuntimeError
     from edgecl_runtime.io import read_images
 
+    if not images and not (by_name or text):
+        raise click.UsageError("give IMAGES, --by-name, --text TEXT, or images with one of them")
     b = load_bundle(bundle, device)
     try:
-        res = b.add_class(name, read_images(images))
+        res = b.add_class(name, read_images(images) if images else None, text=text or by_name or None)
     except EdgeclRuntimeError as exc:
         fail(exc)
     if as_json:
         return emit_json({"class": res.name, "created": res.created, "examples_added": res.examples_added,
-                          "total_examples": res.total_examples, "num_classes": res.num_classes, "seconds": res.seconds})
+                          "total_examples": res.total_examples, "num_classes": res.num_classes, "seconds": res.seconds,
+                          "by_text": text or (name if by_name else None)})
     verb = "added new class" if res.created else "extended class"
+    source = f" and {'its name' if not text else repr(text)}" if (by_name or text) else ""
     click.echo(
-        f"{verb} {res.name!r} from {res.examples_added} example(s) ({res.total_examples} in total) in "
+        f"{verb} {res.name!r} from {res.examples_added} example(s){source} ({res.total_examples} in total) in "
         f"{res.seconds * 1e3:.1f} ms; bundle now has {res.num_classes} classes"
     )
 
