@@ -130,4 +130,7 @@ def test_export_is_one_averaged_network_and_the_device_adds_classes_by_name_and_
         feats = learner.embedding_module()(x).numpy()
     np.testing.assert_allclose(head.prototypes[-1], feats.mean(0), atol=1e-4)
     assert Bundle.load(report.path).classes[-2:] == ["BLACK STAR", new]
+    Bundle.load(report.path).add_class("WHITE STAR", text=True)  # the text tower survives the updates
+    np.testing.assert_allclose(Bundle.load(report.path).head.prototypes[-1],
+                               class_prototypes(learner.backbone, ["WHITE STAR"])[0].numpy(), atol=1e-4)
     assert np.mean(np.array(Bundle.load(report.path).predict(examples).labels) == new) >= 0.8
