@@ -157,6 +157,12 @@ def backbone_rows() -> list[dict[str, Any]]:
     rows = [{"name": name, "kind": "embedded", "timm_name": recipe.timm_name, "input_size": list(recipe.input_size),
              "weights": weights_status(name), "source": f"made offline by edgecl ({weights_path(name)})",
              "install": None} for name, recipe in EMBEDDED.items()]
+    from .zoo.clip import CLIP_MODELS, weights_status as clip_status
+
+    for name, (cfg, recipe) in CLIP_MODELS.items():
+        rows.append({"name": name, "kind": "clip", "timm_name": recipe.timm_name, "input_size": list(cfg.input_size),
+                     "weights": clip_status(name), "source": "image tower: edgecl-vit-tiny; text tower made offline "
+                     "by edgecl (docs/clip.md)", "install": "pip install 'edgecl[clip]'"})
     for name, entry in NAMED.items():
         rows.append({"name": name, "kind": "named", "timm_name": entry.timm_name, "input_size": list(entry.input_size),
                      "weights": entry.status(), "source": entry.source, "install": entry.install})

@@ -40,7 +40,9 @@ RECIPE = Recipe(
 )
 CLIP_MODELS: dict[str, tuple[ClipConfig, Recipe]] = {TINY.name: (TINY, RECIPE)}
 # Committed text-side weights: name -> sha256 of WEIGHTS_DIR/<name>-<config hash>.safetensors.
-SHIPPED: dict[str, str] = {}
+SHIPPED: dict[str, str] = {
+    "edgecl-clip-tiny": "2ca6a7ce638d8053e6573b4118113d4ad99f67b89dc49bcf8ae1fe8316d6612f",
+}
 SHIPPED_COMMAND = "edgecl pretrain --arch {name} --threads 1 --dtype fp16 --out {path}"
 
 
@@ -72,6 +74,14 @@ def _recipe(name: str) -> Recipe:
 def weights_path(name: str) -> Path:
     recipe = _recipe(name)
     return WEIGHTS_DIR / checkpoint_name(name, recipe) if name in SHIPPED else cache_path(name, recipe)
+
+
+def weights_status(name: str) -> str:
+    """``committed``, ``missing`` (committed but absent), ``cached`` or ``made on first use`` (the text side)."""
+    path = weights_path(name)
+    if name in SHIPPED:
+        return "committed" if path.is_file() else "missing"
+    return "cached" if path.is_file() else "made on first use"
 
 
 def make_weights(name: str, path: Path, threads: int | None = CACHE_THREADS, dtype: str = "fp32",

@@ -390,5 +390,6 @@ class Bundle:
             "added_on_device": self._added_on_device(),
             "bundle_id": m.get("bundle_id"),
             "updates": self.seq,  # journaled on-device updates (see `edgecl history`)
-            "signed_by": (m.get("signature") or {}).get("key_id"),  # verified only with public keys configured
+            "signed_by": (m.get("signature") or {}).get("key_id"),
+            "text_tower": (m.get("text") or {}).get("model"),  # classes can be added by name (docs/clip.md)  # verified only with public keys configured
         }
