@@ -106,6 +106,16 @@ def test_the_score_is_the_sum_of_its_three_terms(run):
     assert float((fused - fused.mean()).abs().mean()) > 0 and float((proto - proto.mean()).abs().mean()) > 0
 
 
+def test_an_image_scores_the_same_alone_and_in_a_batch(run):
+    """Unlike the reference code (fused features averaged over the test batch), scores do not depend on the batch."""
+    learner = run.learner
+    with torch.no_grad():
+        f = learner.embedding_module()(_x(learner, run.test.images[:40])).numpy()
+    together = learner.head.scores(f)  # more than one chunk of the numpy head
+    alone = np.vstack([learner.head.scores(f[i : i + 1]) for i in range(len(f))])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
 def test_state_round_trip_restores_the_scores(run):
     learner = run.learner
     again = create_learner("proof", learner.backbone, epochs=5)
