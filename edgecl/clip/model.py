@@ -249,10 +249,14 @@ def open_clip_config(name: str) -> ClipConfig:
     return ClipConfig(name=name, embed_dim=int(conf["embed_dim"]), open_clip=name, input_size=(3, size, size))
 
 
-def load(cfg: ClipConfig | str, weights: str | Path) -> ClipModel:
+def load(cfg: ClipConfig | str, weights: str | Path | None = None) -> ClipModel:
     """``cfg`` (an open_clip config name or a ``ClipConfig``) with every tensor from the local file ``weights``
     (``.safetensors``, ``.pt``/``.bin`` state dict or training checkpoint), loaded strictly; the named
     embedded models load with ``edgecl.zoo.load_clip``."""
+    if weights is None:
+        raise ClipError(f"no weights file for {getattr(cfg, 'name', cfg)!r}: the embedded CLIP models load with "
+                        "edgecl.zoo.load_clip(name) (a learner finds one as backbone.clip); an open_clip config "
+                        "needs a local weights file (nothing is downloaded)")
     model = from_config(cfg, seed=0)
     apply_prototype_map(model, load_state(model.model, weights), str(weights))
     digest = sha256_of(Path(weights).expanduser())

@@ -61,6 +61,9 @@ def write_state(st: State, head, classes: list[str], journal_entry: dict, base_e
         files[text_file] = m["files"][text_file]
     files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
     files[head_file] = file_entry(path / head_file)
+    text_file = (m.get("text") or {}).get("file")
+    if text_file in m["files"]:  # the optional text tower (docs/clip.md) stays listed and verified
+        files[text_file] = m["files"][text_file]
     new["files"] = files
     new = seal(new)
     raw = storage.json_bytes(new)
