@@ -56,9 +56,6 @@ def write_state(st: State, head, classes: list[str], journal_entry: dict, base_e
     if event:
         new["events"] = list(m.get("events", [])) + [event]
     files = {onnx_file(m): m["files"][onnx_file(m)]}
-    text_file = (m.get("text") or {}).get("file")
-    if text_file in m["files"]:  # the text tower (text.onnx) stays as exported through every update
-        files[text_file] = m["files"][text_file]
     files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
     files[head_file] = file_entry(path / head_file)
     text_file = (m.get("text") or {}).get("file")
