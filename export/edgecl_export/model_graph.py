@@ -84,6 +84,10 @@ class Tukey(nn.Module):
 def scorer(kind: str, head) -> nn.Module:
     if kind == "subspace_cosine":
         return SubspaceScorer(head.blocks)
+    if kind == "proof_fusion":  # PROOF's projections and fusion module, fixed weights from the head
+        from edgecl.learners.proof import ProofFusion
+
+        return ProofFusion.from_arrays(head.arrays())
     table = {"prototype_cosine": PrototypeScorer, "ridge": RidgeScorer, "linear": LinearScorer, "gaussian": GaussianScorer}
     if kind not in table:
         raise ExportError(f"no single-file scoring for head kind {kind!r}")
