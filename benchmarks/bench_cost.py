@@ -16,40 +16,36 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-EDGECL = [sys.executable, "-m", "edgecl_runtime.cli"]
+from bench_footprint import EDGECL, RESULTS, sh  # the script's folder is on sys.path
+
 BASELINE = "simplecil"
 
 
-def sh(cmd: list[str], log: list[str]) -> str:
-    shown = ["edgecl", *cmd[len(EDGECL):]] if cmd[: len(EDGECL)] == EDGECL else cmd
-    log.append(" ".join(shlex.quote(c) for c in shown))
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"failed: {log[-1]}\n{out.stderr[-3000:]}")
-    return out.stdout
-
-
-def learner_args(name: str, epochs: int, extra: dict) -> list[str]:
-    """``--learner-arg`` flags: ``epochs`` where the learner has it, then the user's ones for this learner."""
+def learner_args(label: str, name: str, epochs: int, extra: dict) -> list[str]:
+    """``--learner-arg`` flags: ``epochs`` where the learner has it, then the user's ones for this case."""
     info = json.loads(sh(EDGECL + ["learners", name, "--json"], []))
     args = {"epochs": epochs} if any(h["name"] == "epochs" for h in info["hparams"]) else {}
-    args.update(extra.get(name, {}))
+    args.update(extra.get(label, {}))
     return [f for k, v in args.items() for f in ("--learner-arg", f"{k}={json.dumps(v)}")]
 
 
-def build(name: str, a, work: Path, extra: dict) -> dict:
-    """Train (unless the run exists) and export one learner; returns its bundle path and commands."""
-    run, bundle, log = work / name / "run", work / name / "bundle", []
+def cases(learners: str) -> dict[str, str]:
+    """``LABEL=LEARNER`` or ``LEARNER`` items -> {label: learner}, SimpleCIL first."""
+    items = dict(item.split("=", 1) if "=" in item else (item, item) for item in learners.split(",") if item)
+    return {BASELINE: BASELINE, **{k: v for k, v in items.items() if k != BASELINE}}
+
+
+def build(label: str, name: str, a, work: Path, extra: dict) -> dict:
+    """Train (unless the run exists) and export one case; returns its bundle path and commands."""
+    run, bundle, log = work / label / "run", work / label / "bundle", []
     if not (run / "run.json").exists():
         sh(EDGECL + ["train", "--dataset", a.dataset, "--backbone", a.backbone, "--learner", name,
                      "--init-cls", str(a.init_cls), "--increment", str(a.increment), "--threads", str(a.threads),
-                     *learner_args(name, a.epochs, extra), "--out", str(run)], log)
+                     *learner_args(label, name, a.epochs, extra), "--out", str(run)], log)
     sh(EDGECL + ["export", str(run), str(bundle), "--force"], log)
     return {"bundle": str(bundle), "commands": log}
 
@@ -107,13 +103,15 @@ def markdown(result: dict) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--learners", required=True, help="comma-separated; simplecil is added first if missing")
+    ap.add_argument("--learners", required=True,
+                    help="comma-separated LEARNER or LABEL=LEARNER (one learner with other --learner-args); "
+                         "simplecil is added first if missing")
     ap.add_argument("--backbone", default="edgecl-vit-tiny")
     ap.add_argument("--dataset", default="glyphs:200:within:96")
     ap.add_argument("--init-cls", type=int, default=100)
     ap.add_argument("--increment", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--learner-args", default="{}", help='JSON: {"learner": {"hparam": value}}')
+    ap.add_argument("--learner-args", default="{}", help='JSON: {"label": {"hparam": value}}')
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--work", default="/tmp/edgecl-cost")
@@ -127,12 +125,11 @@ def main() -> None:
     if a.time_only:
         print(json.dumps(time_bundles(json.loads(a.time_only), a.threads, a.repeats)))
         return
-    names = [BASELINE] + [n for n in a.learners.split(",") if n and n != BASELINE]
     work, extra, load = Path(a.work) / Path(a.out).name, json.loads(a.learner_args), os.getloadavg()
     builds = {}
-    for n in names:
-        print(f"{n} ...", file=sys.stderr, flush=True)
-        builds[n] = build(n, a, work, extra)
+    for label, name in cases(a.learners).items():
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        builds[label] = build(label, name, a, work, extra)
     timing = json.loads(sh([sys.executable, __file__, "--learners", a.learners, "--threads", str(a.threads),
                             "--repeats", str(a.repeats),
                             "--time-only", json.dumps({n: b["bundle"] for n, b in builds.items()})], []))
