@@ -29,10 +29,11 @@ def compare_torch(b, run_dir: str | Path, threads: int | None = None, repeats: i
     import torch
 
     from .rundir import load_run
+    from .zoo import backbone_from_run
 
     if threads:
         torch.set_num_threads(int(threads))
-    _, learner = load_run(Path(run_dir))
+    _, learner = load_run(Path(run_dir), rebuild=backbone_from_run)
     _, h, w = b.input_size
     if images is None:
         images = np.random.default_rng(0).integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8)

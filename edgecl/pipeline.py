@@ -17,6 +17,7 @@ from edgecl_export import ExportError, ExportReport, PrecisionSpec, export_learn
 
 from .data import DataError, load_dataset, make_shapes
 from .rundir import RunDirError, load_run
+from .zoo import backbone_from_run
 
 __all__ = ["ExportError", "ExportReport", "RunDirError", "export_run", "precision_from_run", "run_precision_data"]
 
@@ -29,7 +30,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportRepo
     fp16, int8), whose calibration and check images then come from the run's
     data (``precision_options``: see ``precision_from_run``).
     """
-    run, learner = load_run(Path(run_dir))
+    run, learner = load_run(Path(run_dir), rebuild=backbone_from_run)
     check = kwargs.pop("check_inputs", None)
     if check is None and str(run["config"].get("dataset", "")).startswith("shapes"):
         check = [_shapes_check_batch(run, learner)]

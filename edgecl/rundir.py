@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,8 +69,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_run(path: Path, device: str = "cpu"):
-    """``(run dict, learner)`` of a saved run."""
+def load_run(path: Path, device: str = "cpu", rebuild: Callable = backbone_from_state):
+    """``(run dict, learner)`` of a saved run; ``rebuild(spec, state_dict)`` makes its backbone (the zoo's
+    ``backbone_from_run`` also restores what a named model carries beside its weights, e.g. a CLIP's text side)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -83,7 +84,7 @@ def load_run(path: Path, device: str = "cpu"):
         if not (path / name).is_file():
             raise RunDirError(f"run file missing: {path / name}")
     spec = BackboneSpec.from_dict(run["backbone"])
-    backbone = backbone_from_state(spec, load_file(str(path / run["files"]["backbone"])))
+    backbone = rebuild(spec, load_file(str(path / run["files"]["backbone"])))
     learner = create_learner(run["learner"]["name"], backbone, device=device, **run["learner"]["hparams"])
     with np.load(path / run["files"]["learner_state"], allow_pickle=False) as z:
         learner.load_state({k: z[k] for k in z.files})

@@ -165,3 +165,20 @@ def test_export_parity_and_a_class_added_on_the_device_from_images(run, tmp_path
     own = reloaded.scores(examples)[:, -1].mean()
     assert own > reloaded.scores(run.test.images)[:, -1].mean()
     assert np.mean(np.array(reloaded.predict(run.test.images).labels) == names) > 0.2  # old classes still recognised
+
+
+def test_proof_run_directory_exports_with_its_clip(tmp_path):
+    """A saved PROOF run loads back with the whole CLIP (its image tower from the run, the text side from the zoo)
+    and exports from the run directory, as `edgecl export RUN BUNDLE` does."""
+    from edgecl.experiment import RunConfig, run_experiment
+    from edgecl.pipeline import export_run
+    from edgecl.rundir import load_run
+    from edgecl.zoo import backbone_from_run
+
+    cfg = RunConfig(dataset="shapes:10", backbone="edgecl-clip-tiny", learner="proof", init_cls=5, increment=5,
+                    train_per_class=8, test_per_class=4, engine="torch", learner_args={"epochs": 1})
+    run_experiment(cfg, out_dir=tmp_path / "run", log=lambda s: None)
+    _, learner = load_run(tmp_path / "run", rebuild=backbone_from_run)
+    assert learner.backbone.clip is not None
+    report = export_run(tmp_path / "run", tmp_path / "bundle")
+    assert report.parity_max_abs_diff is not None and report.parity_max_abs_diff <= 1e-4

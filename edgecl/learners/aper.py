@@ -37,7 +37,7 @@ from torch import nn
 from ..peft import PEFT_METHODS, ParallelEmbedding, PeftModel
 from .prototypes import PrototypeLearner
 from .registry import register_learner
-from .training import HEAD_TYPES, fit_classifier, task_labels
+from .training import HEAD_TYPES, adapt_first_session, task_labels
 
 PEFT_PREFIX = "peft."
 TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 5, "lr": 1e-3, "weight_decay": 1e-4, "head": "cosine", "seed": 0}
@@ -82,13 +82,8 @@ class FirstSessionPeft(PrototypeLearner):
     def fit_task(self, loader, progress: Callable | None = None) -> None:
         classes = task_labels(loader, self.num_classes)
         if not self.adapted:
-            hp = self.hparams
-            self.train_stats = fit_classifier(
-                self.peft, self.peft.peft_parameters(), loader, classes, self.backbone.embedding_dim,
-                epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], head=hp["head"],
-                device=self.device, seed=hp["seed"], progress=progress,
-            )  # fmt: skip
-            self.peft.freeze()
+            self.train_stats = adapt_first_session(self.peft, loader, classes, self.backbone.embedding_dim,
+                                                   self.hparams, self.device, progress)
             self.adapted = True
         super().fit_task(loader)
 

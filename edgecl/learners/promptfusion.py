@@ -66,7 +66,7 @@ from .aper import PEFT_PREFIX, TRAIN_DEFAULTS
 from .hparams import require
 from .prototypes import PrototypeLearner
 from .registry import register_learner
-from .training import HEAD_TYPES, fit_classifier, task_labels
+from .training import HEAD_TYPES, adapt_first_session, task_labels
 
 LAMBDA_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SECOND_PREFIX = "second."
@@ -192,12 +192,8 @@ class PromptFusion(PrototypeLearner):
         classes = task_labels(loader, self.num_classes)
         hp = self.hparams
         if not self.adapted:
-            self.train_stats = fit_classifier(
-                self.peft, self.peft.peft_parameters(), loader, classes, self.backbone.embedding_dim,
-                epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], head=hp["head"],
-                device=self.device, seed=hp["seed"], progress=progress,
-            )  # fmt: skip
-            self.peft.freeze()
+            self.train_stats = adapt_first_session(self.peft, loader, classes, self.backbone.embedding_dim,
+                                                   hp, self.device, progress)
             self.adapted = True
         feats, labels = self.embed(loader)
         if hp["lam"] == -1.0:

@@ -21,7 +21,7 @@ O(M^2 k) by a Woodbury update. With the default M = 2048 the head holds
 Hyper-parameters: ``M`` (2048), ``seed`` (0, of ``W_rand``, the split and the
 adaptation), ``lambda_min_exp`` / ``lambda_max_exp`` (-8 / 8: the grid
 ``10^k``), ``val_fraction`` (0.2), ``first_session`` (``none``), and for the
-adaptation (``edgecl.learners.training.fit_classifier``, cosine head, AdamW)
+adaptation (``edgecl.learners.training.adapt_first_session``, cosine head, AdamW)
 ``adapt_epochs`` (5), ``adapt_lr`` (0.001), ``bottleneck`` (16, adapter),
 ``prompt_length`` (5, VPT).
 """
@@ -41,7 +41,7 @@ from .closed_form import RIDGE_DEFAULTS, check_ridge_hparams, grow_ridge
 from .head_learner import HeadLearner
 from .hparams import require
 from .registry import register_learner
-from .training import fit_classifier, task_labels
+from .training import adapt_first_session, task_labels
 
 PEFT_PREFIX = "peft."
 
@@ -97,10 +97,10 @@ class RanPAC(HeadLearner):
     def _adapt(self, loader, progress) -> None:
         """Phase 1: train the PEFT module on the first task with a cosine classifier, then freeze it."""
         hp = self.hp
-        fit_classifier(self.peft, self.peft.peft_parameters(), loader, task_labels(loader, 0), self.backbone.embedding_dim,
-                       epochs=hp["adapt_epochs"], lr=hp["adapt_lr"], head="cosine", device=self.device,
-                       seed=hp["seed"], progress=progress)
-        self.peft.freeze()
+        adapt = {"epochs": hp["adapt_epochs"], "lr": hp["adapt_lr"], "weight_decay": 0.0, "head": "cosine",
+                 "seed": hp["seed"]}
+        adapt_first_session(self.peft, loader, task_labels(loader, 0), self.backbone.embedding_dim, adapt,
+                            self.device, progress)
         self.adapted = True
 
     def state(self) -> dict[str, np.ndarray]:

@@ -108,3 +108,15 @@ def fit_classifier(
     for p in params:
         p.grad = None
     return stats
+
+
+def adapt_first_session(peft, loader, classes: torch.Tensor, dim: int, hp: dict, device: str = "cpu",
+                        progress: Callable | None = None) -> dict[str, float]:
+    """Train ``peft``'s PEFT parameters on the first task with a temporary classifier, then freeze them (APER's
+    first-session adaptation); ``hp`` holds ``epochs``, ``lr``, ``weight_decay``, ``head`` and ``seed``."""
+    stats = fit_classifier(peft, peft.peft_parameters(), loader, classes, dim, epochs=hp["epochs"], lr=hp["lr"],
+                           weight_decay=hp["weight_decay"], head=hp["head"], device=device, seed=hp["seed"],
+                           progress=progress)
+    peft.freeze()
+    return stats
+

@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, BackboneError, BackboneSpec, build_timm, data_config, embedding_dim_of, load_weights
-from ..backbones import sha256_of
+from ..backbones import backbone_from_state, sha256_of
 from .clip import CLIP_MODELS, load_clip
 from .embedded import DEFAULT_BACKBONE, EMBEDDED, ensure_embedded_weights
 from .pretrained import NAMED
 
 __all__ = [
+    "backbone_from_run",
     "CLIP_MODELS",
     "DEFAULT_BACKBONE",
     "EMBEDDED",
@@ -176,6 +177,20 @@ def weights_source(spec: BackboneSpec) -> dict[str, Any]:
     if spec.weights.startswith(("embedded:", "random:")):
         return {**record, "source": spec.weights}
     return {**record, "source": "file", "file": Path(spec.weights.removeprefix("file:")).name}
+
+
+def backbone_from_run(spec: BackboneSpec, state_dict: dict) -> Backbone:
+    """A run directory's backbone from its saved weights; a named CLIP model's image tower comes back as a
+    ``ClipBackbone`` (its text side from the zoo), so learners that need the whole CLIP load from a run too."""
+    name = (spec.notes or {}).get("clip")
+    if name not in CLIP_MODELS:
+        return backbone_from_state(spec, state_dict)
+    backbone = load_clip(name).backbone()
+    try:
+        backbone.model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise BackboneError(f"saved backbone weights do not fit {name}'s image tower: {exc}") from exc
+    return backbone
 
 
 def _register_resolvers() -> None:
