@@ -70,6 +70,13 @@ def onnx_file(manifest: dict[str, Any]) -> str:
     return manifest["model"]["file"] if "model" in manifest else manifest["backbone"]["file"]
 
 
+def fixed_files(manifest: dict[str, Any]) -> list[str]:
+    """The files every state of the bundle keeps unchanged: its ONNX file and, when listed, the optional text
+    tower (docs/clip.md)."""
+    text = (manifest.get("text") or {}).get("file")
+    return [onnx_file(manifest)] + ([text] if text in manifest["files"] else [])
+
+
 def single_file(manifest: dict[str, Any]) -> bool:
     """True when the ONNX file scores too (version 3: the head's state enters as graph inputs)."""
     return "model" in manifest

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import journal, signing, storage
 from ..errors import CorruptBundleError, EdgeclRuntimeError, StorageError
 from ..journal import Record, Scan
-from ..manifest import MANIFEST_NAME, array_spec, file_entry, onnx_file, parse_manifest, read_manifest_bytes, seal
+from ..manifest import MANIFEST_NAME, array_spec, file_entry, fixed_files, parse_manifest, read_manifest_bytes, seal
 from .reads import State, head_bytes, head_suffix, log, new_id, now, read_state, replay
 
 # Head snapshots: an update is committed by its fsync'd journal record; the head file (and the manifest
@@ -55,12 +55,9 @@ def write_state(st: State, head, classes: list[str], journal_entry: dict, base_e
     new["journal"] = journal_entry
     if event:
         new["events"] = list(m.get("events", [])) + [event]
-    files = {onnx_file(m): m["files"][onnx_file(m)]}
+    files = {name: m["files"][name] for name in fixed_files(m)}
     files[base["file"]] = m["files"][base["file"]] if base["file"] in m["files"] else file_entry(path / base["file"])
     files[head_file] = file_entry(path / head_file)
-    text_file = (m.get("text") or {}).get("file")
-    if text_file in m["files"]:  # the optional text tower (docs/clip.md) stays listed and verified
-        files[text_file] = m["files"][text_file]
     new["files"] = files
     new = seal(new)
     raw = storage.json_bytes(new)

@@ -24,7 +24,7 @@ import numpy as np
 from .. import journal, signing, storage
 from ..errors import EdgeclRuntimeError, IncompatibleBundleError, InvalidInputError, StorageError
 from ..journal import Record
-from ..manifest import MANIFEST_NAME, onnx_file, parse_manifest, read_manifest_bytes, v1_bundle_id
+from ..manifest import MANIFEST_NAME, fixed_files, parse_manifest, read_manifest_bytes, v1_bundle_id
 from .commits import commit_records, forget, locked_state, snapshot_due, write_state
 from .reads import RECORD_IDS, State, apply, class_rows, known_ids, read_base, read_state
 
@@ -85,9 +85,8 @@ def _merge_to_new(a: Path, others: list[Path], out: Path, timeout: float | None)
         with storage.locked(a, timeout):
             sa = locked_state(a, timeout, full=True)
             m = sa.manifest
-            text_file = (m.get("text") or {}).get("file")  # the optional text tower (docs/clip.md)
-            for name in dict.fromkeys([onnx_file(m), m["base"]["file"], m["head"]["file"], m["journal"]["file"],
-                                       MANIFEST_NAME] + ([text_file] if text_file in m["files"] else [])):
+            for name in dict.fromkeys([*fixed_files(m), m["base"]["file"], m["head"]["file"], m["journal"]["file"],
+                                       MANIFEST_NAME]):
                 if (a / name).is_file():
                     storage.copy_file(a / name, tmp / name)
         with storage.locked(tmp, timeout):
