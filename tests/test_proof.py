@@ -141,7 +141,7 @@ def test_export_parity_and_a_class_added_on_the_device_from_images(run, tmp_path
     assert report.parity_max_abs_diff <= 1e-4
     bundle = Bundle.load(report.path)
     assert bundle.manifest["head"]["kind"] == "proof_fusion"
-    assert "text" not in bundle.manifest and "takes no text prototype" in bundle.manifest["export"]["text_tower"]
+    assert bundle.manifest["text"]["unit_prototype"] is True  # the features are unit image embeddings
     spec = learner.backbone.spec
     names = np.array(run.class_names)[run.test.labels]
     torch_pred = np.array(run.class_names)[evaluate(learner, run.test, spec)]
@@ -165,6 +165,29 @@ def test_export_parity_and_a_class_added_on_the_device_from_images(run, tmp_path
     own = reloaded.scores(examples)[:, -1].mean()
     assert own > reloaded.scores(run.test.images)[:, -1].mean()
     assert np.mean(np.array(reloaded.predict(run.test.images).labels) == names) > 0.2  # old classes still recognised
+
+
+def test_a_class_added_by_name_alone(run, tmp_path):
+    """By name: the name's unit text prototype is the class's one example, so its visual prototype and its text
+    feature are both that vector; the single-file model scores it like the head, and removing it is exact."""
+    learner = run.learner
+    path = export_learner(learner, run.class_names, tmp_path / "bundle").path
+    bundle = Bundle.load(path)
+    before = bundle.scores(run.test.images[:8])
+    clip = learner.backbone.clip
+    with torch.no_grad():
+        emb = clip.encode_text(clip.tokenize(["BLACK STAR"]))
+        want = F.normalize(clip.prototypes_from_text(emb), dim=-1).numpy()[0]
+    result = bundle.add_class("black star", text=True)
+    assert result.created and result.examples_added == 1
+    head = Bundle.load(path).head
+    np.testing.assert_allclose(head.prototypes[-1], want, atol=1e-5)
+    assert head.counts[-1] == 1 and head.arrays()["text_from_image"][-1] == 1
+    np.testing.assert_allclose(head.effective_texts()[-1], want, atol=1e-5)
+    np.testing.assert_allclose(bundle.scores(run.test.images[:8]), head.scores(bundle.embed(run.test.images[:8])),
+                               atol=1e-4)
+    bundle.remove_class("black star")
+    np.testing.assert_array_equal(Bundle.load(path).scores(run.test.images[:8]), before)
 
 
 def test_proof_run_directory_exports_with_its_clip(tmp_path):

@@ -19,10 +19,9 @@ image features; text features are the CLIP text embeddings of the class names.
 The bundle's ``features`` are the unit CLIP image embeddings; the projections, the fusion module and the
 context prompts are the ``proof_fusion`` head (``edgecl_runtime.heads.proof``), scored in the single-file
 model with the prototypes and texts as graph inputs. On the device a class is added from images: its
-prototype is their mean and, having no name embedding, its text feature is its own unit prototype. Not by
-name: the bundle has no text tower, because the runtime's add-by-name adds the name's text prototype as one
-*example* of a prototype head (``edgecl_runtime.text.TEXT_HEADS``), while a PROOF class keeps its name
-embedding apart from its visual prototype (both enter the fusion module).
+prototype is their mean and, having no name embedding, its text feature is its own unit prototype. By name,
+the bundle's ``text.onnx`` gives the name's unit text prototype, which enters as one more example (so a
+class added by name alone has it as both its prototype and its text feature; ``docs/mixtures.md``).
 
 Departures from the paper, see ``docs/mixtures.md``: no exemplar memory; the fused text and prototype
 features are per image (the reference averages them over the test batch, making a prediction depend on

@@ -182,8 +182,8 @@ def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, export
 
 def _text_tower(tmp: Path, learner, graph: _Graph, kind: str, transformed: bool, dim: int, opset: int,
                 tolerance: float) -> dict | str | None:
-    """The manifest's ``text`` section when the backbone is a CLIP image tower whose embeddings the bundle's
-    features still are (``text_graph``); else the reason there is none (``None`` for a non-CLIP backbone)."""
+    """The manifest's ``text`` section when the backbone is a CLIP image tower whose embeddings (or their unit
+    rows) the bundle's features still are (``text_graph``); else the reason there is none (``None`` for a non-CLIP backbone)."""
     import torch
 
     from edgecl.zoo import CLIP_MODELS, load_clip
@@ -195,13 +195,15 @@ def _text_tower(tmp: Path, learner, graph: _Graph, kind: str, transformed: bool,
     if clip is None:
         return None
     why = text_tower_refusal(clip, kind, transformed, dim)
-    if why is None:
-        with torch.no_grad():
-            x = torch.from_numpy(graph.inputs[0])
-            gap = float((graph.module(x) - clip.eval().encode_image(x)).abs().max())
-        if gap > tolerance:
-            why = f"the learner changed the image tower (features differ from {clip.name}'s by {gap:.3g})"
-    return f"none: {why}" if why else write_text_tower(clip, tmp, opset, tolerance)
+    if why is not None:
+        return f"none: {why}"
+    with torch.no_grad():  # the features: the tower's embeddings, or their unit rows (e.g. PROOF)
+        x = torch.from_numpy(graph.inputs[0])
+        feats, ref = graph.module(x), clip.eval().encode_image(x)
+        gaps = [float((feats - r).abs().max()) for r in (ref, torch.nn.functional.normalize(ref, dim=-1))]
+    if min(gaps) > tolerance:
+        return f"none: the learner changed the image tower (features differ from {clip.name}'s by {min(gaps):.3g})"
+    return write_text_tower(clip, tmp, opset, tolerance, unit=gaps[1] < gaps[0])
 
 
 def _combine(tmp: Path, features: Path, kind: str, head, class_names, preprocess: dict, opset: int) -> list[str]:

@@ -41,7 +41,7 @@ BYTES_V1: dict[str, Any] = {
 TOKENS_INPUT = "tokens"
 EMBEDDING_OUTPUT = "text_embedding"
 PROTOTYPE_OUTPUT = "text_prototype"
-TEXT_HEADS = ("prototype_cosine",)  # heads whose classes a text prototype (one example) can make
+TEXT_HEADS = ("prototype_cosine", "proof_fusion")  # heads whose classes a text prototype (one example) can make
 _SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
