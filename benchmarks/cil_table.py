@@ -110,7 +110,7 @@ def run_grid(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ table and plot
-def _groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict]]:
+def run_groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict]]:
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for r in report["runs"]:
         learner, hp = r["config"]["learner"], r["config"]["learner_args"]
@@ -119,7 +119,7 @@ def _groups(report: dict[str, Any]) -> dict[tuple[str, str, str, str], list[dict
     return groups
 
 
-def _pm(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
     return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
 
@@ -145,12 +145,12 @@ def markdown(report: dict[str, Any]) -> str:
         "| dataset | protocol | learner | backbone | input | Avg-inc | Last | Forgetting | seeds | time/run (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, proto, learner, backbone), runs in _groups(report).items():
+    for (dataset, proto, learner, backbone), runs in run_groups(report).items():
         size = "x".join(map(str, runs[0]["backbone_spec"]["input_size"][1:]))
         lines.append(
             f"| {dataset} | {proto} | {learner} | {backbone} | {size} | "
-            f"{_pm([r['average_incremental'] for r in runs])} | {_pm([r['last'] for r in runs])} | "
-            f"{_pm([r['forgetting'] for r in runs])} | {len(runs)} | {np.mean([r['wall_time_s'] for r in runs]):.1f} |"
+            f"{mean_std([r['average_incremental'] for r in runs])} | {mean_std([r['last'] for r in runs])} | "
+            f"{mean_std([r['forgetting'] for r in runs])} | {len(runs)} | {np.mean([r['wall_time_s'] for r in runs]):.1f} |"
         )
     ex = report.get("executor", {})
     if ex.get("kind") == "ray":
@@ -175,7 +175,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels: dict[tuple[str, str], dict[str, list[dict]]] = {}
-    for (dataset, proto, learner, backbone), runs in _groups(report).items():
+    for (dataset, proto, learner, backbone), runs in run_groups(report).items():
         panels.setdefault((dataset, proto), {})[f"{learner} / {backbone}"] = runs
     # one colour per learner / backbone in every panel (panels list their lines in different orders)
     labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))

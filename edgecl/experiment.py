@@ -123,7 +123,7 @@ def run_experiment(
     ))
     scenario = ClassIncremental(train.num_classes, cfg.init_cls, cfg.increment, seed=cfg.order_seed)
     train, test = scenario.remap(train), scenario.remap(test)
-    learner = create_learner(cfg.learner, backbone, device=cfg.device, **cfg.learner_args)
+    learner = create_learner(cfg.learner, backbone, device=cfg.device, backbones=create_backbone, **cfg.learner_args)
     learner.features = features = make_features(cfg, spec)
     metrics = IncrementalMetrics()
     log(f"{cfg.learner} on {cfg.dataset} with {spec.name} ({spec.weights}); {scenario.describe()}")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
+from edgecl.errors import ConfigError
 from edgecl.learners import create_learner
 from edgecl.learners.promptfusion import LAMBDA_GRID, choose_lambda
 from edgecl.pipeline import export_run
@@ -25,7 +26,8 @@ def fusion():
     """PromptFusion on shapes:15, B5-Inc5: the embedded ViT with VPT (booster) + a second, frozen copy of it
     (stabiliser; the default second backbone, the embedded ResNet-10t, is made on first use: too slow here)."""
     torch.set_num_threads(1)
-    return train_learner("promptfusion", create_backbone("edgecl-vit-tiny"), classes=15, increment=5, epochs=1, **SECOND)
+    return train_learner("promptfusion", create_backbone("edgecl-vit-tiny"), classes=15, increment=5, epochs=1,
+                         backbones=create_backbone, **SECOND)
 
 
 def images(trained, ds, n=None):
@@ -44,6 +46,9 @@ def test_choose_lambda_picks_the_best_mixture_nearest_one_half():
     for bad in ({"lam": 1.5}, {"val_fraction": 1.0}):
         with pytest.raises(ValueError, match="lam|val_fraction"):
             create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), **bad)
+    alone = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"))  # no backbone factory passed in
+    with pytest.raises(ConfigError, match="backbones=edgecl.zoo.create_backbone"):
+        alone.second
 
 
 def test_scores_are_the_lambda_mixture_of_both_experts(fusion):
@@ -66,7 +71,7 @@ def test_lambda_is_validated_on_held_out_images(fusion):
     from the rest; a fixed lam is kept as given."""
     learner = fusion.learner
     task = fusion.scenario.task_data(fusion.train, 0)
-    fresh = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1, **SECOND)
+    fresh = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), backbones=create_backbone, epochs=1, **SECOND)
     fresh.peft.load_peft_state(learner.peft.peft_state())
     fresh.peft.freeze()
     fresh.adapted = True
@@ -81,7 +86,8 @@ def test_lambda_is_validated_on_held_out_images(fusion):
     a, b = cos(feats[val, :d], means[:, :d]), cos(feats[val, d:], means[:, d:])
     assert fresh.validate_lambda(feats, labels) == choose_lambda(a, b, task.labels[val])
     assert fresh.head is None  # validation leaves the head alone
-    fixed = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), epochs=1, lam=0.3, **SECOND)
+    fixed = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), backbones=create_backbone, epochs=1, lam=0.3,
+                           **SECOND)
     fixed.fit_task(_loader(fusion, task))
     assert fixed.lam == 0.3 and fixed.lambdas == [] and np.allclose(fixed.export_head()[1]["weights"], [0.3, 0.7])
 
@@ -138,8 +144,8 @@ def test_one_graph_with_both_backbones_parity_and_device_class(fusion, tmp_path)
 
 def test_second_backbone_with_other_input_is_renormalised_and_resized_in_the_graph():
     """B with another normalisation and size gets A's preprocessed images converted inside the module."""
-    learner = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), second="resnet10t",
-                             second_weights="random")
+    learner = create_learner("promptfusion", create_backbone("edgecl-vit-tiny"), backbones=create_backbone,
+                             second="resnet10t", second_weights="random")
     emb = learner.embedding_module()
     spec_a, spec_b = learner.backbone.spec, learner.second.spec
     x = torch.rand(2, 3, 32, 32)

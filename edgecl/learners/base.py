@@ -49,6 +49,7 @@ class Learner(abc.ABC):
         self.hparams = hparams
         self.num_classes = 0
         self.features = None  # an edgecl.features.FeatureExtractor; the experiment sets its own
+        self.backbone_factory = None  # builds a further backbone by name (create_learner's ``backbones``)
 
     @property
     def embedding_frozen(self) -> bool:

@@ -70,14 +70,6 @@ from .training import HEAD_TYPES, adapt_first_session, task_labels
 
 LAMBDA_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 SECOND_PREFIX = "second."
-_resolver: Callable[..., Backbone] | None = None
-
-
-def set_backbone_resolver(resolve: Callable[..., Backbone]) -> None:
-    """How a named second backbone is built: ``resolve(name, weights, seed=...)`` (``edgecl.zoo`` registers
-    ``create_backbone`` when it is imported; learners sit below the zoo and cannot import it)."""
-    global _resolver
-    _resolver = resolve
 
 
 class FusionEmbedding(nn.Module):
@@ -163,10 +155,11 @@ class PromptFusion(PrototypeLearner):
         return self._second
 
     def _build_second(self) -> Backbone:
-        if _resolver is None:
-            raise ConfigError("promptfusion needs edgecl.zoo imported to build its second backbone")
+        if self.backbone_factory is None:
+            raise ConfigError("promptfusion builds its second backbone by name: create it with "
+                              "create_learner(..., backbones=edgecl.zoo.create_backbone)")
         hp = self.hparams
-        return _resolver(hp["second"], hp["second_weights"] or None, seed=hp["seed"])
+        return self.backbone_factory(hp["second"], hp["second_weights"] or None, seed=hp["seed"])
 
     def _set_second(self, second: Backbone) -> None:
         self._second = second.to(self.device)

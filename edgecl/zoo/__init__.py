@@ -191,13 +191,3 @@ def backbone_from_run(spec: BackboneSpec, state_dict: dict) -> Backbone:
     except RuntimeError as exc:
         raise BackboneError(f"saved backbone weights do not fit {name}'s image tower: {exc}") from exc
     return backbone
-
-
-def _register_resolvers() -> None:
-    """Learners that build a further backbone by name (they sit below the zoo) get ``create_backbone``."""
-    from ..learners.promptfusion import set_backbone_resolver
-
-    set_backbone_resolver(create_backbone)
-
-
-_register_resolvers()
