@@ -88,7 +88,8 @@ def markdown(r: dict) -> str:
             ("accuracy with the true task's gate (oracle) (%)", s["task_oracle_accuracy"])]
     return "\n".join([
         f"# {r['name']}", "", "ESN's task vote against the accuracy inside the routed task, after the last task.", "",
-        f"Command: `{r['command']}`", "", f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s); "
+        f"Command: `{r['command']}`", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), "",
         "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
         "Routed to their task, per task (%): " + ", ".join(f"{v}" for v in s["routing_per_task"]), "",

@@ -183,7 +183,8 @@ def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, export
 def _text_tower(tmp: Path, learner, graph: _Graph, kind: str, transformed: bool, dim: int, opset: int,
                 tolerance: float) -> dict | str | None:
     """The manifest's ``text`` section when the backbone is a CLIP image tower whose embeddings (or their unit
-    rows) the bundle's features still are (``text_graph``); else the reason there is none (``None`` for a non-CLIP backbone)."""
+    rows) the bundle's features still are (``text_graph``); else the reason there is none (``None`` for a
+    non-CLIP backbone)."""
     import torch
 
     from edgecl.zoo import CLIP_MODELS, load_clip
