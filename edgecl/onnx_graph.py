@@ -60,6 +60,11 @@ def export_onnx(module: nn.Module, input_size, path: Path, opset: int = 17, expo
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def scaled_diff(out: np.ndarray, ref: np.ndarray) -> float:
+    """Max |out - ref| / max(1, max |ref|): absolute below 1, relative to the reference's scale above it."""
+    return float(np.max(np.abs(out - ref))) / max(1.0, float(np.max(np.abs(ref))))
+
+
 def parity(module: nn.Module, onnx_path: Path, inputs: list[np.ndarray]) -> float:
     """Max |torch - onnxruntime| / max(1, max |torch|) over the given input batches (float32 NCHW).
 
@@ -77,5 +82,5 @@ def parity(module: nn.Module, onnx_path: Path, inputs: list[np.ndarray]) -> floa
             out = session.run(None, {INPUT_NAME: x})[0]
             if out.shape != ref.shape:
                 raise ExportError(f"ONNX output shape {out.shape} != torch {ref.shape}")
-            worst = max(worst, float(np.max(np.abs(out - ref))) / max(1.0, float(np.max(np.abs(ref)))))
+            worst = max(worst, scaled_diff(out, ref))
     return worst

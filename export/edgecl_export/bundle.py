@@ -39,7 +39,7 @@ from edgecl_runtime.store import initial_fields
 
 from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer, fixed_transform
 from .model_graph import metadata as model_metadata
-from edgecl.onnx_graph import INPUT_NAME, ExportError, export_onnx, parity
+from edgecl.onnx_graph import INPUT_NAME, ExportError, export_onnx, parity, scaled_diff
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
 from .text_graph import TEXT_ONNX, text_tower_refusal, write_text_tower
 
@@ -226,9 +226,10 @@ def parity_features(module, x: np.ndarray) -> np.ndarray:
 
 
 def score_parity(model_path: Path, head, inputs: list[np.ndarray]) -> float:
-    """Max |model.onnx scores - the head's own scores of model.onnx's features| over ``inputs``, relative to the
-    scores' scale above 1 (as ``edgecl.onnx_graph.parity``: a PROOF score sums dot products of layer-normed
-    vectors, tens in size, where float32 and the head's float64 differ by more than 1e-4 in absolute terms)."""
+    """Max ``scaled_diff`` (``edgecl.onnx_graph``) of model.onnx's scores and the head's own scores of model.onnx's
+    features over ``inputs``: relative to the scores' scale above 1, as the feature parity (a PROOF score sums dot
+    products of layer-normed vectors, hundreds in size, where float32 and the head's float64 differ by more than
+    1e-4 in absolute terms)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -236,8 +237,7 @@ def score_parity(model_path: Path, head, inputs: list[np.ndarray]) -> float:
     worst = 0.0
     for x in inputs:
         f, s = session.run([FEATURES, SCORES], {INPUT_NAME: x, **feeds})
-        ref = head.scores(f)
-        worst = max(worst, float(np.max(np.abs(s - ref))) / max(1.0, float(np.max(np.abs(ref))))) if s.size else worst
+        worst = max(worst, scaled_diff(s, head.scores(f))) if s.size else worst
     return worst
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgecl_runtime import text as device_text
-from edgecl.onnx_graph import ExportError
+from edgecl.onnx_graph import ExportError, scaled_diff
 
 TEXT_ONNX = "text.onnx"
 TEXT_HEADS = device_text.TEXT_HEADS
@@ -83,7 +82,7 @@ def text_parity(clip, path: Path, names=PARITY_NAMES, unit: bool = False) -> flo
     with torch.no_grad():
         refs = [r.numpy() for r in TextGraph(clip, unit).eval()(torch.from_numpy(tokens))]
     outs = session.run(None, {device_text.TOKENS_INPUT: tokens})
-    return max(float(np.max(np.abs(o - r))) / max(1.0, float(np.max(np.abs(r)))) for o, r in zip(outs, refs))
+    return max(scaled_diff(o, r) for o, r in zip(outs, refs))
 
 
 def write_text_tower(clip, tmp: Path, opset: int, tolerance: float, unit: bool = False) -> dict:
