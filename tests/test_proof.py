@@ -106,6 +106,42 @@ def test_the_score_is_the_sum_of_its_three_terms(run):
     assert float((fused - fused.mean()).abs().mean()) > 0 and float((proto - proto.mean()).abs().mean()) > 0
 
 
+def _full_attention(fusion, x, shared):
+    """Each image's sequence ``[x_n; shared]`` through the fusion module, one image at a time (the definition)."""
+    out = []
+    for n in range(len(x)):
+        seq = torch.cat([x[n : n + 1], shared])
+        att = torch.softmax(fusion.q(seq) @ fusion.k(seq).T / seq.shape[1] ** 0.5, dim=1)
+        out.append(fusion.ln(fusion.o(att @ fusion.v(seq)) + seq))
+    return torch.stack(out)
+
+
+def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
+    """``fuse`` (attention of the shared tokens computed once) equals full attention per image, in float64, for torch
+    and the runtime head, with attention logits large enough to saturate a softmax."""
+    from edgecl.learners.proof import ProofFusion
+    from edgecl_runtime.heads.proof import fuse
+
+    g = torch.Generator().manual_seed(3)
+    fusion = ProofFusion(16, 8).double()
+    fusion.extend(3, g)
+    with torch.no_grad():
+        for lin in (fusion.q, fusion.k):
+            lin.weight.mul_(8.0)  # logits of a few hundred: the image token can take all or none of a row's weight
+    x, shared = torch.randn(5, 16, generator=g, dtype=torch.float64), torch.randn(23, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want = _full_attention(fusion, x, shared)
+        a_img, tokens = fusion.fuse(x, shared, 20)
+    layers = {"attn_q": fusion.q.weight.T, "attn_k": fusion.k.weight.T, "attn_v": fusion.v.weight.T,
+              "attn_o_w": fusion.o.weight.T, "attn_o_b": fusion.o.bias, "ln_g": fusion.ln.weight, "ln_b": fusion.ln.bias}
+    weights = {k: v.detach().numpy() for k, v in layers.items()}  # float64, unlike ``arrays()``
+    torch.testing.assert_close(a_img, want[:, 0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(tokens, want[:, 1:21], rtol=0, atol=1e-10)
+    np_img, np_tokens = fuse(weights, x.numpy(), shared.numpy(), 20)
+    np.testing.assert_allclose(np_img, want[:, 0].numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np_tokens, want[:, 1:21].numpy(), rtol=0, atol=1e-10)
+
+
 def test_an_image_scores_the_same_alone_and_in_a_batch(run):
     """Unlike the reference code (fused features averaged over the test batch), scores do not depend on the batch."""
     learner = run.learner

@@ -118,16 +118,30 @@ class ProofFusion(nn.Module):
         """``(image-text, fused image-text, fused image-prototype)`` ``(N, C)`` terms and the projected image ``fi``."""
         fi = F.normalize(self.img(F.normalize(f, dim=-1)), dim=-1)
         ti, pi = F.normalize(self.txt(texts), dim=-1), F.normalize(self.img(prototypes), dim=-1)
-        n, c = fi.shape[0], ti.shape[0]
-        ctx = self.prompts()
-        seq = torch.cat([fi.unsqueeze(1), ti.unsqueeze(0).expand(n, -1, -1), pi.unsqueeze(0).expand(n, -1, -1),
-                         ctx.unsqueeze(0).expand(n, -1, -1)], dim=1)
-        att = torch.softmax(self.q(seq) @ self.k(seq).transpose(1, 2) / seq.shape[-1] ** 0.5, dim=-1)
-        out = self.ln(self.o(att @ self.v(seq)) + seq)
-        a_img = out[:, 0]
-        fused = torch.einsum("nd,ncd->nc", a_img, out[:, 1 : 1 + c])
-        proto = torch.einsum("nd,ncd->nc", a_img, out[:, 1 + c : 1 + 2 * c])
+        c = ti.shape[0]
+        a_img, tokens = self.fuse(fi, torch.cat([ti, pi, self.prompts()]), 2 * c)
+        fused = torch.einsum("nd,ncd->nc", a_img, tokens[:, :c])
+        proto = torch.einsum("nd,ncd->nc", a_img, tokens[:, c:])
         return fi @ ti.T, fused, proto, fi
+
+    def fuse(self, x: torch.Tensor, shared: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion module over each image's sequence ``[x_n; shared]``: its output at the image ``(N, D)`` and at
+        the first ``keep`` shared tokens ``(N, keep, D)``.
+
+        The sequences differ only in their first token, so a shared token's attention is its attention within
+        ``shared`` mixed with the image's value by the weight ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``
+        the softmax gives the image: per image O(keep * D) work instead of O((1 + M)^2 * D).
+        """
+        scale = shared.shape[-1] ** -0.5
+        qs, ks, vs = self.q(shared), self.k(shared), self.v(shared)
+        qx, kx, vx = self.q(x), self.k(x), self.v(x)
+        att = torch.softmax(torch.cat([(qx * kx).sum(-1, keepdim=True), qx @ ks.T], 1) * scale, dim=-1)
+        a_img = self.ln(self.o(att[:, :1] * vx + att[:, 1:] @ vs) + x)
+        inner = qs[:keep] @ ks.T * scale
+        base = self.o(torch.softmax(inner, dim=-1) @ vs)
+        w = torch.sigmoid(kx @ qs[:keep].T * scale - torch.logsumexp(inner, dim=-1))
+        mixed = base + w[..., None] * (self.o(vx)[:, None] - base)  # o(w v_x + (1 - w) u) = w o(v_x) + (1 - w) o(u)
+        return a_img, self.ln(mixed + shared[:keep])
 
     def forward(self, f: torch.Tensor, prototypes: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         plain, fused, proto, _ = self.terms(f, prototypes, texts)

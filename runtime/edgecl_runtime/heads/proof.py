@@ -11,7 +11,8 @@ per-task projections (two-layer ReLU MLPs) and ``n`` the L2 normalisation:
     score_c = fi . ti  +  a_img . a_txt_c  +  a_img . a_pro_c
 
 ``attn`` is one-head scaled dot-product self-attention over the sequence ``S`` of each image (the fusion
-module, ``Q = S W_q``, ``K = S W_k``, ``V = S W_v``) and ``LN`` a layer norm. Only the prototypes, counts
+module, ``Q = S W_q``, ``K = S W_k``, ``V = S W_v``; computed once for the tokens all images share, ``fuse``)
+and ``LN`` a layer norm. Only the prototypes, counts
 and texts grow with the classes; the projections, the fusion module and the context prompts are fixed.
 """
 
@@ -38,6 +39,38 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
     return (x - mu) / np.sqrt(var + LN_EPS) * g + b
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def output(p: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """The fusion module's output projection."""
+    return z @ p["attn_o_w"] + p["attn_o_b"]
+
+
+def fuse(p: dict[str, np.ndarray], x: np.ndarray, shared: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fusion module over each image's sequence ``[x_n; shared]``: its output at the image ``(N, D)`` and at
+    the first ``keep`` shared tokens ``(N, keep, D)``.
+
+    The sequences differ only in their first token, so a shared token's attention is its attention within
+    ``shared`` mixed with the image's value by the weight the softmax gives the image,
+    ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``: per image O(keep * D) work, not O((1 + M)^2 * D).
+    """
+    scale = 1 / np.sqrt(shared.shape[-1])
+    qs, ks, vs = shared @ p["attn_q"], shared @ p["attn_k"], shared @ p["attn_v"]
+    qx, kx, vx = x @ p["attn_q"], x @ p["attn_k"], x @ p["attn_v"]
+    att = softmax(np.concatenate([(qx * kx).sum(-1, keepdims=True), qx @ ks.T], axis=1) * scale)
+    a_img = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ vs) + x, p["ln_g"], p["ln_b"])
+    inner = qs[:keep] @ ks.T * scale
+    base = output(p, softmax(inner) @ vs)
+    top = inner.max(axis=-1)
+    lse = top + np.log(np.exp(inner - top[:, None]).sum(axis=-1))
+    w = np.exp(-np.logaddexp(0, lse - kx @ qs[:keep].T * scale))  # sigmoid(q.k_x / sqrt(D) - lse)
+    mixed = base + w[..., None] * (output(p, vx)[:, None] - base)  # w out(v_x) + (1 - w) out(u): out is affine
+    return a_img, layer_norm(mixed + shared[:keep], p["ln_g"], p["ln_b"])
 
 
 @register_head
@@ -96,22 +129,14 @@ class ProofFusionHead(RunningMeanHead):
         fi = l2_normalize(project(l2_normalize(embeddings.astype(np.float64)), *img))
         ti = l2_normalize(project(self.effective_texts().astype(np.float64), p["txt_w1"], p["txt_b1"], p["txt_w2"], p["txt_b2"]))
         pi = l2_normalize(project(self._protos.astype(np.float64), *img))
-        n, c = fi.shape[0], ti.shape[0]
-        seq = np.concatenate([fi[:, None], np.broadcast_to(ti, (n, c, ti.shape[1])),
-                              np.broadcast_to(pi, (n, c, pi.shape[1])),
-                              np.broadcast_to(p["context"], (n, *p["context"].shape))], axis=1)
-        q, k, v = seq @ p["attn_q"], seq @ p["attn_k"], seq @ p["attn_v"]
-        logits = q @ k.transpose(0, 2, 1) / np.sqrt(seq.shape[-1])
-        att = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        att /= att.sum(axis=-1, keepdims=True)
-        out = layer_norm((att @ v) @ p["attn_o_w"] + p["attn_o_b"] + seq, p["ln_g"], p["ln_b"])
-        a_img = out[:, 0]
-        fused = np.einsum("nd,ncd->nc", a_img, out[:, 1 : 1 + c])
-        proto = np.einsum("nd,ncd->nc", a_img, out[:, 1 + c : 1 + 2 * c])
+        c = ti.shape[0]
+        a_img, tokens = fuse(p, fi, np.concatenate([ti, pi, p["context"]]), 2 * c)
+        fused = np.einsum("nd,ncd->nc", a_img, tokens[:, :c])
+        proto = np.einsum("nd,ncd->nc", a_img, tokens[:, c:])
         return fi @ ti.T, fused, proto
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """The sum of the three ``terms``, ``CHUNK`` images at a time (the fusion's memory is per image O(C²))."""
+        """The sum of the three ``terms``, ``CHUNK`` images at a time (the fusion's memory is per image O(C * D))."""
         rows = [sum(self.terms(embeddings[i : i + CHUNK])) for i in range(0, len(embeddings), CHUNK)]
         return (np.concatenate(rows) if rows else np.zeros((0, self.num_classes))).astype(np.float32)
 
