@@ -120,7 +120,7 @@ def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
     """``fuse`` (attention of the shared tokens computed once) equals full attention per image, in float64, for torch
     and the runtime head, with attention logits large enough to saturate a softmax."""
     from edgecl.learners.proof import ProofFusion
-    from edgecl_runtime.heads.proof import fuse
+    from edgecl_runtime.heads.proof import fuse, share
 
     g = torch.Generator().manual_seed(3)
     fusion = ProofFusion(16, 8).double()
@@ -137,7 +137,7 @@ def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
     weights = {k: v.detach().numpy() for k, v in layers.items()}  # float64, unlike ``arrays()``
     torch.testing.assert_close(a_img, want[:, 0], rtol=0, atol=1e-10)
     torch.testing.assert_close(tokens, want[:, 1:21], rtol=0, atol=1e-10)
-    np_img, np_tokens = fuse(weights, x.numpy(), shared.numpy(), 20)
+    np_img, np_tokens = fuse(weights, x.numpy(), share(weights, shared.numpy(), 20))
     np.testing.assert_allclose(np_img, want[:, 0].numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(np_tokens, want[:, 1:21].numpy(), rtol=0, atol=1e-10)
 

@@ -18,6 +18,8 @@ and texts grow with the classes; the projections, the fusion module and the cont
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import CorruptBundleError
@@ -51,7 +53,30 @@ def output(p: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
     return z @ p["attn_o_w"] + p["attn_o_b"]
 
 
-def fuse(p: dict[str, np.ndarray], x: np.ndarray, shared: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+class SharedTokens(NamedTuple):
+    """The first ``keep`` of the tokens every image's sequence shares, their queries, the keys and values of all
+    shared tokens, and the attention of the first ``keep`` within the shared tokens (output ``base``, log-normaliser
+    ``lse``)."""
+
+    tokens: np.ndarray
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    base: np.ndarray
+    lse: np.ndarray
+
+
+def share(p: dict[str, np.ndarray], shared: np.ndarray, keep: int) -> SharedTokens:
+    """What ``fuse`` needs of the ``shared`` tokens, computed once for any number of images."""
+    scale = 1 / np.sqrt(shared.shape[-1])
+    q, k, v = shared[:keep] @ p["attn_q"], shared @ p["attn_k"], shared @ p["attn_v"]
+    inner = q @ k.T * scale
+    top = inner.max(axis=-1)
+    lse = top + np.log(np.exp(inner - top[:, None]).sum(axis=-1))
+    return SharedTokens(shared[:keep], q, k, v, output(p, softmax(inner) @ v), lse)
+
+
+def fuse(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> tuple[np.ndarray, np.ndarray]:
     """The fusion module over each image's sequence ``[x_n; shared]``: its output at the image ``(N, D)`` and at
     the first ``keep`` shared tokens ``(N, keep, D)``.
 
@@ -59,18 +84,13 @@ def fuse(p: dict[str, np.ndarray], x: np.ndarray, shared: np.ndarray, keep: int)
     ``shared`` mixed with the image's value by the weight the softmax gives the image,
     ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``: per image O(keep * D) work, not O((1 + M)^2 * D).
     """
-    scale = 1 / np.sqrt(shared.shape[-1])
-    qs, ks, vs = shared @ p["attn_q"], shared @ p["attn_k"], shared @ p["attn_v"]
+    scale = 1 / np.sqrt(x.shape[-1])
     qx, kx, vx = x @ p["attn_q"], x @ p["attn_k"], x @ p["attn_v"]
-    att = softmax(np.concatenate([(qx * kx).sum(-1, keepdims=True), qx @ ks.T], axis=1) * scale)
-    a_img = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ vs) + x, p["ln_g"], p["ln_b"])
-    inner = qs[:keep] @ ks.T * scale
-    base = output(p, softmax(inner) @ vs)
-    top = inner.max(axis=-1)
-    lse = top + np.log(np.exp(inner - top[:, None]).sum(axis=-1))
-    w = np.exp(-np.logaddexp(0, lse - kx @ qs[:keep].T * scale))  # sigmoid(q.k_x / sqrt(D) - lse)
-    mixed = base + w[..., None] * (output(p, vx)[:, None] - base)  # w out(v_x) + (1 - w) out(u): out is affine
-    return a_img, layer_norm(mixed + shared[:keep], p["ln_g"], p["ln_b"])
+    att = softmax(np.concatenate([(qx * kx).sum(-1, keepdims=True), qx @ s.k.T], axis=1) * scale)
+    a_img = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ s.v) + x, p["ln_g"], p["ln_b"])
+    w = np.exp(-np.logaddexp(0, s.lse - kx @ s.q.T * scale))  # sigmoid(q.k_x / sqrt(D) - lse)
+    mixed = s.base + w[..., None] * (output(p, vx)[:, None] - s.base)  # w out(v_x) + (1 - w) out(u): out is affine
+    return a_img, layer_norm(mixed + s.tokens, p["ln_g"], p["ln_b"])
 
 
 @register_head
@@ -123,22 +143,25 @@ class ProofFusionHead(RunningMeanHead):
         return {"prototypes": self.prototypes, "texts": self.effective_texts()}
 
     def terms(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The three ``(N, C)`` terms (image-text, fused image-text, fused image-prototype) of ``scores``."""
+        """The three ``(N, C)`` terms (image-text, fused image-text, fused image-prototype) of ``scores``: the class
+        tokens once, then ``CHUNK`` images at a time (the fusion's memory is per image O(C * D))."""
         p = {k: v.astype(np.float64) for k, v in self.params.items()}
         img = (p["img_w1"], p["img_b1"], p["img_w2"], p["img_b2"])
-        fi = l2_normalize(project(l2_normalize(embeddings.astype(np.float64)), *img))
         ti = l2_normalize(project(self.effective_texts().astype(np.float64), p["txt_w1"], p["txt_b1"], p["txt_w2"], p["txt_b2"]))
         pi = l2_normalize(project(self._protos.astype(np.float64), *img))
         c = ti.shape[0]
-        a_img, tokens = fuse(p, fi, np.concatenate([ti, pi, p["context"]]), 2 * c)
-        fused = np.einsum("nd,ncd->nc", a_img, tokens[:, :c])
-        proto = np.einsum("nd,ncd->nc", a_img, tokens[:, c:])
-        return fi @ ti.T, fused, proto
+        shared = share(p, np.concatenate([ti, pi, p["context"]]), 2 * c)
+        out = np.zeros((3, len(embeddings), c))
+        for i in range(0, len(embeddings), CHUNK):
+            fi = l2_normalize(project(l2_normalize(embeddings[i : i + CHUNK].astype(np.float64)), *img))
+            a_img, tokens = fuse(p, fi, shared)
+            out[:, i : i + CHUNK] = (fi @ ti.T, np.einsum("nd,ncd->nc", a_img, tokens[:, :c]),
+                                     np.einsum("nd,ncd->nc", a_img, tokens[:, c:]))
+        return out[0], out[1], out[2]
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """The sum of the three ``terms``, ``CHUNK`` images at a time (the fusion's memory is per image O(C * D))."""
-        rows = [sum(self.terms(embeddings[i : i + CHUNK])) for i in range(0, len(embeddings), CHUNK)]
-        return (np.concatenate(rows) if rows else np.zeros((0, self.num_classes))).astype(np.float32)
+        """The sum of the three ``terms``."""
+        return sum(self.terms(embeddings)).astype(np.float32)
 
     def _with(self, protos, counts, texts, flags) -> "ProofFusionHead":
         return ProofFusionHead(protos, counts, texts, flags, self.params)
