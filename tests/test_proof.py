@@ -117,10 +117,11 @@ def _full_attention(fusion, x, shared):
 
 
 def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
-    """``fuse`` (attention of the shared tokens computed once) equals full attention per image, in float64, for torch
-    and the runtime head, with attention logits large enough to saturate a softmax."""
+    """Torch's ``fuse`` (attention of the shared tokens computed once) and the runtime head's ``fused_scores``
+    (also the layer norm expanded) equal full attention per image in float64, with attention logits large enough
+    to saturate a softmax."""
     from edgecl.learners.proof import ProofFusion
-    from edgecl_runtime.heads.proof import fuse, share
+    from edgecl_runtime.heads.proof import fused_scores, share
 
     g = torch.Generator().manual_seed(3)
     fusion = ProofFusion(16, 8).double()
@@ -128,6 +129,8 @@ def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
     with torch.no_grad():
         for lin in (fusion.q, fusion.k):
             lin.weight.mul_(8.0)  # logits of a few hundred: the image token can take all or none of a row's weight
+        for param in (fusion.o.bias, fusion.ln.weight, fusion.ln.bias):  # not the initial zeros and ones
+            param.copy_(torch.randn(param.shape, generator=g, dtype=torch.float64))
     x, shared = torch.randn(5, 16, generator=g, dtype=torch.float64), torch.randn(23, 16, generator=g, dtype=torch.float64)
     with torch.no_grad():
         want = _full_attention(fusion, x, shared)
@@ -137,9 +140,8 @@ def test_the_shared_token_shortcut_is_the_fusion_module_exactly():
     weights = {k: v.detach().numpy() for k, v in layers.items()}  # float64, unlike ``arrays()``
     torch.testing.assert_close(a_img, want[:, 0], rtol=0, atol=1e-10)
     torch.testing.assert_close(tokens, want[:, 1:21], rtol=0, atol=1e-10)
-    np_img, np_tokens = fuse(weights, x.numpy(), share(weights, shared.numpy(), 20))
-    np.testing.assert_allclose(np_img, want[:, 0].numpy(), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(np_tokens, want[:, 1:21].numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fused_scores(weights, x.numpy(), share(weights, shared.numpy(), 20)),
+                               torch.einsum("nd,ncd->nc", want[:, 0], want[:, 1:21]).numpy(), rtol=0, atol=1e-10)
 
 
 def test_an_image_scores_the_same_alone_and_in_a_batch(run):

@@ -75,7 +75,7 @@ class Projections(nn.Module):
         return {f"{prefix}_{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in out.items()}
 
     def load_arrays(self, arrays: dict[str, np.ndarray], prefix: str) -> None:
-        w1, b1, w2, b2 = (torch.from_numpy(np.asarray(arrays[f"{prefix}_{k}"], np.float32)) for k in ("w1", "b1", "w2", "b2"))
+        w1, b1, w2, b2 = (torch.tensor(np.asarray(arrays[f"{prefix}_{k}"], np.float32)) for k in ("w1", "b1", "w2", "b2"))
         self.hidden, self.mlps = int(w1.shape[2]), nn.ModuleList()
         for t in range(w1.shape[0]):
             self.extend()

@@ -18,6 +18,7 @@ and texts grow with the classes; the projections, the fusion module and the cont
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +49,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def centre(z: np.ndarray) -> np.ndarray:
+    return z - z.mean(axis=-1, keepdims=True)
+
+
 def output(p: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
     """The fusion module's output projection."""
     return z @ p["attn_o_w"] + p["attn_o_b"]
@@ -67,7 +72,7 @@ class SharedTokens(NamedTuple):
 
 
 def share(p: dict[str, np.ndarray], shared: np.ndarray, keep: int) -> SharedTokens:
-    """What ``fuse`` needs of the ``shared`` tokens, computed once for any number of images."""
+    """What ``fused_scores`` needs of the ``shared`` tokens, computed once for any number of images."""
     scale = 1 / np.sqrt(shared.shape[-1])
     q, k, v = shared[:keep] @ p["attn_q"], shared @ p["attn_k"], shared @ p["attn_v"]
     inner = q @ k.T * scale
@@ -76,21 +81,30 @@ def share(p: dict[str, np.ndarray], shared: np.ndarray, keep: int) -> SharedToke
     return SharedTokens(shared[:keep], q, k, v, output(p, softmax(inner) @ v), lse)
 
 
-def fuse(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> tuple[np.ndarray, np.ndarray]:
-    """The fusion module over each image's sequence ``[x_n; shared]``: its output at the image ``(N, D)`` and at
-    the first ``keep`` shared tokens ``(N, keep, D)``.
+def fused_scores(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> np.ndarray:
+    """``(N, keep)``: the fusion module's output at the image of each sequence ``[x_n; shared]`` dotted with its
+    output at each of the first ``keep`` shared tokens, ``a . LN(y_i)``, with O(keep * D) work per image.
 
     The sequences differ only in their first token, so a shared token's attention is its attention within
     ``shared`` mixed with the image's value by the weight the softmax gives the image,
-    ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``: per image O(keep * D) work, not O((1 + M)^2 * D).
+    ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``; and the layer norm's dot products expand, so
+    no ``(N, keep, D)`` array is formed.
+
+    With ``~`` the centring over the ``D`` features, ``y_i = r_i + w_i (g - b_i)`` (``r_i = b_i + t_i``, ``b_i`` the
+    within-shared attention output ``s.base``, ``t_i`` the token, ``g`` the image's output value), so
+    ``a . LN(y_i) = (a γ) . ~y_i / σ_i + a . β`` and ``D σ_i² - D ε = |~r_i|² + 2 w_i (~r_i . ~g - ~r_i . ~b_i)
+    + w_i² (|~g|² - 2 ~g . ~b_i + |~b_i|²)``: products of ``(N, D)`` and ``(keep, D)`` matrices.
     """
     scale = 1 / np.sqrt(x.shape[-1])
     qx, kx, vx = x @ p["attn_q"], x @ p["attn_k"], x @ p["attn_v"]
     att = softmax(np.concatenate([(qx * kx).sum(-1, keepdims=True), qx @ s.k.T], axis=1) * scale)
-    a_img = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ s.v) + x, p["ln_g"], p["ln_b"])
+    a = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ s.v) + x, p["ln_g"], p["ln_b"])
     w = np.exp(-np.logaddexp(0, s.lse - kx @ s.q.T * scale))  # sigmoid(q.k_x / sqrt(D) - lse)
-    mixed = s.base + w[..., None] * (output(p, vx)[:, None] - s.base)  # w out(v_x) + (1 - w) out(u): out is affine
-    return a_img, layer_norm(mixed + s.tokens, p["ln_g"], p["ln_b"])
+    r, b, g, ag = centre(s.base + s.tokens), centre(s.base), centre(output(p, vx)), a * p["ln_g"]
+    gg = (g * g).sum(-1, keepdims=True)
+    sq = (r * r).sum(-1) + 2 * w * (g @ r.T - (r * b).sum(-1)) + w**2 * (gg - 2 * g @ b.T + (b * b).sum(-1))
+    sigma = np.sqrt(np.maximum(sq, 0) / x.shape[-1] + LN_EPS)
+    return (ag @ r.T + w * ((ag * g).sum(-1, keepdims=True) - ag @ b.T)) / sigma + (a @ p["ln_b"])[:, None]
 
 
 @register_head
@@ -102,7 +116,7 @@ class ProofFusionHead(RunningMeanHead):
         self._counts = np.asarray(counts, np.int64)
         self._texts = np.asarray(texts, np.float32)
         self._from_image = np.asarray(text_from_image, np.int64)
-        self.params = {k: np.asarray(params[k], np.float32) for k in PROJECTIONS + FUSION}
+        self.params = {k: read_only(np.asarray(params[k], np.float32)) for k in PROJECTIONS + FUSION}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_classes: int, dim: int) -> "ProofFusionHead":
@@ -142,21 +156,25 @@ class ProofFusionHead(RunningMeanHead):
     def graph_inputs(self) -> dict[str, np.ndarray]:
         return {"prototypes": self.prototypes, "texts": self.effective_texts()}
 
-    def terms(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The three ``(N, C)`` terms (image-text, fused image-text, fused image-prototype) of ``scores``: the class
-        tokens once, then ``CHUNK`` images at a time (the fusion's memory is per image O(C * D))."""
+    @functools.cached_property
+    def _class_tokens(self) -> tuple[dict[str, np.ndarray], np.ndarray, SharedTokens]:
+        """The float64 weights, the classes' projected text features and the shared tokens' attention: fixed for this
+        head (an update makes a new head), computed when it first scores."""
         p = {k: v.astype(np.float64) for k, v in self.params.items()}
-        img = (p["img_w1"], p["img_b1"], p["img_w2"], p["img_b2"])
         ti = l2_normalize(project(self.effective_texts().astype(np.float64), p["txt_w1"], p["txt_b1"], p["txt_w2"], p["txt_b2"]))
-        pi = l2_normalize(project(self._protos.astype(np.float64), *img))
-        c = ti.shape[0]
-        shared = share(p, np.concatenate([ti, pi, p["context"]]), 2 * c)
+        pi = l2_normalize(project(self._protos.astype(np.float64), p["img_w1"], p["img_b1"], p["img_w2"], p["img_b2"]))
+        return p, ti, share(p, np.concatenate([ti, pi, p["context"]]), 2 * len(ti))
+
+    def terms(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three ``(N, C)`` terms (image-text, fused image-text, fused image-prototype) of ``scores``, ``CHUNK``
+        images at a time."""
+        p, ti, shared = self._class_tokens
+        img, c = (p["img_w1"], p["img_b1"], p["img_w2"], p["img_b2"]), len(ti)
         out = np.zeros((3, len(embeddings), c))
         for i in range(0, len(embeddings), CHUNK):
             fi = l2_normalize(project(l2_normalize(embeddings[i : i + CHUNK].astype(np.float64)), *img))
-            a_img, tokens = fuse(p, fi, shared)
-            out[:, i : i + CHUNK] = (fi @ ti.T, np.einsum("nd,ncd->nc", a_img, tokens[:, :c]),
-                                     np.einsum("nd,ncd->nc", a_img, tokens[:, c:]))
+            fused = fused_scores(p, fi, shared)
+            out[:, i : i + CHUNK] = (fi @ ti.T, fused[:, :c], fused[:, c:])
         return out[0], out[1], out[2]
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
