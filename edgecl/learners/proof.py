@@ -129,8 +129,9 @@ class ProofFusion(nn.Module):
         the first ``keep`` shared tokens ``(N, keep, D)``.
 
         The sequences differ only in their first token, so a shared token's attention is its attention within
-        ``shared`` mixed with the image's value by the weight ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``
-        the softmax gives the image: per image O(keep * D) work instead of O((1 + M)^2 * D).
+        ``shared`` mixed with the image's value by the weight the softmax gives the image,
+        ``w = sigmoid(q.k_x / sqrt(D) - logsumexp_j q.k_j / sqrt(D))``: per image O(keep * D) work instead of
+        O((1 + M)^2 * D).
         """
         scale = shared.shape[-1] ** -0.5
         qs, ks, vs = self.q(shared), self.k(shared), self.v(shared)

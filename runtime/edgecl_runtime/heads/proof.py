@@ -11,9 +11,9 @@ per-task projections (two-layer ReLU MLPs) and ``n`` the L2 normalisation:
     score_c = fi . ti  +  a_img . a_txt_c  +  a_img . a_pro_c
 
 ``attn`` is one-head scaled dot-product self-attention over the sequence ``S`` of each image (the fusion
-module, ``Q = S W_q``, ``K = S W_k``, ``V = S W_v``; computed once for the tokens all images share, ``fuse``)
-and ``LN`` a layer norm. Only the prototypes, counts
-and texts grow with the classes; the projections, the fusion module and the context prompts are fixed.
+module, ``Q = S W_q``, ``K = S W_k``, ``V = S W_v``; the tokens all images share are attended once, ``share``,
+``fused_scores``) and ``LN`` a layer norm. Only the prototypes, counts and texts grow with the classes; the
+projections, the fusion module and the context prompts are fixed.
 """
 
 from __future__ import annotations
@@ -59,26 +59,32 @@ def output(p: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
 
 
 class SharedTokens(NamedTuple):
-    """The first ``keep`` of the tokens every image's sequence shares, their queries, the keys and values of all
-    shared tokens, and the attention of the first ``keep`` within the shared tokens (output ``base``, log-normaliser
-    ``lse``)."""
+    """What ``fused_scores`` needs of the tokens every image's sequence shares, for the first ``keep`` of them: their
+    queries ``q``; the keys ``k`` and values ``v`` of all shared tokens; the log-normaliser ``lse`` of their attention
+    within the shared tokens; ``b`` the centred output of that attention, ``r`` the centred output plus token; and the
+    row products ``rr = |r|²``, ``rb = r . b``, ``bb = |b|²``."""
 
-    tokens: np.ndarray
     q: np.ndarray
     k: np.ndarray
     v: np.ndarray
-    base: np.ndarray
     lse: np.ndarray
+    r: np.ndarray
+    b: np.ndarray
+    rr: np.ndarray
+    rb: np.ndarray
+    bb: np.ndarray
 
 
 def share(p: dict[str, np.ndarray], shared: np.ndarray, keep: int) -> SharedTokens:
-    """What ``fused_scores`` needs of the ``shared`` tokens, computed once for any number of images."""
+    """``SharedTokens`` of the ``shared`` tokens, computed once for any number of images."""
     scale = 1 / np.sqrt(shared.shape[-1])
     q, k, v = shared[:keep] @ p["attn_q"], shared @ p["attn_k"], shared @ p["attn_v"]
     inner = q @ k.T * scale
     top = inner.max(axis=-1)
     lse = top + np.log(np.exp(inner - top[:, None]).sum(axis=-1))
-    return SharedTokens(shared[:keep], q, k, v, output(p, softmax(inner) @ v), lse)
+    base = output(p, np.exp(inner - lse[:, None]) @ v)
+    r, b = centre(base + shared[:keep]), centre(base)
+    return SharedTokens(q, k, v, lse, r, b, (r * r).sum(-1), (r * b).sum(-1), (b * b).sum(-1))
 
 
 def fused_scores(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> np.ndarray:
@@ -91,7 +97,7 @@ def fused_scores(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> np
     no ``(N, keep, D)`` array is formed.
 
     With ``~`` the centring over the ``D`` features, ``y_i = r_i + w_i (g - b_i)`` (``r_i = b_i + t_i``, ``b_i`` the
-    within-shared attention output ``s.base``, ``t_i`` the token, ``g`` the image's output value), so
+    within-shared attention output, ``t_i`` the token, ``g`` the image's output value), so
     ``a . LN(y_i) = (a γ) . ~y_i / σ_i + a . β`` and ``D σ_i² - D ε = |~r_i|² + 2 w_i (~r_i . ~g - ~r_i . ~b_i)
     + w_i² (|~g|² - 2 ~g . ~b_i + |~b_i|²)``: products of ``(N, D)`` and ``(keep, D)`` matrices.
     """
@@ -100,11 +106,11 @@ def fused_scores(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> np
     att = softmax(np.concatenate([(qx * kx).sum(-1, keepdims=True), qx @ s.k.T], axis=1) * scale)
     a = layer_norm(output(p, att[:, :1] * vx + att[:, 1:] @ s.v) + x, p["ln_g"], p["ln_b"])
     w = np.exp(-np.logaddexp(0, s.lse - kx @ s.q.T * scale))  # sigmoid(q.k_x / sqrt(D) - lse)
-    r, b, g, ag = centre(s.base + s.tokens), centre(s.base), centre(output(p, vx)), a * p["ln_g"]
+    g, ag = centre(output(p, vx)), a * p["ln_g"]
     gg = (g * g).sum(-1, keepdims=True)
-    sq = (r * r).sum(-1) + 2 * w * (g @ r.T - (r * b).sum(-1)) + w**2 * (gg - 2 * g @ b.T + (b * b).sum(-1))
+    sq = s.rr + 2 * w * (g @ s.r.T - s.rb) + w**2 * (gg - 2 * g @ s.b.T + s.bb)
     sigma = np.sqrt(np.maximum(sq, 0) / x.shape[-1] + LN_EPS)
-    return (ag @ r.T + w * ((ag * g).sum(-1, keepdims=True) - ag @ b.T)) / sigma + (a @ p["ln_b"])[:, None]
+    return (ag @ s.r.T + w * ((ag * g).sum(-1, keepdims=True) - ag @ s.b.T)) / sigma + (a @ p["ln_b"])[:, None]
 
 
 @register_head
