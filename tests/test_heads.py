@@ -177,9 +177,10 @@ def fecam_scores(E_class, queries, beta=0.5, a1=1.0, a2=1.0):
     for E in E_class:
         z = tukey(E, beta)
         cov = np.cov(z.T)
+        d = E.shape[1]
         dm = np.mean(np.diag(cov))
-        off = (cov.sum() - np.trace(cov)) / (D * (D - 1))
-        cov = cov + a1 * dm * np.eye(D) + a2 * off * (1 - np.eye(D))
+        off = (cov.sum() - np.trace(cov)) / (d * (d - 1))
+        cov = cov + a1 * dm * np.eye(d) + a2 * off * (1 - np.eye(d))
         sd = np.sqrt(np.diag(cov))
         P = np.linalg.inv(cov / np.outer(sd, sd))
         x = tukey(queries, beta)
@@ -208,6 +209,37 @@ def test_gaussian_updates_equal_from_scratch_stats_and_fecam_scores():
         assert rel(head.means[c], mu) <= 1e-10 and rel(head.scatter[c], S) <= 1e-5
     q = nonneg(rng, 9, 1)
     np.testing.assert_allclose(head.scores(q), fecam_scores(data, q), rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_few_shot_classes_score_exactly_in_woodbury_form():
+    rng = np.random.default_rng(10)
+    d = 96  # classes of <= d / 4 examples take the low-rank path, larger ones the dense inverse
+    data = [np.abs(rng.standard_normal((k, d)) + rng.standard_normal(d)) for k in (2, 10, 24, 40, 12)]
+    for a2 in (1.0, 0.0, 3.0):
+        head = GaussianHead.empty(d, shrink=(1.0, a2))
+        for E in data:
+            head = head.with_examples(None, E)
+        head = head.with_examples(None, data[0][:1])  # one example: a Euclidean distance
+        kinds = [type(head._class_precision(c)).__name__ for c in range(6)]
+        assert kinds == ["Woodbury", "Woodbury", "Woodbury", "ndarray", "Woodbury", "Woodbury"]
+        q = np.abs(rng.standard_normal((300, d)))  # more than one scoring chunk
+        s = head.scores(q)
+        np.testing.assert_allclose(s[:, :5], fecam_scores(data, q, a2=a2), rtol=1e-5, atol=1e-5)
+        x, m = (tukey(v, 0.5) for v in (q, data[0][:1]))
+        x, m = x / np.linalg.norm(x, axis=1, keepdims=True), m / np.linalg.norm(m)
+        np.testing.assert_allclose(s[:, 5], -np.sum((x - m) ** 2, axis=1), rtol=1e-5, atol=1e-6)
+        dense = head.precisions()  # the single-file graph's inputs: every class dense
+        for c, E in enumerate(data):
+            assert rel(dense[c], np.linalg.inv(fecam_cov(E, a2))) <= 1e-5
+
+
+def fecam_cov(E, a2, beta=0.5):
+    z = tukey(E, beta)
+    cov, d = np.cov(z.T), E.shape[1]
+    dm, off = np.mean(np.diag(cov)), (np.cov(z.T).sum() - np.trace(cov)) / (d * (d - 1))
+    cov = cov + dm * np.eye(d) + a2 * off * (1 - np.eye(d))
+    sd = np.sqrt(np.diag(cov))
+    return cov / np.outer(sd, sd)
 
 
 def test_gaussian_remove_examples_inverse_and_without_class():

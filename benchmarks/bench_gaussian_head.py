@@ -1,0 +1,118 @@
+"""FeCAM's head: scoring with few-shot classes in Woodbury form beside dense inverses.
+
+    python benchmarks/bench_gaussian_head.py [--classes 50,100,200] [--shots 30] [--dim 1280] [--images 256]
+
+For each class count C a ``GaussianHead`` of C classes, ``--shots`` random non-negative (CNN-like)
+examples each, width ``--dim`` (MobileNetV2's 1280), scores the same ``--images`` queries on one thread:
+
+* ``dense``: every class's shrunk covariance inverted (``O(D^3)`` each) and the distance as
+  ``(x - m)^T P (x - m)`` (``O(D^2)`` per query and class: how the head scored every class before);
+* ``head, first call``: ``GaussianHead.scores`` on a new head (a class of ``n <= D / 4`` examples gets its
+  precision as ``diag(a) - B K B^T`` from a pivoted Cholesky factor of rank ``< n``, then ``O(D n)`` per query);
+* ``head, cached``: the same head again.
+
+Writes ``benchmarks/results/bench-gaussian-head.{json,md}`` with the command, the machine, the cached
+precisions' size both ways and the largest relative difference of the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def random_head(classes: int, shots: int, dim: int, seed: int = 0):
+    from edgecl_runtime.heads.gaussian import GaussianHead
+
+    rng = np.random.default_rng(seed)
+    head = GaussianHead.empty(dim)
+    for _ in range(classes):
+        centre = np.abs(rng.normal(size=dim))
+        head = head.with_examples(None, np.abs(centre + rng.normal(scale=0.5, size=(shots, dim))).astype(np.float32))
+    return head
+
+
+def dense_scores(head, feats: np.ndarray) -> tuple[np.ndarray, int]:
+    """Every class's dense precision and the ``(x - m)^T P (x - m)`` distance (the head's former path)."""
+    from edgecl_runtime.heads.base import l2_normalize
+    from edgecl_runtime.heads.gaussian import _precision, tukey
+
+    P = np.stack([_precision(head.covariance(c)) for c in range(head.num_classes)])
+    x = l2_normalize(tukey(feats, head.beta)).astype(np.float32)
+    mu = l2_normalize(head.means).astype(np.float32)
+    diff = x[None] - mu[:, None]
+    return -np.einsum("cnd,cnd->nc", diff @ P, diff), P.nbytes
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, value
+
+
+def case(classes: int, shots: int, dim: int, images: int, repeats: int) -> dict:
+    feats = np.abs(np.random.default_rng(1).normal(size=(images, dim))).astype(np.float32)
+    head = random_head(classes, shots, dim)
+    t_dense, (want, dense_bytes) = timed(lambda: dense_scores(head, feats), 1)
+    fresh = iter([random_head(classes, shots, dim) for _ in range(repeats)])
+    t_first, _ = timed(lambda: next(fresh).scores(feats), repeats)
+    t_cached, got = timed(lambda: head.scores(feats), repeats)
+    _, (ia, B, K), _, P = head._scorers()
+    return {"classes": classes, "dense_s": round(t_dense, 3), "first_call_s": round(t_first, 3),
+            "cached_s": round(t_cached, 4), "speedup_first": round(t_dense / t_first, 1),
+            "speedup_cached": round(t_dense / t_cached, 1), "dense_mib": round(dense_bytes / 2**20, 1),
+            "woodbury_mib": round((ia.nbytes + B.nbytes + K.nbytes + P.nbytes) / 2**20, 1),
+            "max_rel_diff": float(np.abs(got - want).max() / np.abs(want).max())}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# bench-gaussian-head: FeCAM's head, few-shot classes in Woodbury form beside dense inverses", "",
+             f"Command: `{report['command']}`  ", f"Machine: `{json.dumps(report['machine'])}`, load average at start {report['load']}", "",
+             f"{report['shots']} random non-negative examples per class, width {report['dim']}, {report['images']} queries, "
+             f"1 thread; best of {report['repeats']} (dense once). Times in seconds per call, cached precisions in MiB.", "",
+             "| classes | dense (invert + score) | head, first call | head, cached | speed-up (first / cached) | "
+             "precisions dense / Woodbury | max rel diff |", "|---|---|---|---|---|---|---|"]
+    for r in report["cases"]:
+        lines.append(f"| {r['classes']} | {r['dense_s']} | {r['first_call_s']} | {r['cached_s']} | "
+                     f"x{r['speedup_first']} / x{r['speedup_cached']} | {r['dense_mib']} / {r['woodbury_mib']} | "
+                     f"{r['max_rel_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", default="50,100,200", help="comma-separated class counts")
+    p.add_argument("--shots", type=int, default=30, help="examples per class (emoji's 30 training images)")
+    p.add_argument("--dim", type=int, default=1280, help="feature width (MobileNetV2's 1280)")
+    p.add_argument("--images", type=int, default=256, help="queries scored per call")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls of the head (the best is kept)")
+    args = p.parse_args(argv)
+    from edgecl.grid import machine_info
+    from edgecl_runtime import blas
+
+    load = [round(x, 2) for x in os.getloadavg()]
+    with blas.limit(1):
+        cases = [case(int(c), args.shots, args.dim, args.images, args.repeats) for c in args.classes.split(",")]
+    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine_info(1), "shots": args.shots,
+              "dim": args.dim, "images": args.images, "repeats": args.repeats, "load": load, "cases": cases}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench-gaussian-head.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / "bench-gaussian-head.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
