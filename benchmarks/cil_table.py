@@ -177,30 +177,42 @@ def plot(report: dict[str, Any], path: Path) -> None:
     panels: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for (dataset, proto, learner, backbone), runs in run_groups(report).items():
         panels.setdefault((dataset, proto), {})[f"{learner} / {backbone}"] = runs
-    # one colour per learner / backbone in every panel (panels list their lines in different orders)
+    # one colour per learner / backbone in every panel (panels list their lines in different orders);
+    # with many lines: 20 colours, a line style per backbone and one legend below the panels
     labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    many = len(labels) > 10
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colour = {label: (cycle[i] if i < len(cycle) else plt.cm.tab20(i % 20)) for i, label in enumerate(labels)}
+    colour = {label: (plt.cm.tab20(i % 20) if many or i >= len(cycle) else cycle[i]) for i, label in enumerate(labels)}
+    backbones = list(dict.fromkeys(label.rsplit(" / ", 1)[-1] for label in labels))
+    style = {label: ["-", "--", ":", "-."][backbones.index(label.rsplit(" / ", 1)[-1]) % 4] if many else "-"
+             for label in labels}
     n = len(panels)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    legend_h = 0.2 * ((len(labels) + 2) // 3) + 0.3 if many else 0.0
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows + legend_h), squeeze=False)
     for ax, ((dataset, proto), lines) in zip(axes.flat, panels.items()):
         for label, runs in lines.items():
             x = runs[0]["classes_seen"]
             acc = np.array([r["accuracy_per_task"] for r in runs])
             mean, std = acc.mean(0), acc.std(0)
-            ax.plot(x, mean, marker="o", ms=3, label=label, color=colour[label])
+            ax.plot(x, mean, marker="o", ms=3, label=label, color=colour[label], ls=style[label])
             ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=colour[label])
         ax.set_title(f"{dataset}, {proto}")
         ax.set_xlabel("classes seen")
         ax.set_ylabel("top-1 on seen classes (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if not many:
+            ax.legend(fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.tight_layout()
+    if many:
+        handles = [plt.Line2D([], [], color=colour[lb], ls=style[lb], marker="o", ms=3) for lb in labels]
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, legend_h / (4.2 * rows + legend_h), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
