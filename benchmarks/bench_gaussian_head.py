@@ -18,16 +18,10 @@ precisions' size both ways and the largest relative difference of the scores.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench_common import header, preamble, timed, write
 
 
 def random_head(classes: int, shots: int, dim: int, seed: int = 0):
@@ -58,15 +52,6 @@ def dense_scores(head, P: np.ndarray, feats: np.ndarray) -> np.ndarray:
     return -np.einsum("cnd,cnd->nc", diff @ P, diff)
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    best, value = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, value
-
-
 def case(classes: int, shots: int, dim: int, images: int, repeats: int) -> dict:
     feats = np.abs(np.random.default_rng(1).normal(size=(images, dim))).astype(np.float32)
     head = random_head(classes, shots, dim)
@@ -86,7 +71,7 @@ def case(classes: int, shots: int, dim: int, images: int, repeats: int) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["# bench-gaussian-head: FeCAM's head, few-shot classes in Woodbury form beside dense inverses", "",
-             f"Command: `{report['command']}`  ", f"Machine: `{json.dumps(report['machine'])}`, load average at start {report['load']}", "",
+             *preamble(report),
              f"{report['shots']} random non-negative examples per class, width {report['dim']}, {report['images']} queries, "
              f"1 thread; best of {report['repeats']} (the dense inversion once). Times in seconds per call (first: "
              "precisions computed, cached: kept from an earlier call), precisions in MiB.", "",
@@ -107,18 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=256, help="queries scored per call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of the head (the best is kept)")
     args = p.parse_args(argv)
-    from edgecl.grid import machine_info
     from edgecl_runtime import blas
 
-    load = [round(x, 2) for x in os.getloadavg()]
+    report = header()
     with blas.limit(1):
         cases = [case(int(c), args.shots, args.dim, args.images, args.repeats) for c in args.classes.split(",")]
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine_info(1), "shots": args.shots,
-              "dim": args.dim, "images": args.images, "repeats": args.repeats, "load": load, "cases": cases}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench-gaussian-head.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "bench-gaussian-head.md").write_text(markdown(report))
-    print(markdown(report))
+    report.update({"shots": args.shots, "dim": args.dim, "images": args.images, "repeats": args.repeats, "cases": cases})
+    write("bench-gaussian-head", report, markdown(report))
     return 0
 
 

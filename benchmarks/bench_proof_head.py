@@ -18,16 +18,10 @@ between the head and the definition.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench_common import header, preamble, timed, write
 
 
 def random_head(classes: int, dim: int, seed: int = 0):
@@ -64,15 +58,6 @@ def by_definition(head, feats: np.ndarray) -> np.ndarray:
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    best, value = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, value
-
-
 def case(classes: int, images: int, dim: int, repeats: int) -> dict:
     feats = np.random.default_rng(1).normal(size=(images, dim)).astype(np.float32)
     t_def, want = timed(lambda: by_definition(random_head(classes, dim), feats), 1)
@@ -87,7 +72,7 @@ def case(classes: int, images: int, dim: int, repeats: int) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["# bench-proof-head: PROOF's head beside the fusion module by definition", "",
-             f"Command: `{report['command']}`  ", f"Machine: `{json.dumps(report['machine'])}`, load average at start {report['load']}", "",
+             *preamble(report),
              f"{report['images']} random features, width {report['dim']}, 1 thread; best of {report['repeats']} "
              "(the definition once). Times in seconds per call.", "",
              "| classes | definition | head, first call | head, cached | speed-up (first / cached) | max abs diff |",
@@ -105,18 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=192, help="feature width (the tiny CLIP's is 192)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls of the head (the best is kept)")
     args = p.parse_args(argv)
-    from edgecl.grid import machine_info
     from edgecl_runtime import blas
 
-    load = [round(x, 2) for x in os.getloadavg()]
+    report = header()
     with blas.limit(1):
         cases = [case(int(c), args.images, args.dim, args.repeats) for c in args.classes.split(",")]
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine_info(1), "images": args.images,
-              "dim": args.dim, "repeats": args.repeats, "load": load, "cases": cases}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench-proof-head.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "bench-proof-head.md").write_text(markdown(report))
-    print(markdown(report))
+    report.update({"images": args.images, "dim": args.dim, "repeats": args.repeats, "cases": cases})
+    write("bench-proof-head", report, markdown(report))
     return 0
 
 
