@@ -171,18 +171,21 @@ def gaussian_stats(E, beta=0.5):
     return z.shape[0], mu, (z - mu).T @ (z - mu)
 
 
+def fecam_cov(E, a2=1.0, beta=0.5, a1=1.0):
+    """FeCAM's shrunk, normalised covariance of a class's examples, written out (np.cov)."""
+    cov, d = np.cov(tukey(E, beta).T), E.shape[1]
+    dm, off = np.mean(np.diag(cov)), (cov.sum() - np.trace(cov)) / (d * (d - 1))
+    cov = cov + a1 * dm * np.eye(d) + a2 * off * (1 - np.eye(d))
+    sd = np.sqrt(np.diag(cov))
+    return cov / np.outer(sd, sd)
+
+
 def fecam_scores(E_class, queries, beta=0.5, a1=1.0, a2=1.0):
     """FeCAM's distance written out directly (np.cov, shrink, correlation, inverse)."""
     out = []
     for E in E_class:
         z = tukey(E, beta)
-        cov = np.cov(z.T)
-        d = E.shape[1]
-        dm = np.mean(np.diag(cov))
-        off = (cov.sum() - np.trace(cov)) / (d * (d - 1))
-        cov = cov + a1 * dm * np.eye(d) + a2 * off * (1 - np.eye(d))
-        sd = np.sqrt(np.diag(cov))
-        P = np.linalg.inv(cov / np.outer(sd, sd))
+        P = np.linalg.inv(fecam_cov(E, a2, beta, a1))
         x = tukey(queries, beta)
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         m = z.mean(0) / np.linalg.norm(z.mean(0))
@@ -231,15 +234,6 @@ def test_gaussian_few_shot_classes_score_exactly_in_woodbury_form():
         dense = head.precisions()  # the single-file graph's inputs: every class dense
         for c, E in enumerate(data):
             assert rel(dense[c], np.linalg.inv(fecam_cov(E, a2))) <= 1e-5
-
-
-def fecam_cov(E, a2, beta=0.5):
-    z = tukey(E, beta)
-    cov, d = np.cov(z.T), E.shape[1]
-    dm, off = np.mean(np.diag(cov)), (np.cov(z.T).sum() - np.trace(cov)) / (d * (d - 1))
-    cov = cov + dm * np.eye(d) + a2 * off * (1 - np.eye(d))
-    sd = np.sqrt(np.diag(cov))
-    return cov / np.outer(sd, sd)
 
 
 def test_gaussian_remove_examples_inverse_and_without_class():

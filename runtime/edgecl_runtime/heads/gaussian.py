@@ -50,22 +50,32 @@ def tukey(x: np.ndarray, beta: float) -> np.ndarray:
     return x if beta == 1.0 else np.sign(x) * np.abs(x) ** beta
 
 
-def shrunk_covariance(scatter: np.ndarray, n: int, a1: float, a2: float, normalize: bool) -> np.ndarray:
-    """FeCAM's covariance of one class from its scatter: shrinkage, then optional normalisation."""
+def _shrinkage(scatter: np.ndarray, n: int, a1: float, a2: float, normalize: bool) -> tuple | None:
+    """FeCAM's shrinkage of one class as ``(G, g, b, sd)``: covariance ``G + b 1 1^T + g I`` (``G = scatter / (n - 1)``,
+    ``g = a1 dm - a2 om``, ``b = a2 om``; ``dm``, ``om`` the mean variance and covariance), normalised by ``sd``
+    (ones without normalisation); ``None`` when the class has no covariance (one example or zero variance)."""
     d = scatter.shape[0]
     if n < 2:
-        return np.eye(d)
-    cov = scatter.astype(np.float64) / (n - 1)
-    diag_mean = float(np.trace(cov)) / d
-    if not diag_mean > 0:
-        return np.eye(d)
-    off_mean = (float(cov.sum()) - float(np.trace(cov))) / max(d * (d - 1), 1)
-    cov = cov + a2 * off_mean * (1.0 - np.eye(d))
-    cov[np.diag_indices(d)] += a1 * diag_mean
-    if normalize:
-        sd = np.sqrt(np.maximum(np.diag(cov), diag_mean * 1e-12))
-        cov = cov / np.outer(sd, sd)
-    return cov
+        return None
+    G = scatter.astype(np.float64) / (n - 1)
+    trace = float(np.trace(G))
+    dm = trace / d
+    if not dm > 0:
+        return None
+    om = (float(G.sum()) - trace) / max(d * (d - 1), 1)
+    sd = np.sqrt(np.maximum(np.diag(G) + a1 * dm, dm * 1e-12)) if normalize else np.ones(d)
+    return G, a1 * dm - a2 * om, a2 * om, sd
+
+
+def shrunk_covariance(scatter: np.ndarray, n: int, a1: float, a2: float, normalize: bool) -> np.ndarray:
+    """FeCAM's covariance of one class from its scatter: shrinkage, then optional normalisation."""
+    terms = _shrinkage(scatter, n, a1, a2, normalize)
+    if terms is None:
+        return np.eye(scatter.shape[0])
+    G, g, b, sd = terms
+    cov = G + b
+    cov[np.diag_indices(len(sd))] += g
+    return cov / np.outer(sd, sd) if normalize else cov
 
 
 def _precision(cov: np.ndarray) -> np.ndarray:
@@ -111,35 +121,30 @@ def woodbury_precision(scatter: np.ndarray, n: int, a1: float, a2: float, normal
     ``A^-1 - A^-1 U (S + V^T V / g)^-1 U^T A^-1``.
     """
     d = scatter.shape[0]
-    if n < 2:
-        return Woodbury(np.ones(d), np.zeros((d, 0)), np.zeros((0, 0)))
-    G = scatter.astype(np.float64) / (n - 1)
-    trace = float(np.trace(G))
-    dm = trace / d
-    if not dm > 0:
-        return Woodbury(np.ones(d), np.zeros((d, 0)), np.zeros((0, 0)))
-    om = (float(G.sum()) - trace) / max(d * (d - 1), 1)
-    g, b = a1 * dm - a2 * om, a2 * om
+    terms = _shrinkage(scatter, n, a1, a2, normalize)
+    if terms is None:
+        return Woodbury(np.ones(d), np.zeros((d, 0)), np.zeros((0, 0)))  # the identity
+    G, g, b, sd = terms
     if not g > 0:
         return None
     F = pivoted_cholesky(G, n - 1)
     V = np.hstack([F, np.full((d, 1), np.sqrt(abs(b)))])
     signs = np.append(np.ones(F.shape[1]), 1.0 if b >= 0 else -1.0)
-    sd = np.sqrt(np.maximum(np.diag(G) + a1 * dm, dm * 1e-12)) if normalize else np.ones(d)
     M = np.diag(signs) + V.T @ V / g
     if np.linalg.cond(M) > 1e10:
         return None
     return Woodbury(sd**2 / g, sd[:, None] * V / g, np.linalg.inv(M))
 
 
-def _woodbury_scores(x: np.ndarray, mu: np.ndarray, stack: tuple) -> np.ndarray:
-    """``-(x - m_c)^T P_c (x - m_c)`` for Woodbury precisions stacked as ``(inv_a (C, D), B (C, D, k), K (C, k, k))``."""
-    IA, B, K = stack
+def _woodbury_scores(x: np.ndarray, stack: tuple) -> np.ndarray:
+    """``-(x - m_c)^T P_c (x - m_c)`` for Woodbury precisions stacked as ``(inv_a (C, D), B (C, D, k), K (C, k, k))``
+    with the means' terms ``m_c * inv_a_c`` (C, D), ``m_c^T diag(inv_a_c) m_c`` (C,) and ``B_c^T m_c`` (C, k)."""
+    IA, B, K, mIA, mm, mB = stack
     C, D, k = B.shape
-    quad = (x * x) @ IA.T - 2.0 * x @ (mu * IA).T + np.sum(mu * mu * IA, axis=1)
+    quad = (x * x) @ IA.T - 2.0 * x @ mIA.T + mm
     if k == 0:
         return -quad
-    t = (x @ B.transpose(1, 0, 2).reshape(D, C * k)).reshape(-1, C, k) - np.einsum("cd,cdk->ck", mu, B)
+    t = (x @ B.transpose(1, 0, 2).reshape(D, C * k)).reshape(-1, C, k) - mB
     t = t.transpose(1, 0, 2)  # (C, n, k)
     quad -= np.sum((t @ K) * t, axis=2).T
     return -quad
@@ -272,9 +277,10 @@ class GaussianHead(Head):
             stacked = np.empty((self.num_classes, self.dim, self.dim), np.float32)
             for c in range(self.num_classes):
                 p = self._class_precision(c)
-                stacked[c] = p.dense() if isinstance(p, Woodbury) else p
-                if not isinstance(p, Woodbury):
-                    self._prec[c] = stacked[c]
+                if isinstance(p, Woodbury):
+                    stacked[c] = p.dense()
+                else:
+                    stacked[c], self._prec[c] = p, stacked[c]
             self._stacked = stacked
         return stacked
 
@@ -291,8 +297,10 @@ class GaussianHead(Head):
                 w = prec[c].B.shape[1]
                 B[i, :, :w], K[i, :w, :w] = prec[c].B, prec[c].K
             IA = np.array([prec[c].inv_a for c in low]).reshape(len(low), self.dim)
+            mu = l2_normalize(self.means[low])
+            stack = (IA, B, K, mu * IA, np.sum(mu * mu * IA, axis=1), np.einsum("cd,cdk->ck", mu, B))
             P = self.precisions() if len(dense) == self.num_classes else np.array([prec[c] for c in dense], np.float32)
-            scorers = self._scorer_cache = (low, (IA, B, K), dense, P.reshape(len(dense), self.dim, self.dim))
+            scorers = self._scorer_cache = (low, stack, dense, P.reshape(len(dense), self.dim, self.dim))
         return scorers
 
     # ------------------------------------------------------------- inference
@@ -305,13 +313,13 @@ class GaussianHead(Head):
         return inputs
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        x64, mu64 = l2_normalize(tukey(embeddings, self.beta)), l2_normalize(self.means)
-        x, mu = x64.astype(np.float32), mu64.astype(np.float32)
+        x64 = l2_normalize(tukey(embeddings, self.beta))
+        x, mu = x64.astype(np.float32), l2_normalize(self.means).astype(np.float32)
         low, stack, dense, P = self._scorers()
         out = np.empty((x.shape[0], self.num_classes), np.float32)
         for i in range(0, x.shape[0], SCORE_CHUNK):
             if len(low):
-                out[i : i + SCORE_CHUNK, low] = _woodbury_scores(x64[i : i + SCORE_CHUNK], mu64[low], stack)
+                out[i : i + SCORE_CHUNK, low] = _woodbury_scores(x64[i : i + SCORE_CHUNK], stack)
             if len(dense):
                 diff = x[None, i : i + SCORE_CHUNK] - mu[dense, None]  # (C', n, D)
                 out[i : i + SCORE_CHUNK, dense] = -np.einsum("cnd,cnd->nc", diff @ P, diff)
