@@ -5,8 +5,8 @@ same learner as a single process would:
 
 * **Sharding.** Dataset row ``i`` belongs to rank ``i % world_size``. Frozen
   modules embed each rank's rows of a split once (``ShardedFeatures``, in
-  memory); ``local_rows`` keeps a rank's part of a pass over the data and
-  remembers where those rows stood in the pass (``shard_positions``).
+  memory); ``local_rows`` keeps a rank's part of a pass over the data, and
+  ``local_positions`` says where those rows stood in the pass.
   Gradient training iterates ``DistributedBatchLoader``: the global batch of
   ``--batch-size`` rows, in the single-process shuffle order, split across ranks
   (rows ``r, r + W, ...`` of the batch go to rank ``r``).
@@ -179,9 +179,6 @@ def all_classes(labels) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ sharding
-_LAST_SHARD: dict[str, object] = {"positions": None, "total": 0}
-
-
 def local_positions(order: np.ndarray) -> np.ndarray:
     """Positions in ``order`` (dataset rows) of this rank's rows (all positions without a group)."""
     order = np.asarray(order, dtype=np.int64)
@@ -191,21 +188,25 @@ def local_positions(order: np.ndarray) -> np.ndarray:
 
 
 def local_rows(order: np.ndarray) -> np.ndarray:
-    """This rank's rows of the pass ``order``; remembers their positions for ``shard_positions``."""
+    """This rank's rows of the pass ``order``."""
     order = np.asarray(order, dtype=np.int64)
-    pos = local_positions(order)
-    _LAST_SHARD.update(positions=pos, total=len(order))
-    return order[pos]
+    return order[local_positions(order)]
 
 
-def shard_positions(n_local: int) -> tuple[np.ndarray, int]:
-    """Positions in the last sharded pass of this rank's ``n_local`` rows, and the pass length."""
-    pos, total = _LAST_SHARD["positions"], int(_LAST_SHARD["total"])
+def last_order(loader) -> np.ndarray | None:
+    """The dataset rows of ``loader``'s last pass (``BatchLoader.last_order``); None for another iterable."""
+    return getattr(loader, "last_order", None)
+
+
+def shard_positions(order: np.ndarray | None, n_local: int) -> tuple[np.ndarray, int]:
+    """Positions in the pass ``order`` (a loader's ``last_order``) of this rank's ``n_local`` rows, and the
+    pass length."""
     if not is_distributed():
         return np.arange(n_local), n_local
+    pos = None if order is None else local_positions(order)
     if pos is None or len(pos) != n_local:
-        raise DistributedError("statistics of rows that did not come from the last sharded pass")
-    return pos, total
+        raise DistributedError("statistics of rows that did not come from the loader's last pass")
+    return pos, len(order)
 
 
 class DistributedBatchLoader(BatchLoader):
@@ -291,15 +292,15 @@ def ridge_statistics(H: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndar
 
 
 def select_lambda(H: np.ndarray, labels: np.ndarray, num_classes: int, lambdas, val_fraction: float, seed: int,
-                  single: Callable) -> float:
+                  single: Callable, order: np.ndarray | None) -> float:
     """RanPAC's ridge parameter (``single``: ``learners.closed_form.select_lambda``) on the rows of all ranks,
-    in pass order.
+    in the order of the pass ``order`` they were embedded in (a loader's ``last_order``).
 
     With at most ``M`` fitting rows (the single-process thin-SVD branch) the rows are gathered and ``single``
     runs on them; with more, the fit/validation Gram matrices and class sums are reduced and the validation
     MSE of every ``lam`` follows from them (the eigendecomposition branch of ``single``).
     """
-    positions, n = shard_positions(len(labels))
+    positions, n = shard_positions(order, len(labels))
     n_val = int(round(val_fraction * n))
     if not is_distributed() or n_val < 1 or n - n_val <= H.shape[1] or len(lambdas) == 1:
         return single(gather_rows(H, positions, n), gather_rows(labels, positions, n), num_classes, lambdas,

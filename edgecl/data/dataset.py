@@ -109,14 +109,17 @@ class BatchLoader:
         self.input_size, self.mean, self.std = tuple(input_size), tuple(mean), tuple(std)
         self.batch_size, self.shuffle = batch_size, shuffle
         self._rng = np.random.default_rng(seed)
+        self.last_order: np.ndarray | None = None  # the dataset rows of the last pass drawn
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
     def next_order(self) -> np.ndarray:
-        """The dataset rows of the next pass, in its order (drawing the shuffle, as iterating does)."""
+        """The dataset rows of the next pass, in its order (drawing the shuffle, as iterating does); kept as
+        ``last_order``."""
         n = len(self.indices)
-        return self.indices[self._rng.permutation(n)] if self.shuffle else self.indices
+        self.last_order = self.indices[self._rng.permutation(n)] if self.shuffle else self.indices
+        return self.last_order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.next_order()

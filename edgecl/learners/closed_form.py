@@ -56,10 +56,12 @@ def select_lambda(
     return float(lambdas[int(np.argmin(mse))])
 
 
-def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_rand, hp: dict[str, Any]):
+def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_rand, hp: dict[str, Any],
+               order: np.ndarray | None = None):
     """One task of RanPAC's ridge classifier: ``G += H^T H``, ``Q += H^T Y``, ``lam`` re-selected, re-solved.
 
-    ``head`` is the current ``RidgeHead`` (``None`` before the first task);
+    ``head`` is the current ``RidgeHead`` (``None`` before the first task); ``order`` is the pass the rows
+    were embedded in (``distributed.last_order(loader)``; under torch.distributed it places each rank's rows);
     ``lam`` is chosen on this task's features only (as in RanPAC) from
     ``10^lambda_min_exp .. 10^lambda_max_exp`` and applied to the statistics
     accumulated over all tasks, in float64.
@@ -76,7 +78,7 @@ def grow_ridge(head, feats: np.ndarray, labels: np.ndarray, num_classes: int, W_
     counts = np.append(counts, np.zeros(len(new), np.int64)) + dcounts
     lambdas = [10.0**k for k in range(hp["lambda_min_exp"], hp["lambda_max_exp"] + 1)]
     if distributed.is_distributed():
-        lam = distributed.select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"], single=select_lambda)
+        lam = distributed.select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"], select_lambda, order)
     else:
         lam = select_lambda(H, labels, n, lambdas, hp["val_fraction"], hp["seed"])
     # G is kept float32-exact (rounded once per task), so the bundle stores it in float32 and the device

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import StateError
 from .closed_form import grow_ridge
 from .hparams import require
@@ -113,7 +114,8 @@ class CoFiMA(SLCA):
                             p.copy_(merged[n])
                 self.fisher = fisher
         feats, labels = self.embed(loader, progress)
-        self.head = grow_ridge(self.head, feats.numpy(), labels.numpy(), self.num_classes, None, self.hp)
+        self.head = grow_ridge(self.head, feats.numpy(), labels.numpy(), self.num_classes, None, self.hp,
+                               distributed.last_order(loader))
         self.num_classes = self.head.num_classes
 
     def _tuned(self) -> dict[str, nn.Parameter]:

@@ -35,6 +35,7 @@ from torch import nn
 
 from edgecl_runtime.heads.ridge import RidgeHead
 
+from .. import distributed
 from ..errors import StateError
 from ..peft import PEFT_METHODS, PeftModel
 from .closed_form import RIDGE_DEFAULTS, check_ridge_hparams, grow_ridge
@@ -91,7 +92,8 @@ class RanPAC(HeadLearner):
             self._adapt(loader, progress)
         feats, labels = self.embed(loader, progress)
         labels = labels.numpy()
-        self.head = grow_ridge(self.head, feats.numpy(), labels, self.num_classes, self.W_rand, self.hp)
+        self.head = grow_ridge(self.head, feats.numpy(), labels, self.num_classes, self.W_rand, self.hp,
+                               distributed.last_order(loader))
         self.num_classes = self.head.num_classes
 
     def _adapt(self, loader, progress) -> None:

@@ -82,7 +82,8 @@ class SLCA(HeadLearner):
             self._slow_learn(loader, params, progress)
         feats, labels = self.embed(loader, progress)
         labels = labels.numpy()
-        self.head = grow_ridge(self.head, feats.numpy(), labels, self.num_classes, None, self.hp)
+        self.head = grow_ridge(self.head, feats.numpy(), labels, self.num_classes, None, self.hp,
+                               distributed.last_order(loader))
         self.num_classes = self.head.num_classes
 
     def _slow_learn(self, loader, params: list[nn.Parameter], progress) -> nn.Module | None:
