@@ -17,14 +17,15 @@ from edgecl_runtime import Bundle, store
 from tests.conftest import ROOT
 
 WRITER = """
-import sys, numpy as np
+import sys, zlib, numpy as np
 from edgecl_runtime import store
 path, tag, rounds, probe = sys.argv[1], sys.argv[2], int(sys.argv[3]), np.load(sys.argv[4])
-rng = np.random.default_rng(abs(hash(tag)) % 2**32)
+rng = np.random.default_rng(zlib.crc32(tag.encode()))
+noise = 0.3 * np.linalg.norm(probe) / np.sqrt(probe.size)  # classes' scores apart by far more than rounding
 for i in range(rounds):
     name = f"{tag}-{i}"
     # the probe's own features (plus noise): the class tops the probe while it exists
-    store.add_examples(path, name, probe + 0.05 * rng.standard_normal(probe.shape).astype(np.float32))
+    store.add_examples(path, name, probe + noise * rng.standard_normal(probe.shape).astype(np.float32))
     if i % 2:
         store.remove_class(path, name)
 """
@@ -86,7 +87,7 @@ def test_predict_labels_come_from_the_state_of_their_scores(exported, tmp_path):
         for s, label, score in seen:
             if s == seq:
                 assert label == want, (seq, label, want)
-                assert abs(score - float(scores.max())) <= 1e-4
+                assert abs(score - float(scores.max())) <= 1e-5  # the top two differ by > 3e-4 here
 
 
 def test_threads_of_one_process_serialise_on_the_lock(exported, tmp_path):
