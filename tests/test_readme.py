@@ -1,4 +1,5 @@
-"""The README's quick start runs as written: its shell commands, then its Python block (``examples/quickstart.py``)."""
+"""The README's quick start runs as written (its shell commands, then its Python block, ``examples/quickstart.py``),
+and so does its pipeline block on the quick start's images."""
 
 import os
 import re
@@ -11,26 +12,30 @@ from tests.conftest import ROOT
 SECTION = "## Quick start on your own images"
 
 
-def quick_start_blocks() -> tuple[list[str], str]:
+def block(heading: str, language: str) -> str:
+    """The first ``language`` code block of the README's section ``heading``."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION) :].split("\n## ", 1)[0]
-    shell = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    return [line for line in shell.splitlines() if line.strip()], python
+    section = readme[readme.index(heading) :].split("\n## ", 1)[0]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
+
+
+def lines(shell: str) -> list[str]:
+    return [line for line in shell.splitlines() if line.strip()]
 
 
 def run(command: str, cwd: Path) -> str:
     """``command`` as the README writes it, with ``.venv/bin/`` this interpreter's and the checkout's examples."""
     bin_dir = Path(sys.executable).parent
     command = command.replace(".venv/bin/", f"{bin_dir}/").replace(" examples/", f" {ROOT}/examples/")
+    command = re.sub(r"^edgecl ", f"{bin_dir}/edgecl ", command)  # a line of the activated venv
     done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, env=os.environ.copy(),
                           timeout=600)
     assert done.returncode == 0, (command, done.stderr[-2000:])
     return done.stdout
 
 
-def test_the_quick_start_runs_as_written(tmp_path):
-    shell, python = quick_start_blocks()
+def test_the_quick_start_and_the_pipeline_run_as_written(tmp_path):
+    shell, python = lines(block(SECTION, "bash")), block(SECTION, "python")
     assert (ROOT / "examples" / "quickstart.py").read_text().endswith(python)  # the file is the README's block
     out = [run(line, tmp_path) for line in shell]
     assert out[3].startswith("my_images/red-star/000.png: red-star")  # a trained class, on top
@@ -40,3 +45,9 @@ def test_the_quick_start_runs_as_written(tmp_path):
     last, forgetting = map(float, printed[-3].split())
     assert last > 50.0 and abs(forgetting) < 20.0  # 20 classes: chance 5 %
     assert printed[-2].startswith("[[('red-star',") and printed[-1] == "['yellow-circle']"
+    pipeline = lines(block("## Pipeline", "bash"))
+    assert pipeline[0].startswith(". .venv/bin/activate")
+    out = {line.split("#")[0].strip(): run(line, tmp_path) for line in pipeline[1:]}
+    assert out["edgecl predict bundles/simplecil my_images/red-star/000.png --top-k 3"].startswith(
+        "my_images/red-star/000.png: red-star")
+    assert "'grinning face'" in out['edgecl add-class bundles/clip "grinning face" --by-name']
