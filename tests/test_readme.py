@@ -1,5 +1,5 @@
 """The README's quick start runs as written (its shell commands, then its Python block, ``examples/quickstart.py``),
-and so does its pipeline block on the quick start's images."""
+and so do its pipeline block and runtime snippet on the quick start's images."""
 
 import os
 import re
@@ -51,3 +51,5 @@ def test_the_quick_start_and_the_pipeline_run_as_written(tmp_path):
     assert out["edgecl predict bundles/simplecil my_images/red-star/000.png --top-k 3"].startswith(
         "my_images/red-star/000.png: red-star")
     assert "'grinning face'" in out['edgecl add-class bundles/clip "grinning face" --by-name']
+    (tmp_path / "runtime.py").write_text(block("### Runtime", "python"))
+    assert run(".venv/bin/python runtime.py", tmp_path).startswith("['red-star']")
