@@ -133,6 +133,7 @@ def test_export_info_eval_add_class_bench_json(cli_run, tmp_path, shapes_new):
     np.save(tmp_path / "ex.npy", class_images(train, name, 5))
     added = _json(["add-class", str(bundle), name, str(tmp_path / "ex.npy"), "--json"])
     assert added == {**added, "class": name, "created": True, "examples_added": 5, "num_classes": 21}
+    assert abs(added["seconds"] - added["embed_seconds"] - added["update_seconds"]) < 1e-6
     assert name in _json(["info", str(bundle), "--json"])["added_on_device"]
     bench = _json(["-q", "bench", str(bundle), "--repeats", "3", "--batch-size", "2", "--json"])
     assert set(bench) >= {"command", "time", "machine", "device"} and bench["device"]["num_classes"] == 21

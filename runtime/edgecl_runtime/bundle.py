@@ -279,16 +279,16 @@ class Bundle:
         with blas.limit(self.blas_threads), signing.using(self.policy):
             state, created = store.add_examples(self.path, name, emb, timeout=timeout)
         self._set_state(state)
-        idx = state.classes.index(name)
+        idx, seconds = state.classes.index(name), time.perf_counter() - t0
         return AddClassResult(
             name=name,
             created=created,
             examples_added=int(emb.shape[0]),
             total_examples=int(state.head.counts[idx]),
             num_classes=len(state.classes),
-            seconds=time.perf_counter() - t0,
+            seconds=seconds,
             embed_seconds=t_embed,
-            update_seconds=time.perf_counter() - t0 - t_embed,
+            update_seconds=seconds - t_embed,
         )
 
     def text_prototypes(self, texts) -> np.ndarray:
