@@ -57,8 +57,9 @@ def add_class(bundle, name, images, by_name, text, device, as_json):
     (--by-name, zero-shot), or both; the update is saved atomically (journaled: `edgecl history` lists it,
     `edgecl rollback` undoes it). An existing NAME gets the new examples too. The time reported is split into
     embedding the examples and the update; the first update of a ridge head (RanPAC, SLCA) after loading forms
-    (G + lam I)^-1, about 1 s at M = 2048, which a device app that keeps the bundle loaded pays once. --json prints {"class", "created", "examples_added", "total_examples", "num_classes", "seconds",
-    "embed_seconds", "update_seconds", "by_text"}."""
+    (G + lam I)^-1, about 1 s at M = 2048, which a device app that keeps the bundle loaded pays once. --json
+    prints {"class", "created", "examples_added", "total_examples", "num_classes", "seconds", "embed_seconds",
+    "update_seconds", "by_text"}."""
     from edgecl_runtime import EdgeclRuntimeError
     from edgecl_runtime.io import read_images
 
