@@ -400,21 +400,7 @@ def locked(bundle_dir: Path, timeout: float | None = None) -> Iterator[None]:
     except OSError as exc:
         raise storage_error(exc, f"open the update lock {path} (read-only bundle?)") from exc
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-                    raise LockTimeoutError(
-                        f"another process (pid {holder}) has been updating {bundle_dir} for more than "
-                        f"{timeout:g} s; retry later or raise the timeout"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+        _wait_for_lock(fd, timeout, bundle_dir)
         with contextlib.suppress(OSError):  # informative only (a full disk may refuse it)
             os.pwrite(fd, f"{os.getpid():<15d}\n".encode(), 0)  # fixed width: no truncate needed
         remove_temp_files(bundle_dir)
@@ -426,3 +412,24 @@ def locked(bundle_dir: Path, timeout: float | None = None) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _wait_for_lock(fd: int, timeout: float, bundle_dir: Path) -> None:
+    """Takes the exclusive flock on ``fd``, polling with backoff until ``timeout`` seconds pass."""
+    import fcntl  # POSIX only: the caller checked
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                raise LockTimeoutError(
+                    f"another process (pid {holder}) has been updating {bundle_dir} for more than "
+                    f"{timeout:g} s; retry later or raise the timeout"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
