@@ -149,47 +149,64 @@ def load_weights(model: nn.Module, timm_name: str, path: Path) -> str | None:
     remap applied, if any.
     """
     sd = read_state_dict(path)
-    keymap, hint = find_keymap(sd), ""
-    if keymap is not None and not keymap.fits(timm_name):
-        hint = f"; it is in the key naming of {keymap.description}, which edgecl remaps onto {', '.join(keymap.targets)}"
-        keymap = None
-    if keymap is not None:
-        try:
-            sd = keymap.apply(sd, model)
-        except KeyMapError as exc:
-            raise BackboneError(f"{path} ({keymap.description}) does not line up with {timm_name}: {exc}") from exc
-    filter_fn = _timm_filter_fn(timm_name)
-    if filter_fn is not None:
-        try:
-            try:
-                sd = filter_fn(sd, model)
-            except TypeError:  # as timm: some filters take the state dict only
-                sd = filter_fn(sd)
-        except Exception as exc:
-            raise BackboneError(f"cannot adapt {path} to {timm_name}: {type(exc).__name__}: {exc}") from exc
+    sd, keymap, hint = _remap(sd, model, timm_name, path)
+    sd = _adapt(sd, model, timm_name, path)
     classifiers = model.pretrained_cfg.get("classifier") or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     sd = {k: v for k, v in sd.items() if not any(k.startswith(c + ".") for c in classifiers)}
-    target = model.state_dict()
+    _check_fit(sd, model.state_dict(), timm_name, path, hint)
+    model.load_state_dict(sd, strict=False)  # strict up to the ignored counters, checked above
+    return keymap.name if keymap else None
+
+
+def _remap(sd: dict, model: nn.Module, timm_name: str, path: Path) -> tuple[dict, object, str]:
+    """Renames a known foreign key naming onto timm's when the remap is exact for ``timm_name``;
+    returns the state dict, the keymap applied (or None) and a hint for the misfit error."""
+    keymap = find_keymap(sd)
+    if keymap is None:
+        return sd, None, ""
+    if not keymap.fits(timm_name):
+        return sd, None, f"; it is in the key naming of {keymap.description}, which edgecl remaps onto {', '.join(keymap.targets)}"
+    try:
+        return keymap.apply(sd, model), keymap, ""
+    except KeyMapError as exc:
+        raise BackboneError(f"{path} ({keymap.description}) does not line up with {timm_name}: {exc}") from exc
+
+
+def _adapt(sd: dict, model: nn.Module, timm_name: str, path: Path) -> dict:
+    """Runs timm's own checkpoint filter of the architecture, if it has one."""
+    filter_fn = _timm_filter_fn(timm_name)
+    if filter_fn is None:
+        return sd
+    try:
+        try:
+            return filter_fn(sd, model)
+        except TypeError:  # as timm: some filters take the state dict only
+            return filter_fn(sd)
+    except Exception as exc:
+        raise BackboneError(f"cannot adapt {path} to {timm_name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_fit(sd: dict, target: dict, timm_name: str, path: Path, hint: str) -> None:
+    """A ``BackboneError`` with counts and examples unless ``sd`` fills every tensor of ``target``."""
     # A buffer that only counts BatchNorm updates is no weight: old checkpoints lack it.
     wanted = [k for k in target if not k.endswith("num_batches_tracked")]
     missing = [k for k in wanted if k not in sd]
     unexpected = [k for k in sd if k not in target]
     mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{len(missing)} of {len(wanted)} model tensors missing from the file" + (f" (e.g. {_examples(missing)})" if missing else "")]
-        parts.append(f"{len(unexpected)} unexpected" + (f" (e.g. {_examples(unexpected)})" if unexpected else ""))
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} with another shape (e.g. {k}: file {tuple(sd[k].shape)}, model {tuple(target[k].shape)})")
-        known = "; ".join(f"{km.description} -> {', '.join(km.targets)}" for km in KEYMAPS.values())
-        raise BackboneError(
-            f"weights file {path} does not fit timm model {timm_name!r} (classifier head aside): "
-            + ", ".join(parts)
-            + (hint or f". A checkpoint of another architecture or in another library's key naming? Known remaps: {known}")
-        )
-    model.load_state_dict(sd, strict=False)  # strict up to the ignored counters, checked above
-    return keymap.name if keymap else None
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"{len(missing)} of {len(wanted)} model tensors missing from the file" + (f" (e.g. {_examples(missing)})" if missing else "")]
+    parts.append(f"{len(unexpected)} unexpected" + (f" (e.g. {_examples(unexpected)})" if unexpected else ""))
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f"{len(mismatched)} with another shape (e.g. {k}: file {tuple(sd[k].shape)}, model {tuple(target[k].shape)})")
+    known = "; ".join(f"{km.description} -> {', '.join(km.targets)}" for km in KEYMAPS.values())
+    raise BackboneError(
+        f"weights file {path} does not fit timm model {timm_name!r} (classifier head aside): "
+        + ", ".join(parts)
+        + (hint or f". A checkpoint of another architecture or in another library's key naming? Known remaps: {known}")
+    )
 
 
 def data_config(model: nn.Module, timm_name: str) -> tuple[tuple[int, int, int], tuple, tuple]:
