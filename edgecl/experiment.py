@@ -113,14 +113,7 @@ def run_experiment(
     backbone = distributed.main_first(lambda: create_backbone(cfg.backbone, cfg.weights, cfg.img_size,
                                                               progress=bar("pre-training embedded backbone")))
     spec = backbone.spec
-    train, test = distributed.main_first(lambda: load_dataset(
-        cfg.dataset,
-        image_size=spec.input_size[1:],
-        seed=cfg.data_seed,
-        test_fraction=cfg.test_fraction,
-        train_per_class=cfg.train_per_class,
-        test_per_class=cfg.test_per_class,
-    ))
+    train, test = distributed.main_first(lambda: _load_data(cfg, spec.input_size[1:]))
     scenario = ClassIncremental(train.num_classes, cfg.init_cls, cfg.increment, seed=cfg.order_seed)
     train, test = scenario.remap(train), scenario.remap(test)
     learner = create_learner(cfg.learner, backbone, device=cfg.device, backbones=create_backbone, **cfg.learner_args)
@@ -145,9 +138,27 @@ def run_experiment(
     log(f"embeddings: {features.summary()}")
     result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test)
     if out_dir is not None and distributed.is_main():
-        config = asdict(cfg) | {"class_order": scenario.class_order}
-        save_run(Path(out_dir), config, learner, result.class_names, metrics.to_dict())
-        seen = [len(task) + sum(len(x) for x in scenario.tasks[:t]) for t, task in enumerate(scenario.tasks)]
-        write_accuracy_curves(out_dir, metrics.to_dict(), seen, f"{cfg.learner} on {cfg.dataset} ({spec.name})")
+        _save(Path(out_dir), result, spec.name)
         log(f"saved run to {out_dir} (per-task accuracy: accuracy.csv, accuracy.png)")
     return result
+
+
+def _load_data(cfg: RunConfig, image_size: tuple[int, int]):
+    """The run's train and test sets at the backbone's input size."""
+    return load_dataset(
+        cfg.dataset,
+        image_size=image_size,
+        seed=cfg.data_seed,
+        test_fraction=cfg.test_fraction,
+        train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class,
+    )
+
+
+def _save(out_dir: Path, result: RunResult, backbone_name: str) -> None:
+    """Writes the run directory: config with the class order, learner state, metrics and accuracy curves."""
+    cfg, scenario, metrics = result.config, result.scenario, result.metrics
+    config = asdict(cfg) | {"class_order": scenario.class_order}
+    save_run(out_dir, config, result.learner, result.class_names, metrics.to_dict())
+    seen = [len(task) + sum(len(x) for x in scenario.tasks[:t]) for t, task in enumerate(scenario.tasks)]
+    write_accuracy_curves(out_dir, metrics.to_dict(), seen, f"{cfg.learner} on {cfg.dataset} ({backbone_name})")
