@@ -4,6 +4,7 @@
 * ``pretrain``: pre-train the embedded backbones
 * ``backbones``: list embedded and named pre-trained backbones, installed or not
 * ``data``: data preview (numpy + Pillow)
+* ``cache``: see and clear the cache by section
 
 The ``edgecl`` command itself belongs to the runtime distribution
 (``edgecl_runtime.cli``, device verbs); it finds these commands through the

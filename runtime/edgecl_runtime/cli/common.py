@@ -14,7 +14,7 @@ from .. import __version__
 
 COMMANDS_GROUP = "edgecl.commands"  # entry points: click commands of the training distribution
 PLUGINS_GROUP = "edgecl.plugins"  # entry points: functions the device verbs call when training is installed
-TRAINING_VERBS = ("train", "export", "demo", "learners", "backbones", "pretrain", "data")
+TRAINING_VERBS = ("train", "export", "demo", "learners", "backbones", "pretrain", "data", "cache")
 TRAINING_INSTALL = "pip install edgecl (the training distribution; it brings torch and timm)"
 
 
