@@ -29,14 +29,12 @@ class RunDirError(EdgeclError, ValueError):
 
 
 def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str], metrics: dict[str, Any]) -> Path:
+    """Writes the run to ``path``. Every file is written under a temporary name first, so a failure (a full
+    disk) leaves a run already in ``path`` as it was; then run.json goes, the files are renamed into place
+    and run.json comes back last."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    if (path / RUN_JSON).exists():
-        (path / RUN_JSON).unlink()  # the directory is incomplete until run.json is rewritten
-    state = {k: v.detach().contiguous().cpu() for k, v in learner.backbone.model.state_dict().items()}
-    save_file(state, str(path / BACKBONE_FILE))
-    np.savez(path / STATE_FILE, **learner.state())
     run = {
         "edgecl_version": __version__,
         "config": config,
@@ -46,9 +44,19 @@ def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str]
         "metrics": metrics,
         "files": {"backbone": BACKBONE_FILE, "learner_state": STATE_FILE},
     }
-    tmp = path / f".{RUN_JSON}.tmp"
-    tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path / RUN_JSON)
+    temps = {name: path / f".{name}.{os.getpid()}.tmp" for name in (BACKBONE_FILE, STATE_FILE, RUN_JSON)}
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in learner.backbone.model.state_dict().items()}
+        save_file(state, str(temps[BACKBONE_FILE]))
+        with open(temps[STATE_FILE], "wb") as f:
+            np.savez(f, **learner.state())
+        temps[RUN_JSON].write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        (path / RUN_JSON).unlink(missing_ok=True)  # the directory is incomplete until run.json is back
+        for name, tmp in temps.items():
+            os.replace(tmp, path / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -55,6 +55,8 @@ def _parse_learner_args(ctx, param, values) -> dict:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch and onnxruntime intra-op threads (default: torch's default).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+@click.option("--force", is_flag=True, help="Replace the run --out holds, if any (without it such an --out is "
+                                        "refused before training starts).")
 @click.option("--learner-arg", "learner_args", multiple=True, metavar="KEY=VALUE", callback=_parse_learner_args,
               help="Learner hyper-parameter (repeatable); VALUE is a JSON literal (2048, 0.1, true, null, [1, 2]) "
                    "or else a plain string. See `edgecl learners NAME` for a learner's hyper-parameters.")
@@ -65,7 +67,7 @@ def _parse_learner_args(ctx, param, values) -> dict:
 @json_option
 @click.pass_context
 def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, increment, seed, data_seed, batch_size, device,
-          engine, embedding_cache, threads, out_dir, learner_args, config_file, as_json):
+          engine, embedding_cache, threads, out_dir, force, learner_args, config_file, as_json):
     """Run the class-incremental protocol and save the run to --out.
 
     The data set is split into tasks of new classes (--init-cls, then
@@ -87,7 +89,11 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     from .. import distributed
     from ..errors import EdgeclError
     from ..experiment import run_experiment
+    from ..rundir import RUN_JSON
 
+    if not force and (Path(out_dir) / RUN_JSON).exists():
+        raise click.UsageError(f"{out_dir} already holds a run ({RUN_JSON}); give --force to replace it, "
+                               "or another --out")
     try:
         device = distributed.init_from_env(device)
     except distributed.DistributedError as exc:
