@@ -101,10 +101,13 @@ def run_experiment(
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
     progress: Callable[[str], Callable] | None = None,
+    after_task: Callable[[int, Any, ArrayDataset, np.ndarray], None] | None = None,
 ) -> RunResult:
     """Train ``cfg.learner`` over the tasks, evaluating after each; save to ``out_dir`` if given.
 
-    ``progress(label)`` returns a wrapper for iterables (e.g. a progress bar).
+    ``progress(label)`` returns a wrapper for iterables (e.g. a progress bar). ``after_task(t, learner, test,
+    seen)`` is called after task ``t``'s evaluation, with the test set and the indices of its seen classes'
+    images (e.g. to score the learner other ways).
     """
     distributed.check_learner(cfg.learner)
     log = distributed.main_only(log)  # under torch.distributed rank 0 logs and writes the run
@@ -126,6 +129,8 @@ def run_experiment(
         learner.fit_task(loader, progress=bar(f"task {t + 1}/{scenario.num_tasks}"))
         seen = scenario.seen_indices(test, t)
         metrics.record(test.labels[seen], evaluate(learner, test, spec, indices=seen, features=features), scenario.tasks)
+        if after_task is not None:
+            after_task(t, learner, test, seen)
         chance = 100.0 / (classes[-1] + 1)
         log(
             f"task {t + 1}/{scenario.num_tasks}: classes {classes[0]}-{classes[-1]}, "

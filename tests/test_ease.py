@@ -133,3 +133,24 @@ def test_ease_exports_all_adapters_in_one_graph_and_adds_classes_on_the_device(e
     on_own = head.scores(bundle.embed(examples))[:, -1].mean()
     others = head.scores(bundle.embed(ease.test.images))[:, -1]
     assert on_own > others.mean()  # (a small test ViT: every cosine is close to 1)
+
+
+def test_ease_scoring_benchmark_scores_the_trained_learner_every_way(tmp_path):
+    """benchmarks/ease_scoring.py, through run_experiment's after_task hook: its default scoring is the protocol's."""
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("ease_scoring", ROOT / "benchmarks" / "ease_scoring.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "ease.json"
+    assert bench.main(["--dataset", "shapes:20", "--protocol", "B10-Inc5", "--threads", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    curves = report["accuracy_per_task"]
+    assert set(curves) == set(bench.VARIANTS) and all(len(c) == 3 for c in curves.values())
+    assert report["classes_seen"] == [10, 15, 20]
+    assert curves["alpha0.1"] == report["protocol_per_task"]  # the default scoring is the protocol's, hparams restored
+    assert curves["alpha0.1"][-1] > 3 * 100 / 20  # well above chance
+    assert len({c[-1] for c in curves.values()}) > 1  # the scorings differ on the same learner
