@@ -51,7 +51,7 @@ def child(spec: dict) -> dict:
     import torch
 
     import edgecl.experiment as experiment
-    from edgecl.backbones import create_backbone
+    from edgecl.zoo import create_backbone
 
     torch.set_num_threads(spec["threads"])
     experiment.default_cache_dir = lambda: Path(spec["cache"])  # a cold cache for this run only

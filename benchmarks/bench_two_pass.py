@@ -5,7 +5,7 @@
 
 Exports SimpleCIL (one pass of the frozen ViT) and L2P, DualPrompt and
 CODA-Prompt (query pass + prompt selection + prompted pass, one graph each) on
-the same backbone, then times ``backbone.onnx`` of every bundle with
+the same backbone, then times ``model.onnx`` of every bundle (images and head -> scores) with
 onnxruntime on CPU, round-robin (model A, B, C, D, A, B, ...) so that all see
 the same machine load. Prompt learners are fitted for one epoch on 10 shapes
 classes: the cost of the graph does not depend on how well it is trained,
@@ -86,13 +86,10 @@ def export_all(tmp: Path, backbone) -> dict[str, Path]:
 
 
 def time_sessions(paths: dict[str, Path], batch_sizes, repeats: int, threads: int, input_size) -> list[dict]:
-    import onnxruntime as ort
+    from edgecl_runtime import Bundle
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sessions = {n: ort.InferenceSession(str(p / "backbone.onnx"), opts, providers=["CPUExecutionProvider"])
-                for n, p in paths.items()}
+    bundles = {n: Bundle.load(p, device="cpu", threads=threads, cache=False) for n, p in paths.items()}
+    sessions = {n: b._scores_preprocessed for n, b in bundles.items()}  # model.onnx on a normalised batch
     rng = np.random.default_rng(0)
     rows = []
     for bs in batch_sizes:
@@ -100,11 +97,11 @@ def time_sessions(paths: dict[str, Path], batch_sizes, repeats: int, threads: in
         times = {n: [] for n in sessions}
         for s in sessions.values():  # warm-up
             for _ in range(3):
-                s.run(None, {"images": x})
+                s(x)
         for _ in range(repeats):
             for n, s in sessions.items():
                 t0 = time.perf_counter()
-                s.run(None, {"images": x})
+                s(x)
                 times[n].append(time.perf_counter() - t0)
         base = float(np.median(times["simplecil"]))
         for n, ts in times.items():
@@ -117,7 +114,7 @@ def time_sessions(paths: dict[str, Path], batch_sizes, repeats: int, threads: in
                 "p90_ms": round(1e3 * float(np.percentile(ts, 90)), 3),
                 "images_per_s": round(bs / med, 1),
                 "ratio_to_single_pass": round(med / base, 2),
-                "onnx_bytes": (paths[n] / "backbone.onnx").stat().st_size,
+                "onnx_bytes": (paths[n] / "model.onnx").stat().st_size,
             })
     return rows
 
