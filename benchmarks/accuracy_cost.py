@@ -70,6 +70,7 @@ def main() -> None:
     result = {"name": Path(a.out).name, "command": shlex.join(["python", *sys.argv]),
               "sources": [n for n in (a.results + "," + a.cost).split(",") if n],
               **table(load(a.results), load(a.cost))}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     Path(a.out).with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))

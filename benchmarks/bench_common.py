@@ -31,11 +31,12 @@ def header(threads: int = 1) -> dict:
             "load": [round(x, 2) for x in os.getloadavg()]}
 
 
-def write(stem: str, report: dict, markdown: str) -> None:
-    """``results/<stem>.json`` and ``results/<stem>.md``; the Markdown is printed too."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown)
+def write(stem: str, report: dict, markdown: str, out: Path | None = None) -> None:
+    """``<out>.json`` and ``<out>.md`` (default ``results/<stem>``); the Markdown is printed too."""
+    out = Path(out) if out is not None else RESULTS / stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_name(out.name + ".md").write_text(markdown)
     print(markdown)
 
 

@@ -137,6 +137,7 @@ def main() -> None:
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": [round(x, 2) for x in load],
               **{k: getattr(a, k) for k in ("dataset", "backbone", "init_cls", "increment", "epochs", "threads")},
               "builds": builds, **timing, "ratios": ratios(timing["bundles"])}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
     Path(a.out + ".md").write_text(markdown(result))
     print(markdown(result))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from bench_common import header, preamble, timed, write
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=1280, help="feature width (MobileNetV2's 1280)")
     p.add_argument("--images", type=int, default=256, help="queries scored per call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of the head (the best is kept)")
+    p.add_argument("--out", type=Path, help=f"output path without suffix (default: benchmarks/results/bench-gaussian-head)")
     args = p.parse_args(argv)
     from edgecl_runtime import blas
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with blas.limit(1):
         cases = [case(int(c), args.shots, args.dim, args.images, args.repeats) for c in args.classes.split(",")]
     report.update({"shots": args.shots, "dim": args.dim, "images": args.images, "repeats": args.repeats, "cases": cases})
-    write("bench-gaussian-head", report, markdown(report))
+    write("bench-gaussian-head", report, markdown(report), args.out)
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from bench_common import header, preamble, timed, write
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=32, help="images scored per call")
     p.add_argument("--dim", type=int, default=192, help="feature width (the tiny CLIP's is 192)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls of the head (the best is kept)")
+    p.add_argument("--out", type=Path, help=f"output path without suffix (default: benchmarks/results/bench-proof-head)")
     args = p.parse_args(argv)
     from edgecl_runtime import blas
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with blas.limit(1):
         cases = [case(int(c), args.images, args.dim, args.repeats) for c in args.classes.split(",")]
     report.update({"images": args.images, "dim": args.dim, "repeats": args.repeats, "cases": cases})
-    write("bench-proof-head", report, markdown(report))
+    write("bench-proof-head", report, markdown(report), args.out)
     return 0
 
 

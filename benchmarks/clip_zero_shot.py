@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["glyphs:200", "emoji:200", "emoji:500"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="clip-zero-shot")
+    ap.add_argument("--out", type=Path, help="output path without suffix (default: benchmarks/results/NAME)")
     ap.add_argument("--known", type=float, default=0.75, help="mixed bundle: fraction of classes learnt from images")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,8 +68,9 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__},
         "model": args.model, "weights": clip.weights, "results": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
+    dest = args.out or RESULTS / args.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_name(dest.name + ".json").write_text(json.dumps(out, indent=1) + "\n")
     md = [f"# Zero-shot top-1 of {args.model} by class name", "", f"Command: `{out['command']}`", "",
           f"Machine: {out['machine']}", "", "| data set (test split) | classes | images | chance | clip (text embedding) "
           "| prototype (text prototype) |", "|---|---|---|---|---|---|"]
@@ -81,7 +83,7 @@ def main() -> None:
     md += [f"| {r['dataset']} | {r['mixed']['known_classes']} | {100 * r['mixed']['by_name_top1']:.2f} % "
            f"| {100 * r['mixed']['by_name_predicted_as_by_name']:.1f} % | {100 * r['mixed']['image_classes_top1']:.2f} % |"
            for r in rows]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    dest.with_name(dest.name + ".md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def main() -> None:
     run = train(a)
     p = predictions(run.learner, run.test, run.learner.backbone.spec)
     out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"name": out.name, "command": shlex.join(["python", *sys.argv]), "machine": machine_info(a.threads),
               "config": vars(a), "summary": summary(p, run.test.labels)}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
