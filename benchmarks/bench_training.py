@@ -98,7 +98,8 @@ def e2e(args, work: Path) -> dict:
     base = {"dataset": args.dataset, "backbone": args.backbone, "img_size": args.img_size, "learner": args.learner,
             "init_cls": args.init_cls, "increment": args.increment}
     env = dict(os.environ)
-    before_env = dict(env, PYTHONPATH=os.pathsep.join(before_tree(args.before_commit, work / "before")))
+    before_env = (dict(env, PYTHONPATH=os.pathsep.join(before_tree(args.before_commit, work / "before")))
+                  if "before" in args.variants.split(",") else None)
     rounds = []
     for r in range(args.rounds):
         cache = linked_cache(cache_dir(), work / f"cache-{r}")
@@ -118,7 +119,7 @@ def e2e(args, work: Path) -> dict:
     variants = args.variants.split(",")
     wall = {v: statistics.median(row[v]["wall_s"] for row in rounds) for v in variants}
     cpu = {v: statistics.median(row[v]["cpu_s"] for row in rounds) for v in variants}
-    same = all(row[v]["accuracy"] == row["before"]["accuracy"] for row in rounds for v in variants)
+    same = all(row[v]["accuracy"] == row[variants[0]]["accuracy"] for row in rounds for v in variants)  # as the first
     speedups = {f"speedup_{v}": round(wall["before"] / wall[v], 2) for v in variants if v != "before" and "before" in wall}
     cpu_speedups = {f"cpu_speedup_{v}": round(cpu["before"] / cpu[v], 2) for v in variants if v != "before" and "before" in cpu}
     return {"config": base, "rounds": rounds, "median_wall_s": wall, "median_cpu_s": cpu, "identical_accuracy": same,
@@ -250,7 +251,7 @@ def main() -> None:
     p.add_argument("--note", action="append", default=[], help="a paragraph for the .md (kept in the .json)")
     p.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json (with --note added)")
     args = p.parse_args()
-    if args.before_commit is None:
+    if args.before_commit is None and "before" in args.variants.split(","):
         args.before_commit = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                             capture_output=True, text=True).stdout.strip()
     import platform

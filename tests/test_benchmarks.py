@@ -32,13 +32,16 @@ CASES = {
                    "--increment", "5", "--repeats", "2", "--work", "{w}", "--out", "{o}"],
     "bench_footprint": ["--cases", "simplecil-vit-tiny", "--repeats", "3", "--work", "{w}", "--out", "{o}"],
     "accuracy_cost": ["--results", "cil-glyphs200-mix", "--cost", "cost-glyphs200-clip", "--out", "{o}"],
+    "bench_training": ["--variants", "torch-nocache,cold,warm", "--dataset", "shapes:20", *TINY_VIT, "--img-size",
+                       "32", "--init-cls", "10", "--increment", "5", "--images", "64", "--repeats", "1",
+                       "--engine-backbones", "edgecl-vit-tiny", "--out", "{o}"],
     "bench_grid_ray": ["--name", "smoke", "--learners", "simplecil", "--backbones", "edgecl-vit-tiny", "--datasets",
                        "shapes:20", "--protocols", "B10-Inc5", "--seeds", "1993", "--threads", "1",
                        "--ray-num-cpus", "2", "--out", "{o}"],
 }
 # Not here: cil_table and fault_matrix (their own tests), ease_scoring (test_ease), bench_serve (a browser:
-# test_serve_browser), bench_training (times against a git checkout of another commit), distributed_parity
-# (torchrun; tests/test_distributed.py runs the same parity).
+# test_serve_browser), distributed_parity (torchrun; tests/test_distributed.py runs the same parity).
+# bench_training runs without its "before" variant (a git checkout of another commit).
 
 
 def _results_state():
