@@ -1,5 +1,5 @@
 """Every benchmark script runs end to end at a tiny size and writes its report where --out says, never into
-benchmarks/results (scripts that import the library drift with it; three had, unnoticed)."""
+benchmarks/results (scripts that import the library drift with it; four had, unnoticed)."""
 
 import json
 import os
@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))  # serve_browser
 
 BENCH = ROOT / "benchmarks"
 TINY_VIT = ["--backbone", "edgecl-vit-tiny"]
@@ -35,12 +37,12 @@ CASES = {
     "bench_training": ["--variants", "torch-nocache,cold,warm", "--dataset", "shapes:20", *TINY_VIT, "--img-size",
                        "32", "--init-cls", "10", "--increment", "5", "--images", "64", "--repeats", "1",
                        "--engine-backbones", "edgecl-vit-tiny", "--out", "{o}"],
+    "distributed_parity": ["--nproc", "2", "--configs", "simplecil", "--out", "{o}"],
     "bench_grid_ray": ["--name", "smoke", "--learners", "simplecil", "--backbones", "edgecl-vit-tiny", "--datasets",
                        "shapes:20", "--protocols", "B10-Inc5", "--seeds", "1993", "--threads", "1",
                        "--ray-num-cpus", "2", "--out", "{o}"],
 }
-# Not here: cil_table and fault_matrix (their own tests), ease_scoring (test_ease), bench_serve (a browser:
-# test_serve_browser), distributed_parity (torchrun; tests/test_distributed.py runs the same parity).
+# Not here: cil_table and fault_matrix (their own tests), ease_scoring (test_ease), bench_serve (a browser: below).
 # bench_training runs without its "before" variant (a git checkout of another commit).
 
 
@@ -61,3 +63,21 @@ def test_benchmark_script_runs_and_reports(script, tmp_path):
     assert reports, f"{script} wrote no JSON report under {tmp_path / 'out'}"
     assert any(f"{script}.py" in json.dumps(r) for r in reports)  # the command is recorded with the results
     assert _results_state() == before  # the committed results are untouched
+
+
+@pytest.mark.browser
+def test_serve_benchmark_times_server_and_browser(exported, tmp_path):
+    """benchmarks/bench_serve.py on the shared bundle: the page's own latency in both modes, in Chromium."""
+    from serve_browser import CHROMEDRIVER, CHROMIUM
+
+    if not (os.path.isfile(CHROMIUM) and os.path.isfile(CHROMEDRIVER)):
+        pytest.skip("chromium / chromium-driver not installed (.ci/setup-system.sh)")
+    before, out = _results_state(), tmp_path / "out" / "serve.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_serve.py"), str(exported[1]), "--n", "3", "--size", "64",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "bench_serve.py" in report["command"] and _results_state() == before
+    results = report["results"]
+    assert {"server", "browser", "python"} <= set(results)
+    assert all(r["n"] == 3 and r["median_ms"] > 0 for r in results.values())  # every mode measured a latency
