@@ -56,7 +56,7 @@ def clear_cache(names: list[str], root: Path | None = None, dry_run: bool = Fals
     unknown = [n for n in names if n not in sections]
     if unknown:
         raise ValueError(f"no cache section {', '.join(unknown)} in {cache_dir() if root is None else root} "
-                       f"(sections: {', '.join(sections) or 'none'})")
+                         f"(sections: {', '.join(sections) or 'none'})")
     removed = []
     for name in dict.fromkeys(names):
         paths = _removable(sections[name].path)
