@@ -78,3 +78,30 @@ def test_class_names_must_match(trained, tmp_path):
     result, _ = trained
     with pytest.raises(ExportError, match="distinct class names"):
         export_learner(result.learner, result.class_names[:-1], tmp_path / "o")
+
+
+def test_staged_directory_keeps_the_old_bundle_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from edgecl_export.bundle import staged_directory
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    with staged_directory(out) as tmp:  # a replacement that lands
+        (tmp / "manifest.json").write_text("new")
+    assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if self.name.endswith(".tmp"):  # the new bundle cannot be moved in (e.g. interrupted)
+            raise OSError("rename failed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with staged_directory(out) as tmp:
+            (tmp / "manifest.json").write_text("newer")
+    assert (out / "manifest.json").read_text() == "new"  # the old bundle is back in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary left beside it

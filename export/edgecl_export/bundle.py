@@ -101,9 +101,19 @@ def staged_directory(out_dir: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        old = None
+        if out_dir.exists():  # moved aside, not deleted, until the new bundle is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)) / "bundle"
+            out_dir.rename(old)
+        try:
+            tmp.rename(out_dir)
+        except BaseException:
+            if old is not None:
+                old.rename(out_dir)
+                old.parent.rmdir()
+            raise
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out_dir, 0o777 & ~umask)  # mkdtemp made it 0700
