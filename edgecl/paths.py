@@ -43,29 +43,37 @@ class CacheSection:
 def cache_usage(root: Path | None = None) -> list[CacheSection]:
     """The sections of the cache at ``root`` (default ``cache_dir()``), known ones first."""
     root = cache_dir() if root is None else Path(root)
-    found = sorted(p.name for p in _children(root) if p.is_dir() and not p.name.startswith("."))
-    names = [n for n in SECTIONS if n in found] + [n for n in found if n not in SECTIONS]
-    return [_section(root / n) for n in names]
+    return [_tally(root / n, _children(root / n)) for n in _section_names(root)]
 
 
-def clear_cache(names: list[str], root: Path | None = None, dry_run: bool = False) -> list[CacheSection]:
-    """Removes the entries of sections ``names`` (and temporaries left by crashed writers); returns what was
-    (with ``dry_run``, would be) removed. Every name is checked before anything is removed; each entry is
-    renamed away before it is deleted, so a reader sees a whole entry or none (open memory maps stay valid)."""
-    sections = {s.name: s for s in cache_usage(root)}
-    unknown = [n for n in names if n not in sections]
+def clear_cache(names: list[str] | None = None, root: Path | None = None, dry_run: bool = False) -> list[CacheSection]:
+    """Removes the entries of sections ``names`` (all if None; and temporaries left by crashed writers); returns
+    what was (with ``dry_run``, would be) removed. Every name is checked before anything is removed; each entry
+    is renamed away before it is deleted, so a reader sees a whole entry or none (open memory maps stay valid)."""
+    root = cache_dir() if root is None else Path(root)
+    known = _section_names(root)
+    unknown = [n for n in names or () if n not in known]
     if unknown:
-        raise ValueError(f"no cache section {', '.join(unknown)} in {cache_dir() if root is None else root} "
-                         f"(sections: {', '.join(sections) or 'none'})")
+        raise ValueError(f"no cache section {', '.join(unknown)} in {root} (sections: {', '.join(known) or 'none'})")
     removed = []
-    for name in dict.fromkeys(names):
-        paths = _removable(sections[name].path)
-        removed.append(CacheSection(name, sections[name].path, sum(not p.name.startswith(".") for p in paths),
-                                    sum(_size(p) for p in paths), sections[name].holds))
+    for name in dict.fromkeys(known if names is None else names):
+        paths = _removable(root / name)
+        removed.append(_tally(root / name, paths))
         if not dry_run:
             for p in paths:
                 _remove(p)
     return removed
+
+
+def _section_names(root: Path) -> list[str]:
+    found = sorted(p.name for p in _children(root) if p.is_dir() and not p.name.startswith("."))
+    return [n for n in SECTIONS if n in found] + [n for n in found if n not in SECTIONS]
+
+
+def _tally(section: Path, paths: list[Path]) -> CacheSection:
+    """``paths`` of ``section`` as a ``CacheSection``: entries (hidden names aside) and bytes (all)."""
+    return CacheSection(section.name, section, sum(not p.name.startswith(".") for p in paths),
+                        sum(_size(p) for p in paths), SECTIONS.get(section.name, "-"))
 
 
 def _children(path: Path) -> list[Path]:
@@ -73,12 +81,6 @@ def _children(path: Path) -> list[Path]:
         return list(path.iterdir())
     except FileNotFoundError:
         return []
-
-
-def _section(path: Path) -> CacheSection:
-    children = _children(path)
-    return CacheSection(path.name, path, sum(not p.name.startswith(".") for p in children),
-                        sum(_size(p) for p in children), SECTIONS.get(path.name, "-"))
 
 
 def _size(path: Path) -> int:
@@ -107,7 +109,9 @@ def _remove(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return
-    trash = path.with_name(f".{path.name}.removed-{os.getpid()}")
+    from edgecl_runtime.storage import temp_name
+
+    trash = temp_name(path)
     try:
         os.replace(path, trash)
     except FileNotFoundError:

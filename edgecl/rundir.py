@@ -34,6 +34,8 @@ def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str]
     and run.json comes back last."""
     from safetensors.torch import save_file
 
+    from edgecl_runtime.storage import temp_name
+
     path.mkdir(parents=True, exist_ok=True)
     run = {
         "edgecl_version": __version__,
@@ -44,7 +46,7 @@ def save_run(path: Path, config: dict[str, Any], learner, class_names: list[str]
         "metrics": metrics,
         "files": {"backbone": BACKBONE_FILE, "learner_state": STATE_FILE},
     }
-    temps = {name: path / f".{name}.{os.getpid()}.tmp" for name in (BACKBONE_FILE, STATE_FILE, RUN_JSON)}
+    temps = {name: temp_name(path / name) for name in (BACKBONE_FILE, STATE_FILE, RUN_JSON)}
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in learner.backbone.model.state_dict().items()}
         save_file(state, str(temps[BACKBONE_FILE]))

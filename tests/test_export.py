@@ -92,10 +92,10 @@ def test_staged_directory_keeps_the_old_bundle_until_the_new_one_is_in_place(tmp
         (tmp / "manifest.json").write_text("new")
     assert (out / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
-    real_rename = Path.rename
+    real_rename, staged = Path.rename, []
 
     def failing_rename(self, target):
-        if self.name.endswith(".tmp"):  # the new bundle cannot be moved in (e.g. interrupted)
+        if staged and self == staged[0]:  # the new bundle cannot be moved in (e.g. interrupted)
             raise OSError("rename failed")
         return real_rename(self, target)
 
@@ -103,5 +103,6 @@ def test_staged_directory_keeps_the_old_bundle_until_the_new_one_is_in_place(tmp
     with pytest.raises(OSError, match="rename failed"):
         with staged_directory(out) as tmp:
             (tmp / "manifest.json").write_text("newer")
+            staged.append(tmp)
     assert (out / "manifest.json").read_text() == "new"  # the old bundle is back in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary left beside it

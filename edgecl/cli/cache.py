@@ -61,13 +61,12 @@ def clear(sections, everything, dry_run, as_json):
     unless older than an hour (left by a crash). --json prints {"dry_run",
     "removed": [{"section", "path", "entries", "bytes", "holds"}]}.
     """
-    from ..paths import cache_usage, clear_cache
+    from ..paths import clear_cache
 
     if bool(sections) == everything:
         raise click.UsageError("name the sections to clear (see `edgecl cache info`), or give --all")
-    names = [s.name for s in cache_usage()] if everything else list(sections)
     try:
-        removed = clear_cache(names, dry_run=dry_run)
+        removed = clear_cache(None if everything else list(sections), dry_run=dry_run)
     except ValueError as exc:
         fail(exc)
     if as_json:

@@ -34,7 +34,7 @@ import numpy as np
 from edgecl import __version__
 from edgecl_runtime import tensors
 from edgecl_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, new_manifest
-from edgecl_runtime.storage import json_bytes
+from edgecl_runtime.storage import json_bytes, temp_name
 from edgecl_runtime.store import initial_fields
 
 from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer, fixed_transform
@@ -101,19 +101,17 @@ def staged_directory(out_dir: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         yield tmp
-        old = None
-        if out_dir.exists():  # moved aside, not deleted, until the new bundle is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)) / "bundle"
+        old = temp_name(out_dir) if out_dir.exists() else None
+        if old is not None:  # moved aside, not deleted, until the new bundle is in place
             out_dir.rename(old)
         try:
             tmp.rename(out_dir)
         except BaseException:
             if old is not None:
                 old.rename(out_dir)
-                old.parent.rmdir()
             raise
         if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out_dir, 0o777 & ~umask)  # mkdtemp made it 0700
