@@ -115,10 +115,10 @@ def main() -> None:
         old = json.loads(previous.read_text())
         result["cases"] = old["cases"]
         result["earlier_runs"] = old.get("earlier_runs", []) + [{k: old[k] for k in ("command", "time", "load_average")}]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for name in args.cases.split(","):
         print(f"{name} ...", file=sys.stderr, flush=True)
         result["cases"][name] = case(name, CASES[name], Path(args.work), args.threads, args.repeats)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")  # partial results as they come
         Path(args.out + ".md").write_text(markdown(result))
     print(markdown(result))

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=1280, help="feature width (MobileNetV2's 1280)")
     p.add_argument("--images", type=int, default=256, help="queries scored per call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls of the head (the best is kept)")
-    p.add_argument("--out", type=Path, help=f"output path without suffix (default: benchmarks/results/bench-gaussian-head)")
+    p.add_argument("--out", type=Path, help="output path without suffix (default: benchmarks/results/bench-gaussian-head)")
     args = p.parse_args(argv)
     from edgecl_runtime import blas
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=32, help="images scored per call")
     p.add_argument("--dim", type=int, default=192, help="feature width (the tiny CLIP's is 192)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls of the head (the best is kept)")
-    p.add_argument("--out", type=Path, help=f"output path without suffix (default: benchmarks/results/bench-proof-head)")
+    p.add_argument("--out", type=Path, help="output path without suffix (default: benchmarks/results/bench-proof-head)")
     args = p.parse_args(argv)
     from edgecl_runtime import blas
 
