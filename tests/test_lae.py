@@ -8,7 +8,6 @@ import torch
 from click.testing import CliRunner
 
 from edgecl.data import BatchLoader
-from edgecl.experiment import evaluate
 from edgecl.learners import create_learner
 from edgecl.learners.lae import ema_update
 from edgecl.peft import PeftModel
@@ -17,6 +16,7 @@ from edgecl.rundir import load_run, save_run
 from edgecl_runtime import Bundle
 from peft_helpers import small_vit, train_learner
 from tests.closed_form_runs import check_add_class, check_runtime_matches_torch
+from tests.conditioning import assert_top1_agrees, torch_scores
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,9 @@ def test_folded_ssf_experts_equal_the_modules_and_export_without_them(tmp_path):
     x = next(iter(BatchLoader(run.test, spec.input_size, spec.mean, spec.std, batch_size=16)))[0]
     with torch.no_grad():
         torch.testing.assert_close(folded.embedding_module()(x), learner.embedding_module()(x), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(evaluate(folded, run.test, spec), evaluate(learner, run.test, spec))
+    # folding re-associates float sums: labels may differ only where the scores nearly tie
+    folded_scores = torch_scores(folded, run.test)
+    assert_top1_agrees(torch_scores(learner, run.test), folded_scores, folded_scores.argmax(1))
     counts = {}
     for label, lrn in (("modules", learner), ("folded", folded)):
         run_dir = save_run(tmp_path / label, {"dataset": "shapes:10", "data_seed": 0}, lrn, run.class_names, {})

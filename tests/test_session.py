@@ -143,13 +143,19 @@ def test_stream_equals_batch_prediction(bundle_dir, shapes_new):
     b = Bundle.load(bundle_dir, device="cpu")
     frames = shapes_new[1].images[:23]
     batch = b.predict(frames, top_k=3)
+    # other batch sizes may sum in another order: scores agree to 1e-6, so the label and the top-3 order may
+    # differ only on a frame where two of the batch's best four scores are within 2e-6
+    best4 = -np.sort(-b.scores(frames), axis=1)[:, :4]
+    tied = np.any(best4[:, :-1] - best4[:, 1:] <= 2e-6, axis=1)
+    want = [[c for c, _ in row] for row in batch.top_k]
     for bs in (1, 4, 64):
         stream = list(b.predict_stream(iter(list(frames)), batch_size=bs, top_k=3))
         assert len(stream) == 23 and all(len(p) == 1 for p in stream)
-        assert [p.labels[0] for p in stream] == batch.labels
-        assert [[c for c, _ in p.top_k[0]] for p in stream] == [[c for c, _ in row] for row in batch.top_k]
         np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), batch.scores, atol=1e-6)
-        np.testing.assert_array_equal(np.concatenate([p.indices for p in stream]), batch.indices)
+        got = [[c for c, _ in p.top_k[0]] for p in stream]
+        assert [i for i, p in enumerate(stream) if (got[i], p.labels[0]) != (want[i], batch.labels[i])
+                and not tied[i]] == []
+        np.testing.assert_array_equal(np.concatenate([p.indices for p in stream])[~tied], batch.indices[~tied])
     mixed = [frames[0], frames[1][:20, :25], frames[2]]  # frames of different sizes still work
     assert len(list(b.predict_stream(mixed, batch_size=2))) == 3
     with pytest.raises(InvalidInputError, match="batch_size"):
