@@ -2,10 +2,11 @@
 // Command line of the edgecl JS client (Node): predict with a bundle and add classes to its prototype head.
 
 import { writeFile } from "node:fs/promises";
+import { delimiter } from "node:path";
 import { parseArgs } from "node:util";
 
 import { EdgeclError } from "./lib/errors.mjs";
-import { openBundle, readNpyFile } from "./lib/node.mjs";
+import { openBundle, readNpyFile, readPublicKeyFile } from "./lib/node.mjs";
 import { writeNpy } from "./lib/npy.mjs";
 import { batchImages } from "./lib/preprocess.mjs";
 
@@ -25,7 +26,10 @@ commands:
   preprocess BUNDLE IMAGES.npy OUT.npy
                                    write the normalised NCHW float32 model input (for checks)
 
-options: --no-verify (skip sha256 checks of the bundle files), --threads N (onnxruntime intra-op threads)`;
+options: --no-verify (skip sha256 checks of the bundle files), --threads N (onnxruntime intra-op threads),
+  --public-key FILE (repeatable; default: the files in $EDGECL_PUBLIC_KEY, separated by '${delimiter}'): trust
+  only bundles and journal updates signed with one of these Ed25519 keys (PEM, as \`edgecl keygen\` writes
+  KEY.pub); anything unsigned or signed by another key is refused (SignatureError)`;
 
 const rows = (a, n, d) => Array.from({ length: n }, (_, i) => Array.from(a.subarray(i * d, (i + 1) * d)));
 
@@ -34,7 +38,7 @@ async function info(bundle, _args, opts) {
   const out = {
     format_version: bundle.formatVersion, head: h.constructor.kind, classes: bundle.classes, counts: h.counts,
     feature_dim: h.dim, seq: bundle.seq, replayed: bundle.journal.lagging.length,
-    discarded_bytes: bundle.journal.discarded, metadata: bundle.metadata,
+    discarded_bytes: bundle.journal.discarded, metadata: bundle.metadata, signed_by: bundle.signedBy,
   };
   if (opts.prototypes) out.prototypes = rows(h.prototypes, h.numClasses, h.dim);
   return out;
@@ -61,12 +65,19 @@ async function preprocessCmd(bundle, [file, outFile]) {
 
 const COMMANDS = { info: [info, 0], predict: [predict, 1], "add-class": [addClass, 2], preprocess: [preprocessCmd, 2] };
 
+/** The trusted public keys: --public-key files, else those named by EDGECL_PUBLIC_KEY (as the Python CLI). */
+async function publicKeys(files = []) {
+  const paths = files.length ? files : (process.env.EDGECL_PUBLIC_KEY || "").split(delimiter).filter(Boolean);
+  return Promise.all(paths.map(readPublicKeyFile));
+}
+
 async function main(argv) {
   const { values, positionals } = parseArgs({
     args: argv, allowPositionals: true,
     options: {
       help: { type: "boolean", short: "h" }, "dry-run": { type: "boolean" }, prototypes: { type: "boolean" },
       "top-k": { type: "string" }, "no-verify": { type: "boolean" }, threads: { type: "string" },
+      "public-key": { type: "string", multiple: true },
     },
   });
   const [cmd, dir, ...rest] = positionals;
@@ -74,7 +85,8 @@ async function main(argv) {
     console.log(USAGE);
     return values.help ? 0 : 2;
   }
-  const bundle = await openBundle(dir, { verify: !values["no-verify"], threads: Number(values.threads || 0) });
+  const keys = await publicKeys(values["public-key"]);
+  const bundle = await openBundle(dir, { verify: !values["no-verify"], threads: Number(values.threads || 0), publicKeys: keys });
   const out = await COMMANDS[cmd][0](bundle, rest, values);
   process.stdout.write(JSON.stringify(out) + "\n");
   return 0;

@@ -9,3 +9,4 @@ export { parseNpz } from "./lib/npz.mjs";
 export { readMetadataProps } from "./lib/onnxmeta.mjs";
 export { preprocess, batchImages, resizeWeights } from "./lib/preprocess.mjs";
 export { parseSafetensors } from "./lib/safetensors.mjs";
+export { importPublicKeys, keyId, rawPublicKey, verifyEntry, verifyManifest, verifyRecords } from "./lib/signing.mjs";

@@ -13,6 +13,7 @@ import { parseNpz } from "./npz.mjs";
 import { readMetadataProps } from "./onnxmeta.mjs";
 import { preprocess } from "./preprocess.mjs";
 import { parseSafetensors } from "./safetensors.mjs";
+import { importPublicKeys, verifyManifest, verifyRecords } from "./signing.mjs";
 
 export const FORMAT_VERSIONS = [2, 3];
 const DTYPE_NAMES = { float32: "F32", float64: "F64", int64: "I64", uint64: "U64", F32: "F32", F64: "F64", I64: "I64", U64: "U64" };
@@ -107,22 +108,39 @@ async function readVerified(readFile, name, manifest, sha256, verify) {
   return bytes;
 }
 
+/** Refuse journal records after the commit point that no trusted key signed (nothing to check without keys). */
+async function checkRecordSignatures(journalBytes, j, manifest, trusted, sha256) {
+  if (!trusted) return;
+  const { bytes: start, digest: prevDigest, file } = manifest.journal;
+  await verifyRecords(journalBytes, j.lagging, { start, prevDigest, trusted, sha256, where: file });
+}
+
 /** Open a bundle. `readFile(name)`: bundle file bytes or null; `ort`: an onnxruntime binding;
- * `verify`: check file sizes and sha256 against the manifest (default true). */
-export async function loadBundle({ readFile, ort, sha256 = webSha256, verify = true, sessionOptions = {} }) {
+ * `verify`: check file sizes and sha256 against the manifest (default true); `publicKeys`: the Ed25519 public
+ * key(s) (PEM, base64 or 32 raw bytes) to trust: then an unsigned manifest or journal update, or one signed by
+ * another key, is a SignatureError (as Python's Bundle.load(public_key=...)); none: signatures are not checked. */
+export async function loadBundle({ readFile, ort, sha256 = webSha256, verify = true, sessionOptions = {}, publicKeys = [] }) {
+  const keys = Array.isArray(publicKeys) ? publicKeys : [publicKeys]; // one key, or a list of them
+  const trusted = keys.length ? await importPublicKeys(keys) : null;
   const raw = await readFile("manifest.json");
   if (raw === null) throw new MissingFileError("bundle manifest.json is missing");
-  let manifest;
-  try { manifest = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(raw)); } catch (err) {
+  let text, manifest;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
+    manifest = JSON.parse(text);
+  } catch (err) {
     throw new CorruptBundleError(`manifest.json is not UTF-8 JSON (${err.message})`);
   }
   checkManifest(manifest);
-  if (verify) await checkSeal(new TextDecoder().decode(raw), manifest, sha256);
+  if (verify) await checkSeal(text, manifest, sha256);
+  if (trusted) await verifyManifest(text, manifest, trusted);
   const headFile = manifest.head.file;
   const arrays = parseHeadFile(headFile, await readVerified(readFile, headFile, manifest, sha256, verify), manifest.head.arrays);
   const dim = arrays.prototypes?.shape?.[1];
   let head = PrototypeHead.fromArrays(arrays, manifest.classes.length, dim);
-  const j = await readCommitted(await readFile(manifest.journal.file), manifest, { sha256, where: manifest.journal.file });
+  const journalBytes = await readFile(manifest.journal.file);
+  const j = await readCommitted(journalBytes, manifest, { sha256, where: manifest.journal.file });
+  await checkRecordSignatures(journalBytes, j, manifest, trusted, sha256);
   let classes = manifest.classes.slice();
   [head, classes] = replay(head, classes, j.lagging, manifest.journal.file);
   const modelFile = manifest.format_version >= 3 ? manifest.model.file : manifest.backbone.file;
@@ -149,6 +167,8 @@ export class Bundle {
   }
 
   get formatVersion() { return this.manifest.format_version; }
+  /** Key id of the manifest's signature (verified only when loadBundle was given publicKeys), or null. */
+  get signedBy() { return this.manifest.signature?.key_id ?? null; }
   get inputSize() { return this.manifest.preprocess.input_size; }
 
   /** Images ({data, height, width, channels}[]) -> normalised NCHW Float32Array. */

@@ -31,7 +31,8 @@ export function pyFloat(lexeme) {
   return `${sign}${int}.${frac || "0"}`;
 }
 
-const pyString = (s) => JSON.stringify(s).replace(/[\u007f-\uffff]/g, (c) => (c === "\u007f" ? c : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`));
+// ensure_ascii escapes everything outside " " to "~" (so DEL 0x7f too); JSON.stringify already escapes what is below " "
+const pyString = (s) => JSON.stringify(s).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 const byCodePoint = (a, b) => {
   const x = [...a], y = [...b];
   for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i].codePointAt(0) - y[i].codePointAt(0);
@@ -63,17 +64,23 @@ function value(toks, i) {
   return [close === "}" ? { o: items } : { a: items.map(([, v]) => v) }, i + 1];
 }
 
-function dump(v) {
+function dump(v, [item, key] = [",", ":"]) {
   if (v.s !== undefined) return pyString(v.s);
   if (v.n !== undefined) return v.n;
-  if (v.a) return `[${v.a.map(dump).join(",")}]`;
+  if (v.a) return `[${v.a.map((x) => dump(x, [item, key])).join(item)}]`;
   const last = new Map(v.o); // a later duplicate key wins, as in Python
-  return `{${[...last.keys()].sort(byCodePoint).map((k) => `${pyString(k)}:${dump(last.get(k))}`).join(",")}}`;
+  return `{${[...last.keys()].sort(byCodePoint).map((k) => `${pyString(k)}${key}${dump(last.get(k), [item, key])}`).join(item)}}`;
+}
+
+/** Python's json.dumps(obj, sort_keys=True, ensure_ascii=True) of the JSON object `text` without the keys `drop`,
+ * with compact separators (",", ":") or, `compact: false`, Python's default ones (", ", ": "). */
+export function pyJsonDumps(text, { drop = [], compact = true } = {}) {
+  const [root] = value(tokens(text), 0);
+  if (!root.o) throw new CorruptBundleError("manifest.json: not a JSON object");
+  return dump({ o: root.o.filter(([k]) => !drop.includes(k)) }, compact ? [",", ":"] : [", ", ": "]);
 }
 
 /** The canonical text Python's manifest_checksum hashes: `text` (a JSON object) without its `checksum` key. */
 export function canonicalManifest(text) {
-  const [root] = value(tokens(text), 0);
-  if (!root.o) throw new CorruptBundleError("manifest.json: not a JSON object");
-  return dump({ o: root.o.filter(([k]) => k !== "checksum") });
+  return pyJsonDumps(text, { drop: ["checksum"] });
 }

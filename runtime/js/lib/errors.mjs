@@ -21,3 +21,7 @@ export class InvalidInputError extends EdgeclError {}
 
 /** A bundle file named by the manifest is absent. */
 export class MissingFileError extends EdgeclError {}
+
+/** Trusted public keys were given and the manifest or a journal record after it is unsigned, signed by
+ * another key, or modified after signing (as edgecl_runtime.errors.SignatureError). */
+export class SignatureError extends EdgeclError {}

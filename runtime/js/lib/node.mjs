@@ -5,8 +5,9 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 
 import { loadBundle } from "./bundle.mjs";
-import { MissingFileError } from "./errors.mjs";
+import { InvalidInputError, MissingFileError } from "./errors.mjs";
 import { parseNpy } from "./npy.mjs";
+import { rawPublicKey } from "./signing.mjs";
 
 export const nodeSha256 = (bytes) => new Uint8Array(createHash("sha256").update(bytes).digest());
 
@@ -20,12 +21,27 @@ export async function readOptional(path) {
   }
 }
 
-/** A bundle directory loaded with onnxruntime-node (imported here, on first use). */
-export async function openBundle(dir, { verify = true, ort = null, threads = 0 } = {}) {
+/** A bundle directory loaded with onnxruntime-node (imported here, on first use). `publicKeys`: trusted Ed25519
+ * public keys (PEM or base64 text, raw bytes; see loadBundle): with any, unsigned or foreign-signed content is refused. */
+export async function openBundle(dir, { verify = true, ort = null, threads = 0, publicKeys = [] } = {}) {
   if ((await readOptional(join(dir, "manifest.json"))) === null) throw new MissingFileError(`no bundle at ${dir} (manifest.json missing)`);
   const binding = ort || (await import("onnxruntime-node"));
   const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
-  return loadBundle({ readFile: (name) => readOptional(join(dir, name)), ort: binding, sha256: nodeSha256, verify, sessionOptions });
+  const readBundleFile = (name) => readOptional(join(dir, name));
+  return loadBundle({ readFile: readBundleFile, ort: binding, sha256: nodeSha256, verify, sessionOptions, publicKeys });
+}
+
+/** The text of a public key file (PEM as `edgecl keygen` writes KEY.pub, or base64 of the raw key), checked. */
+export async function readPublicKeyFile(path) {
+  const bytes = await readOptional(path).catch((err) => { throw new InvalidInputError(`cannot read key file ${path}: ${err.message}`); });
+  if (bytes === null) throw new InvalidInputError(`cannot read key file ${path}: no such file`);
+  const text = new TextDecoder().decode(bytes);
+  try {
+    rawPublicKey(text);
+  } catch (err) {
+    throw new InvalidInputError(`${path}: ${err.message}`);
+  }
+  return text;
 }
 
 /** A .npy file -> {dtype, shape, data}. */

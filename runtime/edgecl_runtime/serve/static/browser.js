@@ -2,8 +2,10 @@
 // prototype head run in JavaScript (runtime/js, vendored by runtime/web/vendor.mjs), so a prediction needs no
 // server round trip. The head state is read from the bundle's own files (manifest, head file, journal replay);
 // teaching computes feature rows here and journals them through the API (POST ... {"features": rows}).
+// When the server trusts Ed25519 public keys (/api/info "public_keys"), so does the page: a bundle or update that
+// none of them signed fails to load here too (SignatureError), checked with the browser's WebCrypto.
 import * as ort from "./vendor/onnxruntime-web/ort.wasm.min.mjs";
-import { loadBundle } from "./vendor/edgecl-js/index.mjs";
+import { loadBundle, SignatureError } from "./vendor/edgecl-js/index.mjs";
 import { api, fetchBytes } from "./api.js";
 
 ort.env.wasm.wasmPaths = new URL("./vendor/onnxruntime-web/", import.meta.url).href;
@@ -62,14 +64,16 @@ export class BrowserEngine {
     return bytes;
   }
 
-  /** Re-read the bundle's state (head file + journal replay, verified against the manifest). */
+  /** Re-read the bundle's state (head file + journal replay, verified against the manifest and, when the server
+   * trusts public keys, their signatures). */
   async refresh() {
+    const publicKeys = this.info.public_keys || [];
     for (let attempt = 1; ; attempt++) {
       try {
-        this.bundle = await loadBundle({ readFile: (n) => this.readFile(n), ort: this.ort, verify: true });
+        this.bundle = await loadBundle({ readFile: (n) => this.readFile(n), ort: this.ort, verify: true, publicKeys });
         return;
-      } catch (err) {  // an update between our reads replaced a file: read the new manifest
-        if (attempt >= 5) throw err;
+      } catch (err) {  // an update between our reads replaced a file: read the new manifest (a bad signature stays bad)
+        if (attempt >= 5 || err instanceof SignatureError) throw err;
       }
     }
   }
