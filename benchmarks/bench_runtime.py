@@ -60,7 +60,7 @@ def prepare(model: str, cfg: dict, work: Path, log, allow_divergence: bool = Fal
     import torch
 
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -129,7 +129,7 @@ def e2e(args, work: Path) -> dict:
 def throughput(args, work: Path) -> dict:
     import numpy as np
     import torch
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
     from edgecl_runtime import Bundle
     from edgecl_runtime.preprocess import preprocess
 

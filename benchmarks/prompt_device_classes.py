@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
 def measure_learner(learner: str, args, tmp: Path, train, test, trained: list, added: list) -> dict:
     """Train ``learner`` on the trained classes, export, add the other classes on the device, score both groups."""
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
     from edgecl_runtime import Bundle
 
     hp = {} if learner == "simplecil" else {"head": "prototype", "epochs": args.epochs}

@@ -12,7 +12,7 @@ from tests.conftest import class_images
 def train_and_export(learner, args, tmp_path_factory, dataset="shapes:20"):
     """A saved B10-Inc10 run of ``learner`` on ``dataset`` and its exported bundle."""
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
 
     run_dir = tmp_path_factory.mktemp(f"{learner}-run") / "run"
     result = run_experiment(RunConfig(dataset=dataset, learner=learner, learner_args=args), out_dir=run_dir,

@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
 
     _, run_dir = trained
     out = tmp_path_factory.mktemp("bundle") / "bundle"

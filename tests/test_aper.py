@@ -9,7 +9,7 @@ from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
 from edgecl.learners import LEARNERS, create_learner
 from edgecl.rundir import load_run, save_run
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from peft_helpers import small_vit, train_learner
 from tests.conditioning import assert_top1_agrees, torch_scores
 from edgecl_runtime import Bundle

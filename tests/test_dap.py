@@ -12,7 +12,7 @@ from edgecl.learners import create_learner
 from edgecl.learners.dap import PromptGenerator
 from edgecl.peft.base import vit_pool, vit_tokens
 from edgecl.peft.prompts import prompted_features
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from edgecl.rundir import load_run, save_run
 from edgecl.zoo import create_backbone
 from edgecl_runtime import Bundle

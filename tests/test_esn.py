@@ -10,7 +10,7 @@ from edgecl.data import make_shapes
 from edgecl.experiment import evaluate
 from edgecl.learners import create_learner
 from edgecl.learners.esn import CANDIDATE_TEMPERATURES, energy, vote
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from edgecl.rundir import load_run, save_run
 from edgecl.zoo import create_backbone
 from edgecl_runtime import Bundle

@@ -11,7 +11,7 @@ from edgecl.data import BatchLoader
 from edgecl.learners import create_learner
 from edgecl.learners.lae import ema_update
 from edgecl.peft import PeftModel
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from edgecl.rundir import load_run, save_run
 from edgecl_runtime import Bundle
 from peft_helpers import small_vit, train_learner

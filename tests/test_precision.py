@@ -8,7 +8,7 @@ from edgecl_runtime import tensors
 import pytest
 from click.testing import CliRunner
 
-from edgecl.pipeline import ExportError, export_run, run_precision_data
+from edgecl.workflows import ExportError, export_run, run_precision_data
 from edgecl_export import quantize as q
 from edgecl_runtime import Bundle
 

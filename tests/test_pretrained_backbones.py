@@ -172,7 +172,7 @@ def test_onnx_parity_at_small_size(entry, tmp_path):
 @needs_mbv2
 def test_train_and_export_with_named_backbone(tmp_path):
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
 
     cfg = RunConfig(dataset="shapes:20", backbone=MBV2.name, img_size=32, train_per_class=10, test_per_class=5)
     result = run_experiment(cfg, out_dir=tmp_path / "run", log=lambda s: None)

@@ -47,7 +47,7 @@ def colours(tmp_path_factory):
 def run(request, colours, tmp_path_factory):
     """A learner trained on the 9 circle classes (B5-Inc4, 1 epoch), saved and exported."""
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
     from edgecl_runtime.preprocess import preprocess
 
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from edgecl.experiment import evaluate
 from edgecl.errors import ConfigError
 from edgecl.learners import create_learner
 from edgecl.learners.promptfusion import LAMBDA_GRID, choose_lambda
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from edgecl.rundir import load_run, save_run
 from edgecl.zoo import create_backbone
 from edgecl_runtime import Bundle

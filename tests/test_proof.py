@@ -232,7 +232,7 @@ def test_proof_run_directory_exports_with_its_clip(tmp_path):
     """A saved PROOF run loads back with the whole CLIP (its image tower from the run, the text side from the zoo)
     and exports from the run directory, as `edgecl export RUN BUNDLE` does."""
     from edgecl.experiment import RunConfig, run_experiment
-    from edgecl.pipeline import export_run
+    from edgecl.workflows import export_run
     from edgecl.rundir import load_run
     from edgecl.zoo import backbone_from_run
 

@@ -183,7 +183,7 @@ def export_cmd(run_dir, out_dir, opset, exporter, force, precision, calibration_
     """
     from edgecl_runtime import EdgeclRuntimeError, store
 
-    from ..pipeline import ExportError, RunDirError, export_run
+    from ..workflows.export import ExportError, RunDirError, export_run
 
     options = {"calibration_size": calibration_size, "head_precision": head_precision, "allow_divergence": allow_divergence}
     try:
@@ -265,46 +265,6 @@ def learners(name, as_json):
 @click.option("--holdout", type=int, default=5, show_default=True, help="Classes kept back to add on the device.")
 def demo(workdir, holdout):
     """The whole pipeline on the embedded default: train -> export -> predict -> add a class."""
-    import shutil
+    from ..workflows import run_demo
 
-    import numpy as np
-
-    from edgecl_runtime import Bundle
-
-    from ..data import make_shapes
-    from ..experiment import RunConfig, run_experiment
-    from ..pipeline import export_run
-
-    work = Path(workdir)
-    if work.exists():
-        shutil.rmtree(work)
-    n_train = 100 - holdout
-    click.secho(f"1/4 train: SimpleCIL on {n_train} embedded shapes classes, 10 per task", bold=True)
-    run_experiment(RunConfig(dataset=f"shapes:{n_train}"), out_dir=work / "run", log=click.echo, progress=progress_bar)
-    click.secho("2/4 export: ONNX bundle", bold=True)
-    rep = export_run(work / "run", work / "bundle")
-    click.echo(f"bundle {rep.path}: {rep.bytes / 1e6:.1f} MB, ONNX vs torch max abs diff {rep.parity_max_abs_diff:.2e}")
-    click.secho("3/4 runtime predict (onnxruntime, no torch in the loop)", bold=True)
-    bundle = Bundle.load(work / "bundle")
-    _, test = make_shapes(100, 1, 20, seed=7)
-    names = np.array(test.class_names)[test.labels]
-    seen = np.isin(names, bundle.classes)
-    pred = bundle.predict(test.images[seen])
-    acc = np.mean(np.array(pred.labels) == names[seen])
-    click.echo(f"device: {bundle.device}; top-1 on {seen.sum()} fresh images of {len(bundle.classes)} classes: {100 * acc:.2f}%")
-    click.secho(f"4/4 add-class on the device: {holdout} unseen classes from 5 examples each", bold=True)
-    train_new, _ = make_shapes(100, 5, 1, seed=11)
-    for c in range(n_train, 100):
-        name = train_new.class_names[c]
-        res = bundle.add_class(name, train_new.images[train_new.labels == c])
-        click.echo(f"  added {name!r} in {res.seconds * 1e3:.1f} ms")
-    reloaded = Bundle.load(work / "bundle")
-    new = ~seen
-    pred_new = reloaded.predict(test.images[new])
-    acc_new = np.mean(np.array(pred_new.labels) == names[new])
-    pred_all = reloaded.predict(test.images)
-    acc_all = np.mean(np.array(pred_all.labels) == names)
-    click.echo(
-        f"after reload: new classes recognised {100 * acc_new:.2f}% ({new.sum()} images), "
-        f"all {len(reloaded.classes)} classes {100 * acc_all:.2f}%"
-    )
+    run_demo(workdir, holdout, log=click.echo, step=lambda line: click.secho(line, bold=True), progress=progress_bar)

@@ -1,7 +1,7 @@
 """torch -> ONNX bundle export (see ``edgecl_export.bundle`` for the layout).
 
 This package takes a learner and its class names; a saved run directory is
-exported by ``edgecl.pipeline.export_run``, which reads the run and its data.
+exported by ``edgecl.workflows.export_run``, which reads the run and its data.
 """
 
 from .bundle import ExportReport, export_learner

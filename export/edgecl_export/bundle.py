@@ -15,7 +15,7 @@ place, so an interrupted export never leaves a half-written bundle. The
 manifest is built by the runtime (``edgecl_runtime.manifest.new_manifest``)
 against the same schema its readers check (``edgecl_runtime.manifest_schema``).
 Exporting a saved run directory (which reads the run's data) is
-``edgecl.pipeline.export_run``.
+``edgecl.workflows.export_run``.
 """
 
 from __future__ import annotations
