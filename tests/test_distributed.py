@@ -142,6 +142,20 @@ def test_failure_on_one_rank_does_not_hang(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_train_command_prints_its_summary_once(tmp_path):
+    """`torchrun --nproc-per-node 2 --no-python edgecl train ...`: rank 0 alone prints the result line."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(_configs({"simplecil": CLOSED_FORM["simplecil"]})["simplecil"]))
+    edgecl = Path(sys.executable).with_name("edgecl")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python",
+           str(edgecl if edgecl.exists() else "edgecl"), "train", "--config", str(config), "--threads", "1",
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if "average incremental accuracy" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'run'}: "), proc.stdout
+
+
 def test_learner_without_hooks_is_refused(monkeypatch):
     from edgecl import distributed
 

@@ -110,8 +110,9 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
     finally:
+        main = distributed.is_main()  # asked before the group is gone: without one every process is rank 0
         distributed.shutdown(completed)
-    if not distributed.is_main():
+    if not main:
         return
     m = result.metrics
     if as_json:
