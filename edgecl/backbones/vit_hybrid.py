@@ -8,12 +8,11 @@ transformer blocks with a [CLS] token. Everything downstream of ``patch_embed`` 
 the standard timm ``VisionTransformer`` (``cls_token``, ``pos_embed``, ``blocks``,
 ``norm``), so the prompt and adapter learners work on it unchanged.
 
-Why a conv stem: a plain ViT-tiny from scratch stayed on the plateau of the
-classification loss for the whole CPU budget (measured: ln C after 400 steps on
-100 glyph classes, where resnet10t reached 27 % held-out accuracy), while this
-hybrid, its stem initialised from ``edgecl-resnet10t-glyphs`` (``Recipe.init``),
-learns from the first hundred steps ("Early convolutions help transformers see
-better", Xiao et al., 2021). Its stem keeps BatchNorm: the learners keep frozen
+Why a conv stem: on a CPU budget a plain ViT-tiny trained from scratch stays on the
+plateau of the classification loss, while this hybrid, its stem initialised from
+``edgecl-resnet10t-glyphs`` (``Recipe.init``), learns ("Early convolutions help
+transformers see better", Xiao et al., 2021; measurements in
+docs/notes-embedded-backbones.md). Its stem keeps BatchNorm: the learners keep frozen
 backbones in eval mode.
 
 ``register()`` adds the model to timm's registry; ``edgecl.backbones.timm_models``

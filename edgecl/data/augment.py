@@ -19,8 +19,8 @@ mapped into a luminance range; the glyph foreground colour is not used.
 
 All random numbers are drawn up front, vectorised over the batch, from ``rng``: the same masks
 and generator state give the same pixels. The per-image pixel work runs in Pillow's C code
-(MESH transform, Gaussian blur, resize, composite), measured ~15x faster than the equivalent
-numpy gather for the warp; stroke weight and noise are numpy over the batch.
+(MESH transform, Gaussian blur, resize, composite; docs/notes-implementation.md); stroke
+weight and noise are numpy over the batch.
 ``AugmentConfig`` holds the strengths and is part of every cache key that depends on pixels.
 """
 

@@ -25,8 +25,7 @@ That is the runtime's ``subspace_cosine`` head; a class added on the device
 has real prototypes in every subspace, like the newest task's classes, and
 gets their weights. ``reweight=false`` scores plain cosine over the whole
 concatenation (``prototype_cosine``), which lets later classes, real in every
-subspace, outscore old ones: on glyphs:200 B50%-Inc10 with the embedded ViT
-it forgot 33-41 points (benchmarks/results/ease-glyphs200-vit-plain.md).
+subspace, outscore old ones (benchmarks/results/ease-glyphs200-vit-plain.md).
 
 The exported graph carries all adapters as parallel branches over one shared
 patch embedding (``edgecl.peft.ParallelEmbedding``). Needs a ViT.

@@ -15,8 +15,10 @@ raw features, RanPAC's "no RP" ablation).
 The classifier is the runtime's ``ridge`` head itself (``edgecl_runtime.heads.ridge``),
 so the bundle scores exactly like this learner, and the device adds classes
 with the same update: ``G += H^T H``, ``Q[:, c] += H^T 1``, re-solved in
-O(M^2 k) by a Woodbury update. With the default M = 2048 the head holds
-``G`` and its inverse in float64 (2 x 32 MiB) plus ``W_rand`` (D x M float32).
+O(M^2 k) by a Woodbury update. The learner's head holds ``G`` and its inverse
+(``M x M`` float64) and ``W_rand`` (``D x M`` float32); a bundle stores ``G``'s
+upper triangle only, with ``W_rand`` in its graph, and a device forms ``G`` and
+the inverse when it first learns.
 
 Hyper-parameters: ``M`` (2048), ``seed`` (0, of ``W_rand``, the split and the
 adaptation), ``lambda_min_exp`` / ``lambda_max_exp`` (-8 / 8: the grid

@@ -1,4 +1,4 @@
-"""Write a self-describing bundle from a trained learner or a run directory.
+"""Write a self-describing bundle from a trained learner.
 
 Layout::
 

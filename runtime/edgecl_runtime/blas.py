@@ -4,11 +4,9 @@ Why: numpy's OpenBLAS starts one worker thread per core, and after every
 multi-threaded call (a head's ``(N, D) @ (D, C)`` product at batch 32 is
 one) its workers busy-wait for a while before they sleep. The next
 ``session.run`` then shares the cores with spinning threads that have nothing
-to do. Measured on the 2-core benchmark machine (embedded ViT, batch 32,
-onnxruntime with 2 threads): the backbone alone 11.2 ms, backbone + a
-100-class prototype head 32 ms p50 with OpenBLAS's default 2 threads, 11.2 ms
-with one. The head's product is tiny next to the backbone, so one BLAS thread
-costs nothing there, and onnxruntime keeps the cores.
+to do (measured: benchmarks/results/runtime-resnet10t+mobilenetv2+vit-tiny.md).
+The head's product is tiny next to the backbone, so one BLAS thread costs
+nothing there, and onnxruntime keeps the cores.
 
 ``limit(n)`` sets the number of BLAS threads for the duration of a ``with``
 block and restores the previous number after it. It controls the OpenBLAS
