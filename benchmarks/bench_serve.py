@@ -33,7 +33,7 @@ from serve_browser import CHROMIUM, Page, chromium_driver, running_server  # noq
 
 
 def page_latencies(page: Page, url: str, mode: str, image: Path, n: int) -> list[float]:
-    page.open(f"{url}/?mode={mode}")
+    page.open(f"{url}&mode={mode}")
     out = []
     for _ in range(n + 2):
         page.predict(image)
@@ -65,9 +65,9 @@ def main() -> None:
             bundle.predict(image, top_k=5)
             py.append((time.perf_counter() - t0) * 1000)
         results = {"python": summary(py[2:])}
-        with running_server(tmp / "bundle") as url, chromium_driver() as driver:
+        with running_server(tmp / "bundle") as server, chromium_driver() as driver:
             for mode in ("server", "browser"):
-                results[mode] = summary(page_latencies(Page(driver, timeout=120), url, mode, image, args.n))
+                results[mode] = summary(page_latencies(Page(driver, timeout=120), server.url, mode, image, args.n))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()

@@ -23,8 +23,17 @@ FLAGS = [
 ]
 
 
+def _merged_flags(extra) -> list[str]:
+    """FLAGS with ``extra`` added; an extra flag replaces the base flag of the same name (``--window-size=...``)."""
+    extra = list(extra)
+    names = {f.split("=", 1)[0] for f in extra}
+    return [f for f in FLAGS if f.split("=", 1)[0] not in names] + extra
+
+
 @contextmanager
-def chromium_driver():
+def chromium_driver(extra_flags=()):
+    """Headless Chromium (FLAGS, a fresh profile); ``extra_flags`` add to or replace FLAGS, e.g.
+    ``--host-resolver-rules=MAP evil.test 127.0.0.1`` or ``--ignore-certificate-errors-spki-list=...``."""
     if not Path(CHROMIUM).is_file() or not Path(CHROMEDRIVER).is_file():
         pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver; .ci/setup-system.sh)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
@@ -33,7 +42,7 @@ def chromium_driver():
     profile = tempfile.mkdtemp(prefix="edgecl-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in FLAGS + [f"--user-data-dir={profile}"]:
+    for flag in _merged_flags(extra_flags) + [f"--user-data-dir={profile}"]:
         opts.add_argument(flag)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
     try:
@@ -44,15 +53,16 @@ def chromium_driver():
 
 
 @contextmanager
-def running_server(bundle_path, **kwargs):
-    """``edgecl serve`` on 127.0.0.1 (a free port) in a thread: yields the base URL."""
+def running_server(bundle_path, port: int = 0, **kwargs):
+    """``edgecl serve`` on 127.0.0.1 (``port``, default a free one) in a thread: yields the ``Server``
+    (``.url`` has its token); ``kwargs`` go to ``make_server`` (``token``, ``no_token``, ``tls``, ...)."""
     from edgecl_runtime.serve import make_server
 
-    server = make_server(bundle_path, "127.0.0.1", 0, **kwargs)
+    server = make_server(bundle_path, "127.0.0.1", port, **kwargs)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield server
     finally:
         server.close()
         thread.join(timeout=5)
@@ -125,3 +135,37 @@ class Page:
     def rollback(self, seq: int):
         self.one(f'.history-row[data-seq="{seq}"] .rollback-btn').click()
         self.wait(lambda: self.attr(".history-row.current", "data-seq") == str(seq))
+
+
+def record_requests(server) -> list[dict]:
+    """Every request ``server`` answers from now on, in order: what the browser sent and the status it got.
+
+    Each entry: method, path, host, status, the fetch metadata (site, mode, dest), origin, the names of
+    the cookies sent, and whether an ``X-XSRFToken`` / ``Authorization`` header came with it.
+    """
+    from http.cookies import SimpleCookie
+
+    log: list[dict] = []
+    app = server._server.wsgi_app  # cheroot calls it per request
+
+    def recorder(environ, start_response):
+        entry = {
+            "method": environ["REQUEST_METHOD"], "path": environ.get("PATH_INFO", ""),
+            "host": environ.get("HTTP_HOST"), "status": None,
+            "site": environ.get("HTTP_SEC_FETCH_SITE"), "mode": environ.get("HTTP_SEC_FETCH_MODE"),
+            "dest": environ.get("HTTP_SEC_FETCH_DEST"), "origin": environ.get("HTTP_ORIGIN"),
+            "cookies": sorted(SimpleCookie(environ.get("HTTP_COOKIE", ""))),
+            "xsrf_header": "HTTP_X_XSRFTOKEN" in environ, "authorization": "HTTP_AUTHORIZATION" in environ,
+        }
+
+        def start(status, headers, exc_info=None):
+            entry["status"] = int(status.split()[0])
+            return start_response(status, headers, exc_info)
+
+        try:
+            return app(environ, start)
+        finally:
+            log.append(entry)
+
+    server._server.wsgi_app = recorder
+    return log

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("flask")
-pytest.importorskip("waitress")
+pytest.importorskip("cheroot")
 Image = pytest.importorskip("PIL.Image")
 
 from edgecl_runtime import Bundle, store  # noqa: E402
@@ -45,9 +45,17 @@ def served(bundle_dir):
     return ServedBundle(bundle_dir)
 
 
+def page_client(app):
+    """A test client that behaves like the page: it opens ``/`` first and echoes the ``_xsrf`` cookie on writes."""
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    client.environ_base["HTTP_X_XSRFTOKEN"] = client.get_cookie("_xsrf").value
+    return client
+
+
 @pytest.fixture
 def client(served):
-    return create_app(served).test_client()
+    return page_client(create_app(served))
 
 
 @pytest.fixture
@@ -117,7 +125,7 @@ def test_bad_uploads_are_refused(client, unchanged, body, status, words):
 
 
 def test_oversized_body_is_refused(served, unchanged):
-    client = create_app(served, max_body=10_000).test_client()
+    client = page_client(create_app(served, max_body=10_000))
     r = client.post("/api/classes", data={"name": "big", **files(png(0, (200, 200)))})
     assert r.status_code == 413 and "too large" in r.get_json()["error"]
 
@@ -159,20 +167,28 @@ def test_token_is_required_when_given(served, unchanged):
     client = create_app(served, token="s3cret").test_client()
     assert client.get("/api/info").status_code == 401
     assert client.get("/").status_code == 401
+    assert client.get("/static/app.js").status_code == 401
     assert client.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/?token=s3cret").status_code == 200  # sets the cookie the page's own requests carry
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_non_loopback_address_needs_a_token(bundle_dir):
+def test_a_token_by_default_and_none_only_on_loopback(bundle_dir):
+    server, chosen = make_server(bundle_dir, "127.0.0.1", 0), make_server(bundle_dir, "127.0.0.1", 0, token="mine")
+    try:
+        assert len(server.guard.token) >= 32 and server.url.endswith(f"/?token={server.guard.token}")
+        assert chosen.guard.token == "mine"
+    finally:
+        server.close()
+        chosen.close()
     with pytest.raises(ValueError, match="needs a token"):
-        make_server(bundle_dir, "0.0.0.0", 0)
+        make_server(bundle_dir, "0.0.0.0", 0, no_token=True)
     from click.testing import CliRunner
 
     from edgecl_runtime.cli import main
 
-    r = CliRunner().invoke(main, ["serve", str(bundle_dir), "--host", "0.0.0.0", "--port", "0"], env={"EDGECL_SERVE_TOKEN": ""})
+    r = CliRunner().invoke(main, ["serve", str(bundle_dir), "--host", "0.0.0.0", "--port", "0", "--no-token"])
     assert r.exit_code != 0 and "needs a token" in r.output
 
 
@@ -184,7 +200,7 @@ def test_tabs_servers_and_processes_stay_consistent(bundle_dir):
 
     def teach(i):
         app = a if i % 2 else b
-        codes.append(app.test_client().post("/api/classes", json={"name": f"c{i}", "features": rows[i].tolist()}).status_code)
+        codes.append(page_client(app).post("/api/classes", json={"name": f"c{i}", "features": rows[i].tolist()}).status_code)
 
     threads = [threading.Thread(target=teach, args=(i,)) for i in range(8)]
     for t in threads:
@@ -196,12 +212,12 @@ def test_tabs_servers_and_processes_stay_consistent(bundle_dir):
             "store.add_examples(sys.argv[1], 'other-process', np.ones((1, 512), np.float32))")
     subprocess.run([sys.executable, "-c", code, str(bundle_dir)], check=True)
     for app in (a, b):
-        names = [c["name"] for c in app.test_client().get("/api/classes").get_json()["classes"]]
+        names = [c["name"] for c in page_client(app).get("/api/classes").get_json()["classes"]]
         assert sorted(names[30:]) == sorted([f"c{i}" for i in range(8)] + ["other-process"])
-    dup = b.test_client().post("/api/classes", json={"name": "c1", "features": rows[0].tolist()})
+    dup = page_client(b).post("/api/classes", json={"name": "c1", "features": rows[0].tolist()})
     assert dup.status_code == 409  # c1 came through server a
-    assert a.test_client().get("/api/history").get_json()["seq"] == 9
-    assert Bundle.load(bundle_dir).classes == [c["name"] for c in a.test_client().get("/api/classes").get_json()["classes"]]
+    assert page_client(a).get("/api/history").get_json()["seq"] == 9
+    assert Bundle.load(bundle_dir).classes == [c["name"] for c in page_client(a).get("/api/classes").get_json()["classes"]]
 
 
 def test_download_zip_is_a_loadable_bundle(client, tmp_path):
@@ -225,7 +241,7 @@ def test_unicode_class_names_round_trip_through_urls(client):
 
 
 def test_edgecl_serve_command(bundle_dir):
-    """The real command: binds, prints its URL, serves the page and API, and enforces --token / the env var."""
+    """The real command: binds, prints its URL with a fresh token, serves the page and API only with that token."""
     import json
     import os
     import urllib.error
@@ -233,19 +249,36 @@ def test_edgecl_serve_command(bundle_dir):
     from pathlib import Path
 
     exe = Path(sys.executable).with_name("edgecl")
+    env = {k: v for k, v in os.environ.items() if k != "EDGECL_SERVE_TOKEN"}
+    proc = subprocess.Popen([str(exe), "serve", str(bundle_dir), "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving ") and "?token=" in line
+        url = line.split()[3]
+        base, token = url.split("/?token=")
+        assert len(token) >= 32
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/api/info", timeout=30)
+        assert err.value.code == 401 and "token" in json.loads(err.value.read())["error"]
+        req = urllib.request.Request(f"{base}/api/info", headers={"Authorization": f"Bearer {token}"})
+        assert json.loads(urllib.request.urlopen(req, timeout=30).read())["num_classes"] == 30
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "<title>edgecl" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_edgecl_serve_command_with_a_chosen_token_does_not_print_it(bundle_dir):
+    import os
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("edgecl")
     env = {**os.environ, "EDGECL_SERVE_TOKEN": "t0ken"}
     proc = subprocess.Popen([str(exe), "serve", str(bundle_dir), "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("serving ") and "?token=" in line and "t0ken" not in line
-        base = line.split()[3].split("?")[0].rstrip("/")
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"{base}/api/info", timeout=30)
-        assert err.value.code == 401 and "token" in json.loads(err.value.read())["error"]
-        req = urllib.request.Request(f"{base}/api/info", headers={"Authorization": "Bearer t0ken"})
-        assert json.loads(urllib.request.urlopen(req, timeout=30).read())["num_classes"] == 30
-        page = urllib.request.urlopen(f"{base}/?token=t0ken", timeout=30).read().decode()
-        assert "<title>edgecl" in page
+        assert line.startswith("serving ") and "?token=…" in line and "t0ken" not in line
     finally:
         proc.terminate()
         proc.wait(timeout=30)

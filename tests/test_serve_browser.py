@@ -15,7 +15,7 @@ import pytest
 from serve_browser import Page, chromium_driver, running_server
 
 pytest.importorskip("flask")
-pytest.importorskip("waitress")
+pytest.importorskip("cheroot")
 Image = pytest.importorskip("PIL.Image")
 
 pytestmark = pytest.mark.browser
@@ -40,8 +40,10 @@ def images(shapes_new, tmp_path_factory):
     return files
 
 
-def _session(page: Page, url: str, images: dict, tmp_path: Path, mode: str):
-    page.open(f"{url}/?mode={mode}")
+def _session(page: Page, server, images: dict, tmp_path: Path, mode: str):
+    url = server.base_url
+    page.open(f"{server.url}&mode={mode}")
+    assert "token" not in page.d.current_url  # the page takes the token out of the address bar
     assert page.one("#mode").get_attribute("value") == mode
     start = len(page.class_names())
     for c in CLASSES:
@@ -75,9 +77,9 @@ def _session(page: Page, url: str, images: dict, tmp_path: Path, mode: str):
 def test_page_in_server_mode(bundle_dir, images, tmp_path):
     from edgecl_runtime import store
 
-    with running_server(bundle_dir) as url, chromium_driver() as driver:
+    with running_server(bundle_dir) as server, chromium_driver() as driver:
         page = Page(driver)
-        _session(page, url, images, tmp_path, "server")
+        _session(page, server, images, tmp_path, "server")
         store.remove_class(bundle_dir, CLASSES[2])  # another process: the open page follows without a reload
         page.wait(lambda: CLASSES[2] not in page.class_names())
         page.one("#camera-btn").click()  # the fake camera: live predictions and captured examples
@@ -96,9 +98,9 @@ def test_page_in_browser_mode(bundle_dir, images, tmp_path):
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["format_version"] >= 3 and manifest["model"]["file"] == "model.onnx"  # the single-file model
-    with running_server(bundle_dir) as url, chromium_driver() as driver:
+    with running_server(bundle_dir) as server, chromium_driver() as driver:
         page = Page(driver, timeout=60)
-        _session(page, url, images, tmp_path, "browser")
+        _session(page, server, images, tmp_path, "browser")
         # Top-1 and score equal to Python's on the same files, resized by the JS port of preprocess.py
         from edgecl_runtime import Bundle
 

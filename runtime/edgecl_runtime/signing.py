@@ -51,14 +51,14 @@ def _crypto():
 
 
 # --------------------------------------------------------------------- keys
-def _raw_public(pub) -> bytes:
+def raw_public(pub) -> bytes:
     serialization, _ = _crypto()
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def key_id(pub) -> str:
     """16 hex digits naming a public key (sha256 of its raw bytes)."""
-    return hashlib.sha256(_raw_public(pub)).hexdigest()[:16]
+    return hashlib.sha256(raw_public(pub)).hexdigest()[:16]
 
 
 def _pem(source) -> bytes:

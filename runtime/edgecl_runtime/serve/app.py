@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from importlib.resources import files
+from contextlib import ExitStack
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, request, send_file
+from flask import Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
+from .. import signing
 from ..errors import EdgeclRuntimeError, InvalidInputError, LockTimeoutError
 from .errors import HTTPError, bad_request, not_found
+from .security import Guard, install
 from .state import ServedBundle
 from .uploads import decode_data_url, decode_files
 
@@ -20,25 +21,22 @@ DEFAULT_TOP_K = 5
 MAX_BODY = 32 << 20  # bytes per request
 TOKEN_ENV = "EDGECL_SERVE_TOKEN"
 STATIC = Path(str(files("edgecl_runtime.serve") / "static"))
+OPENAPI = Path(str(files("edgecl_runtime.serve") / "openapi.json"))  # the API's OpenAPI 3 document
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def create_app(served: ServedBundle, token: str | None = None, max_body: int = MAX_BODY,
+               guard: Guard | None = None) -> Flask:
+    """The app serving ``served``, guarded by ``guard`` (default: loopback names only, and ``token`` if given).
 
-
-def create_app(served: ServedBundle, token: str | None = None, max_body: int = MAX_BODY) -> Flask:
-    """The app serving ``served``; with a ``token`` every request must carry it (else 401)."""
+    With a token every request must carry it (else 401); writes must come from the page's own origin
+    with the page's XSRF header or the token (else 403); see ``security``.
+    """
     app = Flask("edgecl_runtime.serve", static_folder=str(STATIC), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.json.sort_keys = False
     _errors(app)
-    if token:
-        _require_token(app, token)
+    install(app, guard or Guard(token=token))
+    _signing_policy(app, served)
     _pages(app, served)
     _reads(app, served)
     _updates(app, served)
@@ -62,29 +60,19 @@ def _errors(app: Flask) -> None:
         return _error(e.code or 500, e.description or e.name)
 
 
-TOKEN_COOKIE = "edgecl_token"
-
-
-def _require_token(app: Flask, token: str) -> None:
-    """Every request needs the token: header, ``?token=``, or the cookie set when the page was opened with it."""
-
-    def given() -> str:
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            return auth[7:]
-        return request.args.get("token") or request.cookies.get(TOKEN_COOKIE, "")
+def _signing_policy(app: Flask, served: ServedBundle) -> None:
+    """Each request runs under the signing keys in force where the server was made (threads start without them)."""
 
     @app.before_request
-    def check():
-        if not hmac.compare_digest(given().encode(), token.encode()):
-            return _error(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or open the page with ?token=TOKEN")
-        return None
+    def enter():
+        g.edgecl_signing = ExitStack()
+        g.edgecl_signing.enter_context(signing.using(served.policy))
 
-    @app.after_request
-    def remember(response):
-        if request.args.get("token") and request.cookies.get(TOKEN_COOKIE) != token:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
-        return response
+    @app.teardown_request
+    def leave(_exc):
+        stack = g.pop("edgecl_signing", None)
+        if stack is not None:
+            stack.close()
 
 
 def _pages(app: Flask, served: ServedBundle) -> None:
@@ -122,6 +110,10 @@ def _reads(app: Flask, served: ServedBundle) -> None:
     @app.get("/api/info")
     def info():
         return jsonify(_info(served))
+
+    @app.get("/api/openapi.json")
+    def openapi():
+        return Response(OPENAPI.read_bytes(), mimetype="application/json")
 
     @app.get("/api/classes")
     def classes():
@@ -197,6 +189,7 @@ def _info(served: ServedBundle) -> dict:
         "browser_mode": browser is None,
         "browser_mode_unavailable": browser,
         "default_top_k": DEFAULT_TOP_K,
+        "public_keys": served.public_keys(),
     }
 
 

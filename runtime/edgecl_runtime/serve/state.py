@@ -9,6 +9,7 @@ refuse a name another tab is creating at the same moment.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import inputs, storage, store
+from .. import inputs, signing, storage, store
 from ..bundle import Bundle
 from ..manifest import MANIFEST_NAME
 from .errors import bad_request, conflict, not_found, too_large
@@ -43,6 +44,7 @@ class ServedBundle:
     """Thread-safe predict / teach / remove / history / rollback on one bundle directory."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        self.policy = signing.current()  # the keys in force where the server was made; requests run under them
         self.bundle = Bundle.load(path, device=device, threads=threads)
         self.path = self.bundle.path
         self.thumbs = Thumbs(self.path)
@@ -126,6 +128,10 @@ class ServedBundle:
             state = store.rollback(self.path, to)  # refuses numbers outside base..current (400)
             self.current()
         return {"seq": state.seq, "num_classes": len(state.classes)}
+
+    def public_keys(self) -> list[str]:
+        """The Ed25519 public keys this server trusts, base64 of their raw 32 bytes (for the in-browser mode)."""
+        return [base64.b64encode(signing.raw_public(k)).decode("ascii") for k in self.policy.trusted]
 
     def bundle_files(self) -> list[str]:
         """The files that make up the bundle now: the manifest, the files it checksums, the journal."""

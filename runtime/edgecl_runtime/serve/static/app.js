@@ -1,6 +1,6 @@
 // The page of `edgecl serve`: predict from the camera or files, teach classes, remove, roll back, download.
 // Two engines run the model: "server" (the JSON API, docs/serve-api.md) and "browser" (onnxruntime-web, browser.js).
-import { api, token, withToken } from "./api.js";
+import { api, withToken } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { info: null, classes: [], history: null, pending: [], engine: null, stream: null, busy: false };
@@ -134,7 +134,7 @@ async function toggleCamera() {
     return;
   }
   try {
-    state.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    state.stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: { ideal: "environment" } }, audio: false });  // the rear camera on a phone
   } catch (e) {
     show(`Cannot open the camera: ${e.message}`);
     return;
@@ -385,7 +385,6 @@ async function main() {
   $("mode").onchange = () => setMode($("mode").value);
   await setMode($("mode").value);
   watch();
-  if (token) history.replaceState(null, "", location.pathname + location.search);
 }
 
 main();
