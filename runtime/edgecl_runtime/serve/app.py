@@ -10,7 +10,7 @@ from flask import Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from .. import signing
-from ..errors import EdgeclRuntimeError, InvalidInputError, LockTimeoutError
+from ..errors import EdgeclRuntimeError, InvalidInputError, LockTimeoutError, SignatureError
 from .errors import HTTPError, bad_request, not_found
 from .security import Guard, install
 from .state import ServedBundle
@@ -50,6 +50,7 @@ def _error(status: int, message: str):
 def _errors(app: Flask) -> None:
     app.register_error_handler(HTTPError, lambda e: _error(e.status, e.message))
     app.register_error_handler(InvalidInputError, lambda e: _error(400, str(e)))
+    app.register_error_handler(SignatureError, lambda e: _error(403, f"signature: {e}"))
     app.register_error_handler(LockTimeoutError, lambda e: _error(503, f"the bundle is busy: {e}"))
     app.register_error_handler(EdgeclRuntimeError, lambda e: _error(500, f"{type(e).__name__}: {e}"))
 
