@@ -4,7 +4,7 @@ Run from the repository's root after ``python examples/make_image_folder.py my_i
 """
 
 from edgecl.experiment import RunConfig, run_experiment
-from edgecl.pipeline import export_run
+from edgecl.workflows import export_run
 from edgecl_runtime import Bundle
 
 cfg = RunConfig(dataset="my_images", learner="ranpac", init_cls=10, increment=5)

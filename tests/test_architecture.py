@@ -45,11 +45,11 @@ def test_every_training_package_has_a_layer():
 
 def test_only_the_workflows_and_the_cli_sit_above_export():
     """edgecl_export imports edgecl (onnx_graph, zoo, learners), so all of edgecl sits below it but what needs
-    both: edgecl.workflows (export_run, the demo; edgecl.pipeline is an alias of it) and the CLI above that.
+    both: edgecl.workflows (export_run, the demo) and the CLI above that.
     No other module of edgecl imports edgecl_export, not even inside a function."""
     layers = _layers()
     export = next(i for i, layer in enumerate(layers) if "edgecl_export" in layer)
-    assert set().union(*layers[:export]) == {"edgecl.cli", "edgecl.workflows", "edgecl.pipeline"}
+    assert set().union(*layers[:export]) == {"edgecl.cli", "edgecl.workflows"}
     pkg = Path(edgecl.__file__).parent
     importers = set()
     for path in pkg.rglob("*.py"):
