@@ -140,7 +140,7 @@ class Page:
 def record_requests(server) -> list[dict]:
     """Every request ``server`` answers from now on, in order: what the browser sent and the status it got.
 
-    Each entry: method, path, host, status, the fetch metadata (site, mode, dest), origin, the names of
+    Each entry: method, path, host, status, the fetch metadata (site, mode, dest), origin, referer, the names of
     the cookies sent, and whether an ``X-XSRFToken`` / ``Authorization`` header came with it.
     """
     from http.cookies import SimpleCookie
@@ -154,6 +154,7 @@ def record_requests(server) -> list[dict]:
             "host": environ.get("HTTP_HOST"), "status": None,
             "site": environ.get("HTTP_SEC_FETCH_SITE"), "mode": environ.get("HTTP_SEC_FETCH_MODE"),
             "dest": environ.get("HTTP_SEC_FETCH_DEST"), "origin": environ.get("HTTP_ORIGIN"),
+            "referer": environ.get("HTTP_REFERER"),
             "cookies": sorted(SimpleCookie(environ.get("HTTP_COOKIE", ""))),
             "xsrf_header": "HTTP_X_XSRFTOKEN" in environ, "authorization": "HTTP_AUTHORIZATION" in environ,
         }
