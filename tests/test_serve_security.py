@@ -184,3 +184,14 @@ def test_without_a_token_writes_still_need_the_page(bundle_dir):
     finally:
         srv.close()
         thread.join(timeout=5)
+
+
+def test_without_fetch_metadata_a_foreign_origin_or_referer_is_refused(server):
+    """Plain HTTP under a network name: Chromium sends no Sec-Fetch-*; the Origin / Referer still tell."""
+    http = Client(server.base_url)
+    cookie = f"edgecl_token={server.guard.token}"
+    for path in ("/api/classes", "/api/bundle.zip", "/bundle/manifest.json"):
+        assert http("GET", path, Cookie=cookie, Referer="http://127.0.0.1:1/attack.html")[0] == 403, path
+        assert http("GET", path, Cookie=cookie, Origin="http://127.0.0.1:1")[0] == 403, path
+        assert http("GET", path, Cookie=cookie)[0] == 200, path  # no browser headers: a script with the token
+    assert http("GET", "/", Cookie=cookie, Referer="http://elsewhere.example/")[0] == 200  # a link opening the page

@@ -4,8 +4,9 @@ Checked on every request, before routing, in this order:
 
 1. ``Host`` is one of the server's own names (loopback names, the bound address, ``--allow-host``),
    else 403: a page whose hostname was re-bound to this machine (DNS rebinding) is refused.
-2. Fetch metadata: a request another site's page made (``Sec-Fetch-Site: cross-site`` or
-   ``same-site``) is refused (403), except a top-level navigation to the page itself.
+2. A request another site's page made (``Sec-Fetch-Site: cross-site`` or ``same-site``; without
+   fetch metadata, a foreign ``Origin``/``Referer``) is refused (403), except a top-level navigation
+   to the page itself.
 3. The token, when the server has one: ``Authorization: Bearer``, ``?token=`` or the cookie that
    opening ``/?token=...`` sets; else 401.
 4. Writes (any method but GET/HEAD/OPTIONS): the ``Origin`` (or the ``Referer``'s origin when
@@ -151,12 +152,18 @@ def _request_origin() -> str | None:
 
 
 def _cross_site_request() -> bool:
-    """Fetch metadata says another site's page made this request (a link opening the page is fine)."""
-    site = request.headers.get("Sec-Fetch-Site", "")
-    if site not in ("cross-site", "same-site"):
-        return False
+    """Another site's page made this request (opening the page itself from a link is fine).
+
+    Fetch metadata says so where the browser sends it (secure contexts, loopback); elsewhere (plain HTTP
+    under a network name) a foreign ``Origin`` or ``Referer`` does: the page itself sends no Referer.
+    """
+    opens_page = request.method == "GET" and request.path == "/"
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None:
+        origin = _request_origin()
+        return not opens_page and origin is not None and origin != _own_origin()
     navigation = request.headers.get("Sec-Fetch-Mode") == "navigate" and request.headers.get("Sec-Fetch-Dest") == "document"
-    return not (navigation and request.method == "GET" and request.path == "/")
+    return site in ("cross-site", "same-site") and not (opens_page and navigation)
 
 
 def _refuse(status: int, message: str):
