@@ -58,7 +58,11 @@ def _errors(app: Flask) -> None:
     def http_error(e: HTTPException):
         if e.code == 413:
             return _error(413, f"request body too large; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes")
-        return _error(e.code or 500, e.description or e.name)
+        response, status = _error(e.code or 500, e.description or e.name)
+        for name, value in e.get_headers():  # e.g. a 405's Allow (RFC 9110); the body is JSON, not werkzeug's HTML
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
 
 def _signing_policy(app: Flask, served: ServedBundle) -> None:
@@ -102,7 +106,7 @@ def _pages(app: Flask, served: ServedBundle) -> None:
 
 def _top_k() -> int:
     raw = request.args.get("top_k", str(DEFAULT_TOP_K))
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # str.isdigit() is also true of '²', which int() refuses
         raise bad_request(f"top_k must be a positive integer, got {raw!r}")
     return int(raw)
 

@@ -151,7 +151,8 @@ class ServedBundle:
 def _rows(features) -> np.ndarray:
     """Feature rows as float32 ``(k, F)``; shape and finiteness are checked by ``store.add_examples``."""
     try:
-        arr = np.asarray(features, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # numbers beyond float32 become inf: refused as non-finite
+            arr = np.asarray(features, dtype=np.float32)
     except (TypeError, ValueError):
         raise bad_request("'features' must be a list of equal-length lists of numbers") from None
     if arr.ndim != 2 or arr.shape[0] == 0:
