@@ -124,6 +124,11 @@ def test_bad_uploads_are_refused(client, unchanged, body, status, words):
         assert words in r.get_json()["error"]
 
 
+def test_too_many_pixels_in_one_request_are_refused_before_decoding(client, unchanged):
+    r = client.post("/api/predict", data=files(*[png_header_only(4000, 4000)] * 5))  # 5 x 16 Mpixel headers
+    assert r.status_code == 413 and "pixels in one request" in r.get_json()["error"]
+
+
 def test_oversized_body_is_refused(served, unchanged):
     client = page_client(create_app(served, max_body=10_000))
     r = client.post("/api/classes", data={"name": "big", **files(png(0, (200, 200)))})

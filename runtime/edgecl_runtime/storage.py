@@ -235,7 +235,7 @@ def remove_dead_temps(directory: Path, prefix: str = ".") -> int:
             if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
                 continue
             pid = name[len(prefix):].split(".", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
+            if pid.isascii() and pid.isdigit() and not pid_alive(int(pid)):
                 if entry.is_dir(follow_symlinks=False):
                     import shutil
 

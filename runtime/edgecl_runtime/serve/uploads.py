@@ -17,6 +17,7 @@ from .errors import bad_request, too_large, unsupported
 
 MAX_PIXELS = 1 << 24  # 16 Mpixel per uploaded image (a 4096 x 4096 photo)
 MAX_IMAGES = 64  # images per request
+MAX_REQUEST_PIXELS = 1 << 26  # 64 Mpixel per request (four 16-Mpixel photos): ~200 MB of RGB at most
 
 
 def _pil():
@@ -26,8 +27,8 @@ def _pil():
     return Image
 
 
-def decode_image(data: bytes, what: str = "upload") -> np.ndarray:
-    """Bytes of an image file -> uint8 ``(H, W, 3)`` RGB, or an ``HTTPError`` naming the problem."""
+def open_image(data: bytes, what: str = "upload"):
+    """Bytes of an image file -> a Pillow image whose header was read (no pixel decoded yet), size checked."""
     Image = _pil()
     if not data:
         raise bad_request(f"{what}: empty file")
@@ -44,11 +45,21 @@ def decode_image(data: bytes, what: str = "upload") -> np.ndarray:
         raise too_large(f"{what}: image is {w} x {h} pixels; the limit is {MAX_PIXELS} pixels per image")
     if w < 1 or h < 1:
         raise bad_request(f"{what}: empty image ({w} x {h})")
+    return im
+
+
+def pixels(im, what: str = "upload") -> np.ndarray:
+    """Decode an opened image -> uint8 ``(H, W, 3)`` RGB, or an ``HTTPError`` naming the problem."""
     try:
         im.load()
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise bad_request(f"{what}: corrupt or truncated image ({exc})") from None
+
+
+def decode_image(data: bytes, what: str = "upload") -> np.ndarray:
+    """Bytes of an image file -> uint8 ``(H, W, 3)`` RGB, or an ``HTTPError`` naming the problem."""
+    return pixels(open_image(data, what), what)
 
 
 def decode_data_url(url: str, what: str) -> np.ndarray:
@@ -63,9 +74,15 @@ def decode_data_url(url: str, what: str) -> np.ndarray:
 
 
 def decode_files(files) -> list[np.ndarray]:
-    """Uploaded files (werkzeug ``FileStorage``) -> images; at least one, at most ``MAX_IMAGES``."""
+    """Uploaded files (werkzeug ``FileStorage``) -> images; at least one, at most ``MAX_IMAGES``, and at most
+    ``MAX_REQUEST_PIXELS`` pixels in all (checked from every header before any pixel is decoded)."""
     if not files:
         raise bad_request("no image uploaded: send one or more files in the multipart field 'image'")
     if len(files) > MAX_IMAGES:
         raise too_large(f"{len(files)} images in one request; the limit is {MAX_IMAGES}")
-    return [decode_image(f.read(), f"upload {f.filename or i!s}") for i, f in enumerate(files)]
+    whats = [f"upload {f.filename or i!s}" for i, f in enumerate(files)]
+    opened = [open_image(f.read(), what) for f, what in zip(files, whats)]
+    total = sum(im.size[0] * im.size[1] for im in opened)
+    if total > MAX_REQUEST_PIXELS:
+        raise too_large(f"{total} pixels in one request; the limit is {MAX_REQUEST_PIXELS} (send fewer or smaller images)")
+    return [pixels(im, what) for im, what in zip(opened, whats)]
