@@ -170,3 +170,19 @@ def record_requests(server) -> list[dict]:
 
     server._server.wsgi_app = recorder
     return log
+
+
+def class_images(shapes_new, out: Path, classes) -> dict[str, list[Path]]:
+    """Three PNGs per class of the shapes set the exported bundle has not seen (two to teach, one to predict)."""
+    import numpy as np
+    from PIL import Image
+
+    train, _ = shapes_new
+    names = np.array(train.class_names)[train.labels]
+    files = {}
+    for c in classes:
+        files[c] = [out / f"{c}-{i}.png" for i in np.nonzero(names == c)[0][:3]]
+        for i, p in zip(np.nonzero(names == c)[0][:3], files[c]):
+            Image.fromarray(train.images[i]).save(p)
+    return files
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_browser import Page, chromium_driver, running_server
+from serve_browser import Page, chromium_driver, class_images, running_server
 
 pytest.importorskip("flask")
 pytest.importorskip("cheroot")
@@ -26,18 +26,7 @@ SCREENSHOT_ENV = "EDGECL_SERVE_SCREENSHOT"  # also save the page's screenshot th
 @pytest.fixture(scope="module")
 def images(shapes_new, tmp_path_factory):
     """Two example PNGs and one held-out PNG per class."""
-    train, _ = shapes_new
-    names = np.array(train.class_names)[train.labels]
-    out = tmp_path_factory.mktemp("serve-images")
-    files = {}
-    for c in CLASSES:
-        idx = np.nonzero(names == c)[0][:3]
-        files[c] = []
-        for i in idx:
-            p = out / f"{c}-{i}.png"
-            Image.fromarray(train.images[i]).save(p)
-            files[c].append(p)
-    return files
+    return class_images(shapes_new, tmp_path_factory.mktemp("serve-images"), CLASSES)
 
 
 def _session(page: Page, server, images: dict, tmp_path: Path, mode: str):
