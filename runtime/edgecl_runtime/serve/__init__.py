@@ -11,11 +11,9 @@ import secrets
 import socket
 from pathlib import Path
 
-from .app import create_app
+from .app import TOKEN_ENV, create_app
 from .security import WILDCARDS, Guard, is_loopback
 from .state import ServedBundle
-
-TOKEN_ENV = "EDGECL_SERVE_TOKEN"
 
 
 class Server:

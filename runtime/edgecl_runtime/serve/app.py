@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from contextlib import ExitStack
+from importlib.resources import files
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request, send_file
@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import signing
 from ..errors import EdgeclRuntimeError, InvalidInputError, LockTimeoutError, SignatureError
-from .errors import HTTPError, bad_request, not_found
+from .errors import HTTPError, bad_request, error_response, not_found
 from .security import Guard, install
 from .state import ServedBundle
 from .uploads import decode_data_url, decode_files
@@ -43,22 +43,18 @@ def create_app(served: ServedBundle, token: str | None = None, max_body: int = M
     return app
 
 
-def _error(status: int, message: str):
-    return jsonify({"error": message, "status": status}), status
-
-
 def _errors(app: Flask) -> None:
-    app.register_error_handler(HTTPError, lambda e: _error(e.status, e.message))
-    app.register_error_handler(InvalidInputError, lambda e: _error(400, str(e)))
-    app.register_error_handler(SignatureError, lambda e: _error(403, f"signature: {e}"))
-    app.register_error_handler(LockTimeoutError, lambda e: _error(503, f"the bundle is busy: {e}"))
-    app.register_error_handler(EdgeclRuntimeError, lambda e: _error(500, f"{type(e).__name__}: {e}"))
+    app.register_error_handler(HTTPError, lambda e: error_response(e.status, e.message))
+    app.register_error_handler(InvalidInputError, lambda e: error_response(400, str(e)))
+    app.register_error_handler(SignatureError, lambda e: error_response(403, f"signature: {e}"))
+    app.register_error_handler(LockTimeoutError, lambda e: error_response(503, f"the bundle is busy: {e}"))
+    app.register_error_handler(EdgeclRuntimeError, lambda e: error_response(500, f"{type(e).__name__}: {e}"))
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):
+    def httperror_response(e: HTTPException):
         if e.code == 413:
-            return _error(413, f"request body too large; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes")
-        response, status = _error(e.code or 500, e.description or e.name)
+            return error_response(413, f"request body too large; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes")
+        response, status = error_response(e.code or 500, e.description or e.name)
         for name, value in e.get_headers():  # e.g. a 405's Allow (RFC 9110); the body is JSON, not werkzeug's HTML
             if name.lower() != "content-type":
                 response.headers[name] = value

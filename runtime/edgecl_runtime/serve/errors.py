@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask import jsonify
+
 
 class HTTPError(Exception):
     """A request the server refuses, with the HTTP status to answer (4xx) and a message for the user."""
@@ -30,3 +32,9 @@ def too_large(message: str) -> HTTPError:
 
 def unsupported(message: str) -> HTTPError:
     return HTTPError(415, message)
+
+
+def error_response(status: int, message: str):
+    """The JSON answer of a refused request: ``({"error": message, "status": status}, status)``."""
+    return jsonify({"error": message, "status": status}), status
+

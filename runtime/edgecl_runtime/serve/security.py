@@ -29,7 +29,9 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, request
+
+from .errors import error_response
 
 TOKEN_COOKIE = "edgecl_token"
 XSRF_COOKIE = "_xsrf"
@@ -166,22 +168,18 @@ def _cross_site_request() -> bool:
     return site in ("cross-site", "same-site") and not (opens_page and navigation)
 
 
-def _refuse(status: int, message: str):
-    return jsonify({"error": message, "status": status}), status
-
-
 def install(app: Flask, guard: Guard) -> None:
     """Check every request against ``guard`` before routing; add the security headers to every response."""
 
     @app.before_request
     def check():
         if not guard.host_ok(request.host):
-            return _refuse(403, f"Host {request.host!r} is not a name of this server: open it as "
+            return error_response(403, f"Host {request.host!r} is not a name of this server: open it as "
                                 f"http://localhost:PORT/ or start it with --allow-host NAME")
         if _cross_site_request():
-            return _refuse(403, "cross-site request refused: open the page itself")
+            return error_response(403, "cross-site request refused: open the page itself")
         if guard.token is not None and not guard.token_given():
-            return _refuse(401, "missing or wrong token: open the page with the URL `edgecl serve` printed "
+            return error_response(401, "missing or wrong token: open the page with the URL `edgecl serve` printed "
                                 "(…/?token=TOKEN) or send 'Authorization: Bearer TOKEN'")
         if request.method not in SAFE_METHODS and (refused := _check_write(guard)) is not None:
             return refused
@@ -207,8 +205,8 @@ def install(app: Flask, guard: Guard) -> None:
 def _check_write(guard: Guard):
     origin = _request_origin()
     if origin is not None and origin != _own_origin():
-        return _refuse(403, f"cross-origin write refused: the request comes from {origin}, not from {_own_origin()}")
+        return error_response(403, f"cross-origin write refused: the request comes from {origin}, not from {_own_origin()}")
     if not guard.secret_given():
-        return _refuse(403, f"write refused: send 'Authorization: Bearer TOKEN', or the {XSRF_HEADER} header "
+        return error_response(403, f"write refused: send 'Authorization: Bearer TOKEN', or the {XSRF_HEADER} header "
                             f"with the value of the {XSRF_COOKIE} cookie (the page does this)")
     return None
