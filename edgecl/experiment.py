@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,16 +18,18 @@ from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner
 from .protocol import ClassIncremental, IncrementalMetrics
 from .rundir import save_run
-from .zoo import DEFAULT_BACKBONE, create_backbone
+from .zoo import create_backbone
+from .zoo.defaults import BackboneDecision, choose_backbone
 
 
 EVAL_CHUNK_BATCHES = 32
+_log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunConfig:
     dataset: str = "shapes"
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str | None = None  # None: chosen by the data set (edgecl.zoo.defaults.choose_backbone)
     weights: str | None = None
     img_size: int | None = None
     learner: str = "simplecil"
@@ -64,6 +67,7 @@ class RunResult:
     class_names: list[str]  # in class order: label i is class_names[i]
     train: ArrayDataset  # remapped
     test: ArrayDataset  # remapped
+    backbone_choice: BackboneDecision | None = None  # which backbone the run used, and why
 
 
 def evaluate(learner, ds: ArrayDataset, spec, batch_size: int = 256, indices=None,
@@ -111,6 +115,7 @@ def run_experiment(
     """
     distributed.check_learner(cfg.learner)
     log = distributed.main_only(log)  # under torch.distributed rank 0 logs and writes the run
+    cfg, choice = resolve_backbone(cfg, log)
     bar = (progress if distributed.is_main() else None) or (lambda label: None)
     # rank 0 first: it fills the caches (pre-trained embedded backbone, rendered data) the others then read
     backbone = distributed.main_first(lambda: create_backbone(cfg.backbone, cfg.weights, cfg.img_size,
@@ -141,11 +146,23 @@ def run_experiment(
         f"forgetting {metrics.forgetting:.2f}"
     )
     log(f"embeddings: {features.summary()}")
-    result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test)
+    result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test,
+                       backbone_choice=choice)
     if out_dir is not None and distributed.is_main():
         _save(Path(out_dir), result, spec.name)
         log(f"saved run to {out_dir} (per-task accuracy: accuracy.csv, accuracy.png)")
     return result
+
+
+def resolve_backbone(cfg: RunConfig, log: Callable[[str], None] = print) -> tuple[RunConfig, BackboneDecision]:
+    """``cfg`` with its backbone and input size decided (``choose_backbone``: a real ImageNet backbone for an image
+    folder unless one is named), and the decision; logs it, and its warning on the ``edgecl.experiment`` logger."""
+    choice = choose_backbone(cfg.dataset, cfg.backbone, cfg.img_size, cfg.weights)
+    if choice.chosen != "given":
+        log(choice.describe())
+    if choice.warning and distributed.is_main():
+        _log.warning(f"WARNING: {choice.warning}")
+    return replace(cfg, backbone=choice.backbone, img_size=choice.img_size), choice
 
 
 def _load_data(cfg: RunConfig, image_size: tuple[int, int]):

@@ -36,7 +36,8 @@ def _parse_learner_args(ctx, param, values) -> dict:
                    "'wds:DIR|PATTERN' (WebDataset tar shards) or 'stream:DIR' (docs/streaming.md).")
 @click.option("--backbone", default=None, help="Backbone: an embedded or named one (see `edgecl backbones`: edgecl-resnet10t, "
                    "edgecl-resnet10t-glyphs, edgecl-vit-tiny, mobilenetv2-imagenet, ...) or any timm model name "
-                   "with --weights; default: the embedded edgecl-resnet10t.")
+                   "with --weights; default: for an image folder the best installed ImageNet backbone "
+                   "(mobilenetv2-imagenet at 112 px, said in the output), else the embedded edgecl-resnet10t.")
 @click.option("--weights", default=None, help="Local timm checkpoint / .safetensors for --backbone, or 'random'.")
 @click.option("--img-size", type=int, default=None, help="Input resolution override for timm backbones.")
 @click.option("--learner", default="simplecil", show_default=True, help="Continual learner (see `edgecl learners`).")
@@ -114,13 +115,14 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
         distributed.shutdown(completed)
     if not main:
         return
-    m = result.metrics
+    m, choice = result.metrics, result.backbone_choice
     if as_json:
-        return emit_json({"run_dir": str(out_dir), "config": asdict(cfg), "class_order": result.scenario.class_order,
+        return emit_json({"run_dir": str(out_dir), "config": asdict(result.config),
+                          "class_order": result.scenario.class_order, "backbone": choice.to_dict(),
                           "metrics": m.to_dict(), "files": {"csv": str(Path(out_dir) / CSV_NAME),
                                                              "png": str(Path(out_dir) / PNG_NAME)}})
     click.echo(f"{out_dir}: average incremental accuracy {m.average_incremental:.2f}%, last {m.last:.2f}%, "
-               f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks)")
+               f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks); {choice.describe()}")
 
 
 # train's options -> RunConfig fields (the others have the same name; options that are no field, such as
@@ -136,7 +138,6 @@ def _run_config(ctx: click.Context, config_file: str | None):
     from click.core import ParameterSource
 
     from ..experiment import RunConfig
-    from ..zoo import DEFAULT_BACKBONE
     from ..rundir import read_config
 
     base = read_config(config_file) if config_file else {}
@@ -152,8 +153,7 @@ def _run_config(ctx: click.Context, config_file: str | None):
     if config_file and "learner" in explicit and base.get("learner") not in (None, values["learner"]):
         values["learner_args"] = {}  # the saved arguments belong to the saved learner
     values["learner_args"] = {**values.get("learner_args", {}), **ctx.params["learner_args"]}
-    values["backbone"] = values.get("backbone") or DEFAULT_BACKBONE
-    return RunConfig.from_dict(values)
+    return RunConfig.from_dict(values)  # no backbone: run_experiment chooses one for the data set
 
 
 @click.command(name="export")
