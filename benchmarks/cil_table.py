@@ -69,7 +69,7 @@ def grid_spec(args: argparse.Namespace):
             datasets=split_list(args.datasets), protocols=[Protocol.parse(p) for p in split_list(args.protocols)],
             seeds=[int(s) for s in split_list(args.seeds)], learner_args=learner_args, data_seed=args.data_seed,
             train_per_class=args.train_per_class, test_per_class=args.test_per_class, batch_size=args.batch_size,
-            engine=args.engine, embedding_cache=args.cache,
+            engine=args.engine, embedding_cache=args.cache, open_set=args.open_set,
         )
     except ValueError as exc:
         raise SystemExit(f"cil_table: {exc}") from exc
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no embedding cache: every run embeds every image again, after every task")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-fused", "onnx"],
                    help="embedding engine of frozen modules (see edgecl.features.engines)")
+    p.add_argument("--open-set", action="store_true",
+                   help="also measure unknown scores (edgecl.openset: the classes still to come are the unknowns)")
     p.add_argument("--resume", action="store_true", help="keep runs already in <name>.json, run only the missing ones")
     ray = p.add_argument_group("Ray (docs/grids.md)", "run the grid's runs in parallel as Ray tasks (pip install 'edgecl[grid]')")
     ray.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",

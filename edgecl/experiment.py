@@ -16,6 +16,7 @@ from .data import ArrayDataset, load_dataset
 from .errors import ConfigError
 from .features import FeatureExtractor, default_cache_dir
 from .learners import create_learner
+from .openset import OpenSetProbe
 from .protocol import ClassIncremental, IncrementalMetrics
 from .rundir import save_run
 from .zoo import create_backbone
@@ -67,6 +68,7 @@ class RunResult:
     class_names: list[str]  # in class order: label i is class_names[i]
     train: ArrayDataset  # remapped
     test: ArrayDataset  # remapped
+    open_set: dict | None = None  # edgecl.openset.OpenSetProbe.summary() when asked for
     backbone_choice: BackboneDecision | None = None  # which backbone the run used, and why
 
 
@@ -106,12 +108,14 @@ def run_experiment(
     log: Callable[[str], None] = print,
     progress: Callable[[str], Callable] | None = None,
     after_task: Callable[[int, Any, ArrayDataset, np.ndarray], None] | None = None,
+    open_set: bool = False,
 ) -> RunResult:
     """Train ``cfg.learner`` over the tasks, evaluating after each; save to ``out_dir`` if given.
 
     ``progress(label)`` returns a wrapper for iterables (e.g. a progress bar). ``after_task(t, learner, test,
     seen)`` is called after task ``t``'s evaluation, with the test set and the indices of its seen classes'
-    images (e.g. to score the learner other ways).
+    images (e.g. to score the learner other ways). ``open_set``: also measure how the learner's runtime head tells
+    the classes still to come from the seen ones (``edgecl.openset``; ``RunResult.open_set``).
     """
     distributed.check_learner(cfg.learner)
     log = distributed.main_only(log)  # under torch.distributed rank 0 logs and writes the run
@@ -127,6 +131,7 @@ def run_experiment(
     learner = create_learner(cfg.learner, backbone, device=cfg.device, backbones=create_backbone, **cfg.learner_args)
     learner.features = features = make_features(cfg, spec)
     metrics = IncrementalMetrics()
+    probe = OpenSetProbe(scenario, train) if open_set else None
     log(f"{cfg.learner} on {cfg.dataset} with {spec.name} ({spec.weights}); {scenario.describe()}")
     for t, classes in enumerate(scenario.tasks):
         loader = distributed.make_loader(train, spec.input_size, spec.mean, spec.std, cfg.batch_size, shuffle=True,
@@ -134,8 +139,9 @@ def run_experiment(
         learner.fit_task(loader, progress=bar(f"task {t + 1}/{scenario.num_tasks}"))
         seen = scenario.seen_indices(test, t)
         metrics.record(test.labels[seen], evaluate(learner, test, spec, indices=seen, features=features), scenario.tasks)
-        if after_task is not None:
-            after_task(t, learner, test, seen)
+        for hook in (after_task, probe):
+            if hook is not None:
+                hook(t, learner, test, seen)
         chance = 100.0 / (classes[-1] + 1)
         log(
             f"task {t + 1}/{scenario.num_tasks}: classes {classes[0]}-{classes[-1]}, "
@@ -147,7 +153,7 @@ def run_experiment(
     )
     log(f"embeddings: {features.summary()}")
     result = RunResult(cfg, learner, scenario, metrics, list(train.class_names), train, test,
-                       backbone_choice=choice)
+                       open_set=probe.summary() if probe else None, backbone_choice=choice)
     if out_dir is not None and distributed.is_main():
         _save(Path(out_dir), result, spec.name)
         log(f"saved run to {out_dir} (per-task accuracy: accuracy.csv, accuracy.png)")

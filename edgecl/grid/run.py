@@ -24,7 +24,7 @@ def run_one(run: GridRun, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    result = run_experiment(run.config, log=lambda s: None)
+    result = run_experiment(run.config, log=lambda s: None, open_set=run.open_set)
     wall = time.perf_counter() - t0
     features, m = result.learner.features, result.metrics
     spec = result.learner.backbone.spec
@@ -44,6 +44,7 @@ def run_one(run: GridRun, threads: int) -> dict[str, Any]:
         "embedding_store": features.store_counts(),
         "backbone_spec": {"name": spec.name, "timm_name": spec.timm_name,
                           "input_size": list(spec.input_size), "weights_sha256": spec.weights_sha256},
+        **({"open_set": result.open_set} if run.open_set else {}),
     }
 
 

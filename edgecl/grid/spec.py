@@ -97,6 +97,7 @@ class GridRun:
     backbone: str
     protocol: str
     num_classes: int
+    open_set: bool = False  # also record edgecl.openset measures (classes still to come as unknowns)
 
     @property
     def stub(self) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class GridSpec:
     batch_size: int = 128
     engine: str = "auto"
     embedding_cache: bool = True
+    open_set: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.learner_args, dict) or set(self.learner_args) - set(self.learners):
@@ -156,4 +158,4 @@ class GridSpec:
             train_per_class=self.train_per_class, test_per_class=self.test_per_class, engine=self.engine,
             embedding_cache=self.embedding_cache,
         )
-        return GridRun(cfg, bb.label, proto.label, n)
+        return GridRun(cfg, bb.label, proto.label, n, self.open_set)

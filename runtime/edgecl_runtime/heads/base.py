@@ -83,6 +83,9 @@ class Head(abc.ABC):
     # True when one class's examples enter the other classes' scores (``ridge``: the shared Gram matrix):
     # its ``without_class(index, examples)`` then also takes the class's known examples out of them.
     SHARED_STATISTICS: ClassVar[bool] = False
+    # The "unknown" score this kind reports by default (``edgecl_runtime.unknown``; chosen by measurement,
+    # docs/unknown.md).
+    UNKNOWN_SCORE: ClassVar[str] = "max_score"
 
     @classmethod
     @abc.abstractmethod
@@ -130,6 +133,28 @@ class Head(abc.ABC):
     @abc.abstractmethod
     def without_class(self, index: int) -> "Head":
         """New head without class ``index`` (later classes shift down by one)."""
+
+    def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(x, means)``: the images ``(N, d)`` and the class means ``(C, d)`` (running means of their examples' ``x``)
+        in the space the head keeps them, float64; ``None`` for a kind that keeps no class means."""
+        return None
+
+    def cosines(self, embeddings: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray | None:
+        """``(N, C)`` float64 cosine of each image to each class mean (``mean_space``), or ``None`` for a kind that
+        keeps none (``edgecl_runtime.unknown``). ``labels``: the images are examples the head learnt (class
+        ``labels[i]``, -1 for none), and each is compared with its class's mean *without* it (leave-one-out)."""
+        space = self.mean_space(embeddings)
+        if space is None:
+            return None
+        x, means = space
+        cos = l2_normalize(x) @ l2_normalize(means).T
+        if labels is None:
+            return cos
+        rows = np.nonzero((labels >= 0) & (self.counts[np.maximum(labels, 0)] > 1))[0]
+        n = self.counts[labels[rows]].astype(np.float64)[:, None]
+        without = (means[labels[rows]] * n - x[rows]) / (n - 1)
+        cos[rows, labels[rows]] = np.sum(l2_normalize(x[rows]) * l2_normalize(without), axis=1)
+        return cos
 
     def class_statistics(self, index: int) -> dict[str, np.ndarray]:
         """The statistics the head keeps of class ``index`` alone (what ``store.diff`` compares; besides

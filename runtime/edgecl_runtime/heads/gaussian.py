@@ -169,6 +169,7 @@ class GaussianHead(Head):
     """Per-class Gaussian statistics scored by (shrunk) Mahalanobis distance; see the module doc."""
 
     kind = "gaussian"
+    UNKNOWN_SCORE = "nearest_cosine"  # docs/unknown.md
 
     def __init__(
         self,
@@ -311,6 +312,10 @@ class GaussianHead(Head):
         if inputs is None:
             inputs = self._graph = {"means": l2_normalize(self.means).astype(np.float32), "precisions": self.precisions()}
         return inputs
+
+    def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The Tukey-transformed embeddings and the class means of theirs."""
+        return tukey(embeddings, self.beta), self.means
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         x64 = l2_normalize(tukey(embeddings, self.beta))

@@ -116,6 +116,7 @@ def fused_scores(p: dict[str, np.ndarray], x: np.ndarray, s: SharedTokens) -> np
 @register_head
 class ProofFusionHead(RunningMeanHead):
     kind = "proof_fusion"
+    UNKNOWN_SCORE = "nearest_cosine"  # docs/unknown.md
 
     def __init__(self, prototypes, counts, texts, text_from_image, params: dict[str, np.ndarray]):
         self._protos = np.asarray(prototypes, np.float32)
@@ -182,6 +183,10 @@ class ProofFusionHead(RunningMeanHead):
             fused = fused_scores(p, fi, shared)
             out[:, i : i + CHUNK] = (fi @ ti.T, fused[:, :c], fused[:, c:])
         return out[0], out[1], out[2]
+
+    def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The image features and each class's visual prototype."""
+        return embeddings.astype(np.float64), self._protos.astype(np.float64)
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """The sum of the three ``terms``."""

@@ -31,6 +31,7 @@ class PrototypeCosineHead(RunningMeanHead):
     """
 
     kind = "prototype_cosine"
+    UNKNOWN_SCORE = "nearest_cosine"  # docs/unknown.md
 
     def __init__(self, prototypes: np.ndarray, counts: np.ndarray, _shared: tuple | None = None):
         if _shared is None:
@@ -85,6 +86,9 @@ class PrototypeCosineHead(RunningMeanHead):
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return l2_normalize(embeddings.astype(np.float32)) @ self._buffer[3][: self._n].T
+
+    def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return embeddings.astype(np.float64), self.prototypes.astype(np.float64)
 
     def graph_inputs(self) -> dict[str, np.ndarray]:
         return {"prototypes": read_only(self._buffer[3][: self._n])}  # (C, D) unit rows

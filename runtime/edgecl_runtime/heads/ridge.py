@@ -130,6 +130,7 @@ class RidgeHead(Head):
     """Ridge classifier on (optionally randomly projected) embeddings; see the module doc."""
 
     kind = "ridge"
+    UNKNOWN_SCORE = "nearest_cosine"  # docs/unknown.md
     SHARED_STATISTICS = True  # G holds every class's examples
 
     def __init__(
@@ -330,6 +331,10 @@ class RidgeHead(Head):
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return self.features(embeddings) @ self.weights
+
+    def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``phi(e)`` and each class's mean ``phi`` (``Q``'s column over its count), which the weights are fitted from."""
+        return self.features(embeddings).astype(np.float64), (self.Q / self._counts[None, :]).T
 
     def graph_inputs(self) -> dict[str, np.ndarray]:
         if self.W_rand is not None:

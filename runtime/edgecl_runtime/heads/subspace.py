@@ -39,6 +39,7 @@ class SubspaceCosineHead(RunningMeanHead):
     """``prototypes (C, S*d)``, ``counts (C,)``, ``weights (C, S)`` and ``new_class_weights (S,)``."""
 
     kind = "subspace_cosine"
+    UNKNOWN_SCORE = "nearest_cosine"  # docs/unknown.md
 
     def __init__(self, prototypes: np.ndarray, counts: np.ndarray, weights: np.ndarray, new_class_weights: np.ndarray):
         self._protos = np.asarray(prototypes, dtype=np.float32)
@@ -86,6 +87,10 @@ class SubspaceCosineHead(RunningMeanHead):
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         return block_normalize(embeddings.astype(np.float32), self.blocks) @ self._effective.T
+
+    def cosines(self, embeddings: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """The scores: weighted cosines per subspace block (no leave-one-out: ``labels`` are ignored)."""
+        return self.scores(embeddings).astype(np.float64)
 
     def graph_inputs(self) -> dict[str, np.ndarray]:
         return {"weighted_prototypes": read_only(self._effective)}  # (C, S*d): unit blocks times block weights

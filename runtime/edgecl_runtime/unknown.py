@@ -1,0 +1,155 @@
+""""Unknown" scores: how far an image is from every class a head knows (higher = more likely unknown).
+
+A head gives two ``(N, C)`` matrices per image batch: its class ``scores`` and,
+where it keeps a reference direction per class, the ``cosines`` of the image
+to them (``Head.cosines``: prototypes, projected class means, Gaussian means).
+Every candidate score is a reduction over the classes of one of them:
+
+* ``max_score``: minus the top class score (max-logit; for a Gaussian head the
+  smallest Mahalanobis distance, for a prototype head one minus the top cosine);
+* ``msp``: minus the top softmax probability of the scores (Hendrycks & Gimpel 2017);
+* ``energy``: minus ``logsumexp`` of the scores (Liu et al. 2020, T = 1);
+* ``margin``: minus the gap between the two top scores;
+* ``nearest_cosine``: minus the top cosine to a class reference direction (prototype / KNN-style).
+
+Each head kind names its default (``Head.UNKNOWN_SCORE``), chosen by measurement
+(docs/unknown.md). ``calibrate`` sets a threshold from training embeddings: the
+``target`` quantile of the known images' scores, with class-wise folds of
+pseudo-unknowns (classes left out of the reduction) to report the threshold's
+rejection rate of classes the head does not know.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+CANDIDATES = ("max_score", "msp", "energy", "margin", "nearest_cosine")
+DEFAULT_TARGET = 0.95  # acceptance of known images the default threshold aims at
+
+
+def _top2(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if m.shape[1] == 1:
+        return m[:, 0], np.full(m.shape[0], -np.inf)
+    part = np.partition(m, m.shape[1] - 2, axis=1)
+    return part[:, -1], part[:, -2]
+
+
+def _logsumexp(s: np.ndarray) -> np.ndarray:
+    top = s.max(axis=1)
+    return top + np.log(np.exp(s - top[:, None]).sum(axis=1))
+
+
+def reduce(name: str, scores: np.ndarray, cosines: np.ndarray | None) -> np.ndarray:
+    """Candidate ``name`` of ``(N, C)`` float64 ``scores`` / ``cosines`` (columns of absent classes at -inf)."""
+    if name == "max_score":
+        return -scores.max(axis=1)
+    if name == "msp":
+        return -np.exp(scores.max(axis=1) - _logsumexp(scores))
+    if name == "energy":
+        return -_logsumexp(scores)
+    if name == "margin":
+        top, second = _top2(scores)
+        return -(top - second) if scores.shape[1] > 1 else -np.abs(top)
+    if name == "nearest_cosine":
+        if cosines is None:
+            raise InvalidInputError("this head keeps no class directions: no nearest_cosine score")
+        return -cosines.max(axis=1)
+    raise InvalidInputError(f"unknown score {name!r}; choose one of {', '.join(CANDIDATES)}")
+
+
+def candidates(head, embeddings: np.ndarray, scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every candidate score the head supports for ``(N, D)`` embeddings (its ``scores`` if already computed)."""
+    s = np.asarray(head.scores(embeddings) if scores is None else scores, np.float64)
+    cos = head.cosines(embeddings)
+    names = [n for n in CANDIDATES if cos is not None or n != "nearest_cosine"]
+    return {n: reduce(n, s, cos) for n in names}
+
+
+def unknown_scores(head, name: str, embeddings: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``(N,)`` float64 score ``name`` of a head's images (higher: more likely unknown)."""
+    cos = head.cosines(embeddings) if name == "nearest_cosine" else None
+    return reduce(name, np.asarray(scores, np.float64), cos)
+
+
+# ----------------------------------------------------------------- measures
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Probability that an unknown image scores higher than a known one (ties count half)."""
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    both = np.concatenate([known, unknown])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_vals = both[order]
+    # average ranks of ties
+    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    r_unknown = ranks[len(known):].sum()
+    return float((r_unknown - len(unknown) * (len(unknown) - 1) / 2) / (len(known) * len(unknown)))
+
+
+def threshold_for(known: np.ndarray, target: float) -> float:
+    """The score at or below which a fraction ``target`` of ``known`` lies (its ``target`` quantile)."""
+    if not 0 < target < 1:
+        raise InvalidInputError(f"target acceptance must be in (0, 1), got {target}")
+    return float(np.quantile(np.asarray(known, np.float64), target, method="higher"))
+
+
+def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = DEFAULT_TARGET) -> float:
+    """Fraction of ``unknown`` accepted (score at or below the threshold) when ``tpr`` of ``known`` are accepted."""
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    return float(np.mean(np.asarray(unknown) <= threshold_for(known, tpr)))
+
+
+# -------------------------------------------------------------- calibration
+def class_folds(n_classes: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint groups of class indices (a seeded shuffle), each held out once as pseudo-unknowns."""
+    order = np.random.default_rng(seed).permutation(n_classes)
+    return [f for f in np.array_split(order, min(folds, n_classes)) if len(f)]
+
+
+def held_out_scores(name: str, scores: np.ndarray, cosines: np.ndarray | None, labels: np.ndarray,
+                    held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``name`` of the known and of the pseudo-unknown images when the classes ``held_out`` are left out
+    of the reduction: the head as if it had never been taught them."""
+    keep = np.ones(scores.shape[1], bool)
+    keep[held_out] = False
+    s = scores[:, keep]
+    c = None if cosines is None else cosines[:, keep]
+    out = reduce(name, s, c)
+    is_unknown = np.isin(labels, held_out)
+    return out[~is_unknown], out[is_unknown]
+
+
+def calibrate(head, embeddings: np.ndarray, labels: np.ndarray, name: str | None = None,
+              target: float = DEFAULT_TARGET, folds: int = 5, seed: int = 0, description: str = "") -> dict:
+    """The bundle's ``unknown`` record: score ``name`` (default: the head kind's), the threshold accepting
+    ``target`` of the training images ``embeddings`` (labels index the head's classes), and, from ``folds``
+    class-wise folds of pseudo-unknowns, the fraction of never-taught classes' images the threshold accepts."""
+    name = name or head.UNKNOWN_SCORE
+    labels = np.asarray(labels, np.int64)
+    scores = np.asarray(head.scores(embeddings), np.float64)
+    cos = head.cosines(embeddings, labels) if name == "nearest_cosine" else None  # leave-one-out
+    known = reduce(name, scores, cos)
+    threshold = threshold_for(known, target)
+    accepted, aurocs = [], []
+    if head.num_classes >= 2:
+        for held in class_folds(head.num_classes, folds, seed):
+            k, u = held_out_scores(name, scores, cos, labels, held)
+            accepted.append(float(np.mean(u <= threshold)))
+            aurocs.append(auroc(k, u))
+    return {
+        "score": name,
+        "threshold": threshold,
+        "target_acceptance": target,
+        "method": "quantile of the training images' scores; class-wise folds of pseudo-unknowns for the estimates",
+        "calibration": {
+            "images": int(len(labels)), "classes": int(head.num_classes), "folds": len(accepted), "seed": seed,
+            "description": description,
+            "pseudo_unknown_accepted": float(np.mean(accepted)) if accepted else None,
+            "pseudo_unknown_auroc": float(np.nanmean(aurocs)) if aurocs else None,
+        },
+    }
