@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .. import journal, signing, storage
+from .. import card, journal, signing, storage
 from ..errors import CorruptBundleError, EdgeclRuntimeError, StorageError
 from ..journal import Record, Scan
 from ..manifest import MANIFEST_NAME, array_spec, file_entry, fixed_files, parse_manifest, read_manifest_bytes, seal
@@ -64,7 +64,7 @@ def write_state(st: State, head, classes: list[str], journal_entry: dict, base_e
     storage.atomic_write_bytes(path / MANIFEST_NAME, raw)
     storage.crash_point("after-manifest")
     storage.remove_stale(path, keep={head_file, base["file"], journal_entry["file"]})
-    return _remember(State(path, new, version, head, list(classes),
+    return committed(State(path, new, version, head, list(classes),
                            Scan([], journal_entry["bytes"], journal_entry["digest"], journal_entry["seq"]), raw=raw))
 
 
@@ -96,6 +96,13 @@ def _remember(st: State) -> State:
             _WRITER_CACHE.pop(next(iter(_WRITER_CACHE)))
         _WRITER_CACHE[key] = (st, _signature(st), signing.current().fingerprint())
     return st
+
+
+def committed(st: State) -> State:
+    """``st``, just committed: the bundle's model card is rewritten from it (``card.refresh``: after the commit
+    point, a failure only logs) and it becomes this writer's remembered state."""
+    card.refresh(st)
+    return _remember(st)
 
 
 def forget(path: Path) -> None:
@@ -196,7 +203,7 @@ def commit_records(st: State, records: list[Record], head, classes: list[str], s
             storage.warn_after_commit(f"{st.path}: the update is committed (journal), but the head snapshot "
                                       f"failed and is postponed to the next update: {exc}")
     scan = Scan(st.scan.records + records, end, digest, seq)
-    return _remember(State(st.path, {**st.manifest, "classes": list(classes)}, st.disk_version, head, list(classes),
+    return committed(State(st.path, {**st.manifest, "classes": list(classes)}, st.disk_version, head, list(classes),
                            scan, lagging, st.full, True, [], st.raw))
 
 

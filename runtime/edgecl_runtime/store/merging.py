@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import journal, signing, storage
+from .. import card, journal, signing, storage
 from ..errors import EdgeclRuntimeError, IncompatibleBundleError, InvalidInputError, StorageError
 from ..journal import Record
 from ..manifest import MANIFEST_NAME, fixed_files, parse_manifest, read_manifest_bytes, v1_bundle_id
@@ -220,7 +220,9 @@ class _Run:
                 storage.warn_after_commit(f"{st.path}: the merge is committed (journal), but the head snapshot "
                                           f"failed and is postponed to the next update: {exc}")
         forget(st.path)
-        return read_state(st.path, verify="state", full=False)
+        st = read_state(st.path, verify="state", full=False)
+        card.refresh(st)  # the model card of the merged state (the journal holds it; no snapshot was due)
+        return st
 
 
 def _fsync_file(path: Path) -> None:
