@@ -88,6 +88,7 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     (docs/distributed.md); rank 0 writes --out and prints the result.
     """
     from .. import distributed
+    from ..data.sources import collect_unread
     from ..errors import EdgeclError
     from ..experiment import run_experiment
     from ..rundir import RUN_JSON
@@ -106,7 +107,8 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     completed = False
     try:
         cfg = _run_config(ctx, config_file)
-        result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
+        with collect_unread() as unread:  # the image folder's files not read (also warned on stderr)
+            result = run_experiment(cfg, out_dir=out_dir, log=log.info, progress=progress_bar)
         completed = True
     except (EdgeclError, EdgeclRuntimeError) as exc:  # bad input or configuration: one line, exit 1
         fail(exc)
@@ -119,7 +121,7 @@ def train(ctx, dataset, backbone, weights, img_size, learner, init_cls, incremen
     if as_json:
         return emit_json({"run_dir": str(out_dir), "config": asdict(result.config),
                           "class_order": result.scenario.class_order, "backbone": choice.to_dict(),
-                          "metrics": m.to_dict(), "files": {"csv": str(Path(out_dir) / CSV_NAME),
+                          "unread_files": unread, "metrics": m.to_dict(), "files": {"csv": str(Path(out_dir) / CSV_NAME),
                                                              "png": str(Path(out_dir) / PNG_NAME)}})
     click.echo(f"{out_dir}: average incremental accuracy {m.average_incremental:.2f}%, last {m.last:.2f}%, "
                f"forgetting {m.forgetting:.2f} ({len(m.overall)} tasks); {choice.describe()}")

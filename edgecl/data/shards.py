@@ -3,8 +3,10 @@
 A shard is an uncompressed POSIX tar file whose members are grouped into samples by key: the member
 ``KEY.EXT`` holds field ``EXT`` of sample ``KEY`` (the key is the member's name up to the first dot
 of its base name), and a sample's members are consecutive. An edgecl image sample has one image
-member (``png``, ``jpg``, ... : any suffix of ``edgecl_runtime.io.IMAGE_SUFFIXES``) and ``cls``, its
-integer class index as decimal text. ``classes.json`` beside the shards (a JSON list) names the classes;
+member (``png``, ``jpg``, ``heic``, ... : any suffix of ``edgecl_runtime.io.IMAGE_SUFFIXES``) and ``cls``,
+its integer class index as decimal text. Image bytes are decoded where a batch reads them
+(``edgecl.data.stream.decode_image``, i.e. ``edgecl_runtime.io.decode_image``: EXIF orientation applied,
+transparency composited on white, HEIC through pillow-heif), never here. ``classes.json`` beside the shards (a JSON list) names the classes;
 without it class ``i`` is ``class_i``. This is the layout ``webdataset.ShardWriter`` writes and
 ``webdataset.WebDataset(...).decode("rgb8").to_tuple("png", "cls")`` reads.
 

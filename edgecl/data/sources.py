@@ -12,7 +12,10 @@
   vendors, ``cross-VENDOR`` trains on the four others and tests on VENDOR (twemoji, openmoji,
   noto, emojione, symbola); e.g. ``emoji:100``, ``emoji:100:cross-symbola:64``. Cached.
 * ``DIR`` - one sub-folder per class of image files; or ``DIR/train/<class>``
-  and ``DIR/test/<class>`` for a fixed split.
+  and ``DIR/test/<class>`` for a fixed split. Files are decoded as viewers show them
+  (``edgecl_runtime.io.decode_image``: EXIF orientation, transparency on white); the files a
+  class folder holds but that are not read (other types, undecodable; hidden ``.NAME`` files
+  aside) are logged as a warning per class and listed in the result's ``unread`` (``FolderSplit``).
 * ``wds:DIR`` / ``wds:PATTERN`` - WebDataset tar shards, ``stream:DIR`` - an image folder read batch
   by batch: images stay on disk (``stream.py``, docs/streaming.md).
 * ``FILE.npz`` - arrays ``x`` (N, H, W[, C]) uint8 and ``y`` (N,) int, optional
@@ -24,12 +27,16 @@ The generated sets (shapes, glyphs, emoji) take ``train_per_class``, ``test_per_
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecl_runtime.io import IMAGE_SUFFIXES, read_image
+from edgecl_runtime.errors import EdgeclRuntimeError
+from edgecl_runtime.io import IMAGE_SUFFIXES, folder_files, read_image
 
 from .synthetic import make_shapes
 from .errors import DataError  # noqa: F401  (re-exported: edgecl.data.DataError)
@@ -37,6 +44,8 @@ from .common import class_dirs, fit_image, split_stratified
 
 if TYPE_CHECKING:  # imported where used: glyph generation workers must not import torch
     from .dataset import ArrayDataset
+
+logger = logging.getLogger("edgecl.data")
 
 
 def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
@@ -54,27 +63,100 @@ def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(x[..., :3])
 
 
-def _read_folder(root: Path, names: list[str], image_size: tuple[int, int]) -> ArrayDataset:
+class FolderSplit(tuple):
+    """``(train, test)`` of an image folder, and ``unread``: for each class folder with files that were not
+    read, its key (the class name; ``train/NAME``, ``test/NAME`` in a fixed split) -> those files' names."""
+
+    def __new__(cls, train, test, unread: dict[str, list[str]]):
+        self = super().__new__(cls, (train, test))
+        self.unread = unread
+        return self
+
+
+_collectors: ContextVar[tuple[dict, ...]] = ContextVar("edgecl_unread_files", default=())
+
+
+@contextmanager
+def collect_unread():
+    """While active, the image folders read (in memory or streamed) add their unread files to the yielded
+    dict (class folder key -> file names; see ``FolderSplit``): how ``edgecl train --json`` reports them."""
+    found: dict[str, list[str]] = {}
+    token = _collectors.set(_collectors.get() + (found,))
+    try:
+        yield found
+    finally:
+        _collectors.reset(token)
+
+
+def report_unread(unread: dict[str, list[str]], reasons: dict[str, str] | None = None) -> None:
+    """A warning line per class folder with files not read (``reasons``: file name -> why it could not be
+    decoded), and the files added to the active ``collect_unread`` collectors."""
+    for key, files in unread.items():
+        first = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        why = next((f"; {n}: {reasons[n]}" for n in files if reasons and n in reasons), "")
+        logger.warning(f"{len(files)} file{'s' * (len(files) != 1)} not read in class {key} (first names {first}){why}")
+    for found in _collectors.get():
+        found.update({key: list(files) for key, files in unread.items()})
+
+
+def _read_class(folder: Path, image_size: tuple[int, int], unread: list[str], reasons: dict[str, str]) -> list:
+    """The images of one class folder, decoded as viewers show them (``edgecl_runtime.io.decode_image``) and
+    resized; the names of the files not read (other types, undecodable) are added to ``unread``."""
+    files, others = folder_files(folder)
+    unread += others
+    images = []
+    for f in files:
+        try:
+            images.append(fit_image(read_image(f), image_size))
+        except EdgeclRuntimeError as exc:
+            unread.append(f.name)
+            reasons[f.name] = str(exc)
+    if not images:
+        raise DataError(f"class folder {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                        + (f"; not read: {', '.join(unread[:5])}" if unread else "")
+                        + (f" ({next(iter(reasons.values()))})" if reasons else ""))
+    return images
+
+
+def _read_folder(root: Path, names: list[str], image_size: tuple[int, int], prefix: str = ""):
+    """``(ArrayDataset, unread)`` of the class folders ``names`` of ``root`` (``unread``: see ``FolderSplit``)."""
     from .dataset import ArrayDataset
 
-    images, labels = [], []
+    images, labels, unread, reasons = [], [], {}, {}
     for label, name in enumerate(names):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for f in files:
-            images.append(fit_image(read_image(f), image_size))
-            labels.append(label)
-    return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), names)
+        missed: list[str] = []
+        found = _read_class(root / name, image_size, missed, reasons)
+        images += found
+        labels += [label] * len(found)
+        if missed:
+            unread[prefix + name] = missed
+    report_unread(unread, reasons)
+    return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), names), unread
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int], test_fraction: float, seed: int):
+def load_image_folder(root: Path, image_size: tuple[int, int], test_fraction: float, seed: int) -> FolderSplit:
+    """``(train, test)`` of an image folder (one sub-folder per class, or ``train/`` and ``test/``) with
+    ``unread``, the files it did not read (``FolderSplit``; each also logged as a warning)."""
     if (root / "train").is_dir() and (root / "test").is_dir():
         names = class_dirs(root / "train")
         if class_dirs(root / "test") != names:
             raise DataError(f"{root}: train/ and test/ hold different class folders")
-        return _read_folder(root / "train", names, image_size), _read_folder(root / "test", names, image_size)
-    return split_stratified(_read_folder(root, class_dirs(root), image_size), test_fraction, seed)
+        (train, a), (test, b) = (_read_folder(root / s, names, image_size, f"{s}/") for s in ("train", "test"))
+        return FolderSplit(train, test, {**a, **b})
+    ds, unread = _read_folder(root, class_dirs(root), image_size)
+    return FolderSplit(*split_stratified(ds, test_fraction, seed), unread)
+
+
+def _load_stream(spec: str, image_size: tuple[int, int], seed: int, test_fraction: float):
+    """``load_stream``'s ``(train, test)``; for ``stream:DIR`` a ``FolderSplit`` whose unread files are reported."""
+    from .stream import folder_unread, load_stream
+
+    split = load_stream(spec, image_size, seed, test_fraction)
+    if not spec.startswith("stream:"):
+        return split
+    unread = folder_unread(Path(spec.partition(":")[2]))
+    report_unread(unread)
+    return FolderSplit(*split, unread)
 
 
 def load_npz(path: Path, test_fraction: float, seed: int):
@@ -130,9 +212,7 @@ def load_dataset(
 
         return make_emoji(parse_emoji(spec, train_per_class, test_per_class, seed))
     if spec.startswith(("wds:", "stream:")):
-        from .stream import load_stream
-
-        return load_stream(spec, image_size, seed, test_fraction)
+        return _load_stream(spec, image_size, seed, test_fraction)
     if spec == "shapes" or spec.startswith("shapes:"):
         try:
             n = int(spec.split(":", 1)[1]) if ":" in spec else 100

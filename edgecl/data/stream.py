@@ -15,9 +15,12 @@ Specs (also accepted by ``edgecl.data.load_dataset`` and ``edgecl train --datase
 * ``stream:DIR`` - an image folder (one sub-folder per class, or ``train/`` and ``test/``), its files
   read when a batch needs them instead of all at load time.
 
-Images are decoded with Pillow to RGB and resized to ``image_size`` exactly as the in-memory image
-folder does (``edgecl.data.common.fit_image``), so a streamed source gives the same pixels, and the
-same embeddings, as loading it into memory.
+Images are decoded to RGB by ``edgecl_runtime.io.decode_image`` (EXIF orientation applied, transparency
+composited on white) and resized to ``image_size`` exactly as the in-memory image folder does
+(``edgecl.data.common.fit_image``), so a streamed source gives the same pixels, and the same
+embeddings, as loading it into memory. A streamed folder's files of other types are reported
+(``folder_unread``; ``load_dataset`` logs them); an image file that does not decode fails the
+batch that reads it (``DataError``), as it is met only then.
 
 Rank split: ``load_stream(..., rank=r, world_size=w)`` keeps the training shards ``shards[r::w]``
 (a streamed folder: training rows ``r::w``), so that each process of a multi-process job opens only
@@ -30,16 +33,16 @@ never both (docs/streaming.md).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edgecl_runtime.io import IMAGE_SUFFIXES
+from edgecl_runtime.errors import EdgeclRuntimeError
+from edgecl_runtime.io import IMAGE_SUFFIXES, folder_files
+from edgecl_runtime.io import decode_image as io_decode
 
 from .common import class_dirs, fit_image, split_stratified
 from .dataset import ArrayDataset
@@ -96,15 +99,11 @@ class FileSource:
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes -> uint8 ``(H, W, 3)`` (Pillow, RGB), ``DataError`` naming ``where`` if unreadable."""
-    from PIL import Image
-
+    """Encoded image bytes -> uint8 ``(H, W, 3)`` as viewers show them (``edgecl_runtime.io.decode_image``:
+    EXIF orientation applied, transparency on white), ``DataError`` naming ``where`` if unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        return io_decode(data, where)
+    except EdgeclRuntimeError as exc:
         raise DataError(f"cannot decode image {where}: {exc}") from exc
 
 
@@ -145,7 +144,7 @@ class StreamImages:
         """Digest of the source files (path, size, mtime), the rows and the size: the embedding cache's data key."""
         if self._key is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(f"stream-v1:{self.size}:{type(self.source).__name__}:{self.source.fingerprint()};".encode())
+            h.update(f"stream-v2:{self.size}:{type(self.source).__name__}:{self.source.fingerprint()};".encode())
             h.update(np.ascontiguousarray(self.rows).data)
             self._key = h.hexdigest()
         return self._key
@@ -209,13 +208,24 @@ def _folder(root: Path, size, seed: int, test_fraction: float, rank: int, world_
 def _file_list(root: Path, names: list[str], size) -> StreamDataset:
     paths, labels = [], []
     for label, name in enumerate(names):
-        files = sorted(str(p) for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = [str(p) for p in folder_files(root / name)[0]]
         if not files:
             raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         paths += files
         labels += [label] * len(files)
     return StreamDataset(StreamImages(FileSource(paths), np.arange(len(paths)), size),
                          np.asarray(labels, dtype=np.int64), names)
+
+
+def folder_unread(root: Path) -> dict[str, list[str]]:
+    """The files of a ``stream:DIR`` folder's classes that are not image files (class key -> names, keyed as
+    ``edgecl.data.sources.FolderSplit.unread``); an image file that does not decode fails its batch instead."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        folders = {f"{s}/{n}": root / s / n for s in ("train", "test") for n in class_dirs(root / s)}
+    else:
+        folders = {n: root / n for n in class_dirs(root)}
+    unread = {key: folder_files(folder)[1] for key, folder in folders.items()}
+    return {key: names for key, names in unread.items() if names}
 
 
 def encoded_samples(ds: ArrayDataset, chunk: int = 256):

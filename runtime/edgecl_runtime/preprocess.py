@@ -1,10 +1,12 @@
 """Image preprocessing in numpy, shared by training and the device runtime.
 
 Images are channels-last: one image ``(H, W)``, ``(H, W, C)`` or a batch
-``(N, H, W, C)`` (or a list of images of any sizes), with C in {1, 3, 4}.
+``(N, H, W, C)`` (or a list of images of any sizes), with C in {1, 3, 4}
+(a 4th channel of an array is dropped: arrays are taken as pixels, not as files).
 ``uint8`` holds 0..255 pixels; float arrays hold values in [0, 1]. PIL images
 and image file paths (``str`` / ``os.PathLike``), alone or in a list, are read
-as uint8 RGB arrays first (``load_images``; Pillow is needed only then). Output is
+as uint8 RGB arrays first (``load_images``, through ``edgecl_runtime.io``: EXIF
+orientation applied, transparency composited on white; Pillow is needed only then). Output is
 ``float32`` ``(N, 3, H, W)``, resized with an antialiased bilinear (triangle)
 filter and normalised with the manifest's mean/std.
 
@@ -148,7 +150,9 @@ def _load_one(item) -> list:
 
         return read_images([item])
     if _is_pil(item):
-        return [np.asarray(item.convert("RGB"), dtype=np.uint8)]
+        from .io import to_rgb
+
+        return [to_rgb(item)]
     return [item]
 
 

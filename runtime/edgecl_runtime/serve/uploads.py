@@ -1,45 +1,46 @@
 """Decoding uploaded images safely: size checked from the header before any pixel is decoded.
 
-A file that is not an image (415), a truncated or corrupt image (400), or an
+A file that is not an image (415; also a HEIC upload without pillow-heif, with
+the command that installs it), a truncated or corrupt image (400), or an
 image whose header claims more than ``MAX_PIXELS`` pixels (a decompression
 bomb, 413) is refused before it costs memory; nothing reaches the bundle.
+Images are decoded by ``edgecl_runtime.io`` as training and the CLI decode
+them: EXIF orientation applied, transparency composited on white.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import warnings
+import struct
 
 import numpy as np
 
-from .errors import bad_request, too_large, unsupported
+from .. import io as imageio
+from ..errors import EdgeclRuntimeError, LimitExceededError, MissingDependencyError
+from ..io import NotAnImageError
+from .errors import HTTPError, bad_request, too_large, unsupported
 
 MAX_PIXELS = 1 << 24  # 16 Mpixel per uploaded image (a 4096 x 4096 photo)
 MAX_IMAGES = 64  # images per request
 MAX_REQUEST_PIXELS = 1 << 26  # 64 Mpixel per request (four 16-Mpixel photos): ~200 MB of RGB at most
 
 
-def _pil():
-    from PIL import Image, ImageFile
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
-    return Image
+def _http_error(exc: Exception) -> HTTPError:
+    """The HTTP answer to a decoding error of ``edgecl_runtime.io``: 415 not an image (or a format whose
+    plugin is missing, e.g. HEIC without pillow-heif), 413 too many pixels, 400 anything else."""
+    if isinstance(exc, (NotAnImageError, MissingDependencyError)):
+        return unsupported(str(exc))
+    if isinstance(exc, LimitExceededError):
+        return too_large(str(exc))
+    return bad_request(str(exc))
 
 
 def open_image(data: bytes, what: str = "upload"):
     """Bytes of an image file -> a Pillow image whose header was read (no pixel decoded yet), size checked."""
-    Image = _pil()
-    if not data:
-        raise bad_request(f"{what}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
-            im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise too_large(f"{what}: image dimensions too large ({exc})") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise unsupported(f"{what}: not an image file Pillow can read (PNG, JPEG, GIF, BMP, WebP, ...)") from None
+        im = imageio.open_image(data, what)
+    except EdgeclRuntimeError as exc:
+        raise _http_error(exc) from None
     w, h = im.size
     if w * h > MAX_PIXELS:
         raise too_large(f"{what}: image is {w} x {h} pixels; the limit is {MAX_PIXELS} pixels per image")
@@ -49,12 +50,14 @@ def open_image(data: bytes, what: str = "upload"):
 
 
 def pixels(im, what: str = "upload") -> np.ndarray:
-    """Decode an opened image -> uint8 ``(H, W, 3)`` RGB, or an ``HTTPError`` naming the problem."""
+    """Decode an opened image -> uint8 ``(H, W, 3)`` RGB as a viewer shows it (EXIF orientation applied,
+    transparency on white: ``edgecl_runtime.io.to_rgb``), or an ``HTTPError`` naming the problem."""
     try:
-        im.load()
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        return imageio.to_rgb(im)
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise bad_request(f"{what}: corrupt or truncated image ({exc})") from None
+    finally:
+        im.close()
 
 
 def decode_image(data: bytes, what: str = "upload") -> np.ndarray:
