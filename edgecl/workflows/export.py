@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 
 from edgecl_export import ExportError, ExportReport, PrecisionSpec, export_learner
+from edgecl_export.openset import UnknownCalibration
 
 from ..data import DataError, load_dataset, make_shapes
 from ..rundir import RunDirError, load_run
@@ -35,11 +38,39 @@ def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportRepo
     if check is None and str(run["config"].get("dataset", "")).startswith("shapes"):
         check = [_shapes_check_batch(run, learner)]
     source = {"run_dir": str(Path(run_dir).resolve()), "metrics": run.get("metrics", {})}
+    target = kwargs.pop("unknown_target", 0.95)
+    if "unknown" not in kwargs:
+        kwargs["unknown"] = run_unknown_calibration(run, learner, target)
     precision = kwargs.pop("precision", "fp32")
     if isinstance(precision, str):  # images for the conversion come from the run's own data
         precision = precision_from_run(run, learner, precision, **kwargs.pop("precision_options", {}))
     return export_learner(learner, run["class_names"], out_dir, check_inputs=check, extra=source, precision=precision,
                           **kwargs)
+
+
+def run_unknown_calibration(run: dict, learner, target: float = 0.95, per_class: int = 20,
+                            seed: int = 0) -> UnknownCalibration | None:
+    """Up to ``per_class`` training images of every class of the run, to calibrate the bundle's unknown threshold
+    on (``edgecl_runtime.unknown.calibrate``); ``None`` with a warning when the run's data cannot be read."""
+    config = run["config"]
+    try:
+        train, _ = load_dataset(
+            config["dataset"], image_size=tuple(learner.backbone.spec.input_size[1:]), seed=config.get("data_seed", 0),
+            test_fraction=config.get("test_fraction", 0.2), train_per_class=config.get("train_per_class", 30),
+            test_per_class=config.get("test_per_class", 10),
+        )
+    except (DataError, KeyError, OSError) as exc:
+        warnings.warn(f"unknown threshold not calibrated: cannot read the run's data set "
+                      f"{config.get('dataset')!r} ({exc}); predict --unknown then needs a number", stacklevel=2)
+        return None
+    known = {n: i for i, n in enumerate(run["class_names"])}
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.nonzero(train.labels == c)[0])[:per_class]
+            for c, name in enumerate(train.class_names) if name in known]
+    rows = np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    labels = np.array([known[train.class_names[y]] for y in train.labels[rows]], dtype=np.int64)
+    desc = f"{len(rows)} train images of {config['dataset']} (up to {per_class} per class, pick seed {seed})"
+    return UnknownCalibration(train.images[rows], labels, desc, target)
 
 
 def _shapes_check_batch(run: dict, learner) -> np.ndarray:

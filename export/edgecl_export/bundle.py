@@ -40,6 +40,7 @@ from edgecl_runtime.store import initial_fields
 from .card import card_section, write_bundle_card
 from .model_graph import FEATURES, SCORES, FeatureModule, combine, export_scorer, fixed_transform
 from .model_graph import metadata as model_metadata
+from .openset import UnknownCalibration, unknown_section
 from edgecl.onnx_graph import INPUT_NAME, ExportError, export_onnx, parity, scaled_diff
 from .quantize import PrecisionSpec, apply_precision, cast_head_arrays
 from .text_graph import TEXT_ONNX, text_tower_refusal, write_text_tower
@@ -68,6 +69,7 @@ def export_learner(
     overwrite: bool = False,
     extra: dict | None = None,
     precision: PrecisionSpec | None = None,
+    unknown: UnknownCalibration | None = None,
 ) -> ExportReport:
     """Export ``learner`` (with its classes) to a bundle at ``out_dir``.
 
@@ -76,7 +78,8 @@ def export_learner(
     scoring; a max abs difference above ``tolerance`` fails the export.
     ``precision``: fp16 / int8 backbone (see ``edgecl_export.quantize``); parity is
     checked on the fp32 graph, the conversion against it. ``extra`` is recorded
-    as the manifest's ``source``.
+    as the manifest's ``source``. ``unknown``: training images the unknown threshold is calibrated on
+    (``edgecl_export.openset``; without them the bundle has no default threshold).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
@@ -85,7 +88,7 @@ def export_learner(
         raise ExportError(f"need {learner.num_classes} distinct class names, got {len(class_names)}")
     with staged_directory(out_dir) as tmp:
         sections = _write_bundle(tmp, learner, list(class_names), opset, exporter, check_inputs, tolerance,
-                                 precision or PrecisionSpec())
+                                 precision or PrecisionSpec(), unknown)
         if extra:
             sections["source"] = extra
         sections["card"] = card_section(tmp, sections, extra)  # what the model card needs from the export
@@ -155,7 +158,7 @@ def preprocess_record(spec) -> dict:
 
 
 def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, exporter: str, check_inputs,
-                  tolerance: float, precision: PrecisionSpec) -> dict:
+                  tolerance: float, precision: PrecisionSpec, calibration: UnknownCalibration | None = None) -> dict:
     """Write ``model.onnx`` and the head file into ``tmp``; returns the manifest's sections (unsealed)."""
     from edgecl_runtime.heads import head_class
 
@@ -180,6 +183,7 @@ def _write_bundle(tmp: Path, learner, class_names: list[str], opset: int, export
     sections = _sections(learner, kind, class_names, dim, opset, exporter, precision_section, preprocess, head_inputs)
     sections["export"].update({"parity_max_abs_diff": graph.diff, "score_parity_max_abs_diff": score_diff,
                                "parity_tolerance": tolerance})
+    sections["unknown"] = unknown_section(tmp / MODEL_ONNX, head, preprocess, calibration)
     text = _text_tower(tmp, learner, graph, kind, transform is not None, dim, opset, tolerance)
     if isinstance(text, dict):
         sections["text"] = text

@@ -19,17 +19,24 @@ from .errors import (
 from .manifest import onnx_file, single_file
 from .preprocess import load_images, preprocess
 from .session import CUDA_EP, Runner, create_session, select_providers, use_io_binding
+from .unknown import unknown_scores
 
 
 @dataclass
 class Prediction:
-    """Top-k classes per image: ``labels[i]`` / ``scores[i]`` are the best ones."""
+    """Top-k classes per image: ``labels[i]`` / ``scores[i]`` are the best ones.
 
-    labels: list[str]
+    ``unknown_scores[i]``: how unlike every known class image ``i`` is (higher: more likely unknown;
+    ``edgecl_runtime.unknown``); with a threshold (``predict(unknown=...)``) a rejected image's label is ``None``
+    (``indices[i]`` and ``top_k[i]`` still name the nearest classes)."""
+
+    labels: list[str | None]
     scores: np.ndarray  # (N,) score of the top class
     indices: np.ndarray  # (N,) class index of the top class
     top_k: list[list[tuple[str, float]]] = field(default_factory=list)
     seq: int = 0  # the bundle state the prediction came from: its last journaled update (see ``history``)
+    unknown_scores: np.ndarray | None = None  # (N,) float64
+    threshold: float | None = None  # the unknown threshold applied (None: no rejection)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,7 +44,14 @@ class Prediction:
     def __getitem__(self, i: int) -> "Prediction":
         """The prediction of image ``i`` alone (a one-image ``Prediction``)."""
         row = slice(i, i + 1 or None)  # i = -1 -> slice(-1, None)
-        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row], self.seq)
+        u = None if self.unknown_scores is None else self.unknown_scores[row]
+        return Prediction(self.labels[row], self.scores[row], self.indices[row], self.top_k[row], self.seq, u,
+                          self.threshold)
+
+    @property
+    def unknown(self) -> np.ndarray:
+        """``(N,)`` bool: image ``i`` was rejected as unknown (its label is ``None``)."""
+        return np.array([label is None for label in self.labels], bool)
 
 
 @dataclass
@@ -201,28 +215,74 @@ class Bundle:
         with blas.limit(self.blas_threads):
             return self._forward(x, self._view, "scores")
 
-    def predict(self, images, top_k: int = 1) -> Prediction:
+    def _features_and_scores(self, images, view: View, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """``(features, scores)`` of ``images`` under ``view``'s head, from one model run per batch."""
+        with blas.limit(self.blas_threads):
+            x = self.preprocess(images)
+            parts = [self._both(x[i : i + batch_size], view) for i in range(0, max(len(x), 1), batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _both(self, x: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
+        if single_file(view.manifest):
+            feats, s = self._run.run_outputs(x, view.head.graph_inputs(), ("features", "scores"))
+            return feats, s
+        feats = self._run(x)
+        return feats, view.head.scores(feats)
+
+    def unknown_threshold(self, unknown: str | float | None) -> float | None:
+        """The threshold ``predict(unknown=...)`` applies: ``"auto"`` the bundle's calibrated one (set at export,
+        ``manifest["unknown"]``), a number itself, ``None`` none."""
+        if unknown is None:
+            return None
+        if isinstance(unknown, str):
+            if unknown != "auto":
+                raise InvalidInputError(f"unknown must be 'auto', a number or None, got {unknown!r}")
+            record = self.manifest.get("unknown")
+            if not record or record.get("threshold") is None:
+                raise IncompatibleBundleError(
+                    "this bundle has no calibrated unknown threshold (exported before edgecl 0.2 or without "
+                    "training data): re-export it, or pass a threshold number")
+            return float(record["threshold"])
+        if isinstance(unknown, bool) or not isinstance(unknown, (int, float)) or not np.isfinite(unknown):
+            raise InvalidInputError(f"unknown threshold must be a finite number, got {unknown!r}")
+        return float(unknown)
+
+    def unknown_score_name(self, view: View | None = None) -> str:
+        """The unknown score the bundle reports: its calibrated one, else its head kind's default."""
+        view = view or self._view
+        return (view.manifest.get("unknown") or {}).get("score") or view.head.UNKNOWN_SCORE
+
+    def predict(self, images, top_k: int = 1, unknown: str | float | None = None) -> Prediction:
         """Top-``top_k`` classes of ``images``: uint8/float arrays (``edgecl_runtime.preprocess``),
-        a PIL image or an image file path, or a list of any of these."""
+        a PIL image or an image file path, or a list of any of these.
+
+        Every prediction carries an ``unknown_score``. ``unknown="auto"`` rejects (label ``None``) the images whose
+        score is above the bundle's calibrated threshold, a number above that threshold; ``None`` rejects none.
+        """
         if top_k < 1:
             raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
+        threshold = self.unknown_threshold(unknown)
         view = self._view  # scores and names from one state, whatever other threads do meanwhile
-        s = self._scores(images, view)
+        feats, s = self._features_and_scores(images, view)
+        u = unknown_scores(view.head, self.unknown_score_name(view), feats, s)
         k = min(top_k, s.shape[1])
         if k == 1:  # argmax is O(C); a full sort is O(C log C) per image
             order = np.argmax(s, axis=1)[:, None]
         else:
             order = np.argsort(-s, axis=1, kind="stable")[:, :k]
         names = view.classes
+        rejected = np.zeros(len(u), bool) if threshold is None else u > threshold
         return Prediction(
-            labels=[names[i] for i in order[:, 0]],
+            labels=[None if rejected[r] else names[i] for r, i in enumerate(order[:, 0])],
             scores=s[np.arange(s.shape[0]), order[:, 0]],
             indices=order[:, 0].copy(),
             top_k=[[(names[j], float(s[r, j])) for j in row] for r, row in enumerate(order)],
             seq=view.seq,
+            unknown_scores=u,
+            threshold=threshold,
         )
 
-    def predict_stream(self, frames, batch_size: int = 8, top_k: int = 1):
+    def predict_stream(self, frames, batch_size: int = 8, top_k: int = 1, unknown: str | float | None = None):
         """Predict a stream of frames (any iterable, e.g. a camera): yields one ``Prediction`` per frame.
 
         Frames are grouped into batches of up to ``batch_size`` (batching raises
@@ -235,14 +295,14 @@ class Bundle:
         for frame in frames:
             batch.append(frame)
             if len(batch) == batch_size:
-                yield from self._predict_frames(batch, top_k)
+                yield from self._predict_frames(batch, top_k, unknown)
                 batch = []
         if batch:
-            yield from self._predict_frames(batch, top_k)
+            yield from self._predict_frames(batch, top_k, unknown)
 
-    def _predict_frames(self, frames: list, top_k: int):
+    def _predict_frames(self, frames: list, top_k: int, unknown: str | float | None = None):
         same = all(isinstance(f, np.ndarray) and f.shape == frames[0].shape and f.dtype == frames[0].dtype for f in frames)
-        pred = self.predict(np.stack(frames) if same and frames[0].ndim == 3 else frames, top_k=top_k)
+        pred = self.predict(np.stack(frames) if same and frames[0].ndim == 3 else frames, top_k=top_k, unknown=unknown)
         for i in range(len(pred)):
             yield pred[i]
 

@@ -287,17 +287,21 @@ class Runner:
         self.input_type = session.get_inputs()[0].type  # 'tensor(float)' or 'tensor(float16)'
 
     def __call__(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None, output: str | None = None) -> np.ndarray:
+        return self.run_outputs(x, extra, (output or self.output_name,))[0]
+
+    def run_outputs(self, x: np.ndarray, extra: dict[str, np.ndarray] | None, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """The float32 ``outputs`` of one run on ``x`` (and the ``extra`` inputs)."""
         if self.input_type == "tensor(float16)":
             x = x.astype(np.float16)
         feeds = {self.input_name: x, **(extra or {})}
-        output = output or self.output_name
         if not self.io_binding:
-            out = self.session.run([output], feeds)[0]
+            outs = self.session.run(list(outputs), feeds)
         else:
             binding = self.session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            binding.bind_output(output)  # onnxruntime allocates on the provider's device
+            for name in outputs:
+                binding.bind_output(name)  # onnxruntime allocates on the provider's device
             self.session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()[0]
-        return out if out.dtype == np.float32 else out.astype(np.float32)
+            outs = binding.copy_outputs_to_cpu()
+        return [o if o.dtype == np.float32 else o.astype(np.float32) for o in outs]

@@ -10,7 +10,8 @@ Every candidate score is a reduction over the classes of one of them:
 * ``msp``: minus the top softmax probability of the scores (Hendrycks & Gimpel 2017);
 * ``energy``: minus ``logsumexp`` of the scores (Liu et al. 2020, T = 1);
 * ``margin``: minus the gap between the two top scores;
-* ``nearest_cosine``: minus the top cosine to a class reference direction (prototype / KNN-style).
+* ``nearest_cosine``: one minus the top cosine to a class mean (the cosine distance to the nearest class;
+  nearest-prototype / KNN-style, Sun et al. 2022).
 
 Each head kind names its default (``Head.UNKNOWN_SCORE``), chosen by measurement
 (docs/unknown.md). ``calibrate`` sets a threshold from training embeddings: the
@@ -55,7 +56,7 @@ def reduce(name: str, scores: np.ndarray, cosines: np.ndarray | None) -> np.ndar
     if name == "nearest_cosine":
         if cosines is None:
             raise InvalidInputError("this head keeps no class directions: no nearest_cosine score")
-        return -cosines.max(axis=1)
+        return 1.0 - cosines.max(axis=1)
     raise InvalidInputError(f"unknown score {name!r}; choose one of {', '.join(CANDIDATES)}")
 
 
@@ -153,3 +154,21 @@ def calibrate(head, embeddings: np.ndarray, labels: np.ndarray, name: str | None
             "pseudo_unknown_auroc": float(np.nanmean(aurocs)) if aurocs else None,
         },
     }
+
+
+def open_set_report(pred_known, truth: np.ndarray, pred_unknown, threshold: float | None) -> dict:
+    """Measures of a bundle's unknown score on ``pred_known`` (predictions of images of classes it knows, true
+    class indices ``truth``) and ``pred_unknown`` (of classes it does not know): AUROC, FPR at 95 % TPR, and at
+    ``threshold`` the fraction of each accepted, top-1 counting a rejection as an error, top-1 of the accepted."""
+    k, u = pred_known.unknown_scores, pred_unknown.unknown_scores
+    correct = pred_known.indices == truth
+    out = {"known_images": int(len(k)), "unknown_images": int(len(u)), "auroc": auroc(k, u),
+           "fpr_at_95_tpr": fpr_at_tpr(k, u, 0.95), "top1": float(correct.mean()) if len(k) else float("nan"),
+           "threshold": threshold}
+    if threshold is not None:
+        accepted = k <= threshold
+        out.update({"known_accepted": float(accepted.mean()) if len(k) else float("nan"),
+                    "unknown_accepted": float(np.mean(u <= threshold)) if len(u) else float("nan"),
+                    "top1_at_threshold": float(np.mean(correct & accepted)) if len(k) else float("nan"),
+                    "top1_of_accepted": float(correct[accepted].mean()) if accepted.any() else float("nan")})
+    return out

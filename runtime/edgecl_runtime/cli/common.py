@@ -222,3 +222,13 @@ def main(ctx, public_keys, signing_key, quiet, verbose):
 
         policy = signing.make_policy(list(public_keys) or None, signing_key)
         ctx.with_resource(signing.using(policy))
+
+
+def unknown_option(ctx, param, value):
+    """``--unknown``: None, "auto" or a float."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected 'auto' or a number, got {value!r}") from None

@@ -9,24 +9,31 @@ import json
 import click
 
 from .common import device_option, emit_json, fail, json_option, load_bundle, load_plugin, main, progress_bar, threads_option
+from .common import unknown_option
 
 
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--unknown", "unknown", default=None, metavar="auto|THRESHOLD", callback=unknown_option,
+              help="Reject images unlike every known class: 'auto' uses the threshold calibrated at export, a number "
+                   "sets it (scores above it are unknown). Rejected images print as 'unknown' (JSON label null).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON lines: image, label (null when unknown), unknown_score, top_k.")
 @device_option
 @threads_option
-def predict(bundle, images, top_k, as_json, device):
-    """Classify IMAGES (image files, or .npy arrays of one or N images)."""
+def predict(bundle, images, top_k, unknown, as_json, device):
+    """Classify IMAGES (image files, or .npy arrays of one or N images).
+
+    Every image also gets an unknown score (higher: less like any class the bundle knows; docs/unknown.md)."""
     from edgecl_runtime import EdgeclRuntimeError
     from edgecl_runtime.io import read_images
 
     b = load_bundle(bundle, device)
     try:
         arrays = read_images(images)
-        pred = b.predict(arrays, top_k=top_k)
+        pred = b.predict(arrays, top_k=top_k, unknown=unknown)
     except EdgeclRuntimeError as exc:
         fail(exc)
     # one name per image: the file, or FILE[i] for the images of a batched .npy
@@ -34,11 +41,13 @@ def predict(bundle, images, top_k, as_json, device):
     for p in images:
         n = len(read_images([p])) if str(p).lower().endswith(".npy") else 1
         names += [str(p)] if n == 1 else [f"{p}[{i}]" for i in range(n)]
-    for name, top in zip(names, pred.top_k):
+    for name, label, u, top in zip(names, pred.labels, pred.unknown_scores, pred.top_k):
         if as_json:
-            click.echo(json.dumps({"image": name, "top_k": [{"class": c, "score": s} for c, s in top]}))
+            click.echo(json.dumps({"image": name, "label": label, "unknown_score": float(u),
+                                   "top_k": [{"class": c, "score": s} for c, s in top]}))
         else:
-            click.echo(f"{name}: " + ", ".join(f"{c} ({s:.3f})" for c, s in top))
+            tops = ", ".join(f"{c} ({s:.3f})" for c, s in top)
+            click.echo(f"{name}: " + (tops if label is not None else f"unknown (score {u:.3f}; nearest {tops})"))
 
 
 @main.command(name="add-class")
@@ -84,7 +93,7 @@ def add_class(bundle, name, images, by_name, text, device, as_json):
     )
 
 
-def known_images(b, dataset: str, split: str, data_seed: int):
+def known_images(b, dataset: str, split: str, data_seed: int, unknowns: bool = False):
     """Images of ``dataset``'s ``split`` whose classes ``b`` knows, their class indices in ``b``, and the skip count.
 
     Data sets are read by the training distribution's loader (entry point
@@ -103,6 +112,8 @@ def known_images(b, dataset: str, split: str, data_seed: int):
     if not mask.any():
         fail(ValueError(f"none of the {ds.num_classes} classes of {dataset} is known to the bundle"))
     truth = np.array([known[ds.class_names[y]] for y in ds.labels[mask]])
+    if unknowns:  # the images of the classes the bundle does not know, too
+        return ds.images[mask], truth, ds.images[~mask]
     return ds.images[mask], truth, int((~mask).sum())
 
 
@@ -120,15 +131,39 @@ def bundle_accuracy(b, dataset: str, split: str = "test", data_seed: int = 0, ba
             "top1": float(np.mean(pred == truth)), "skipped_unknown": skipped}
 
 
+def bundle_open_set(b, dataset: str, split: str, data_seed: int, unknown) -> dict:
+    """``edgecl_runtime.unknown.open_set_report`` of bundle ``b`` on ``dataset``: its unknown classes' images as unknowns."""
+    from edgecl_runtime.unknown import open_set_report
+
+    images, truth, others = known_images(b, dataset, split, data_seed, unknowns=True)
+    if len(others) == 0:
+        fail(ValueError(f"every class of {dataset} is known to the bundle: no unknown images to measure with"))
+    threshold = b.unknown_threshold(unknown)
+    return {"score": b.unknown_score_name(), **open_set_report(b.predict(images), truth, b.predict(others), threshold)}
+
+
+def describe_open_set(r: dict) -> str:
+    line = (f"unknown score {r['score']}: AUROC {r['auroc']:.3f}, FPR at 95% TPR {100 * r['fpr_at_95_tpr']:.1f}% "
+            f"({r['known_images']} known, {r['unknown_images']} unknown images)")
+    if r.get("threshold") is not None:
+        line += (f"\nat threshold {r['threshold']:.4g}: {100 * r['known_accepted']:.1f}% of known and "
+                 f"{100 * r['unknown_accepted']:.1f}% of unknown images accepted; top-1 {100 * r['top1_at_threshold']:.2f}% "
+                 f"counting rejections as errors, {100 * r['top1_of_accepted']:.2f}% of the accepted")
+    return line
+
+
 @main.command(name="eval")
 @click.argument("bundle", type=click.Path())
 @click.option("--dataset", default="shapes", show_default=True, help="Data source, as for `train`.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--data-seed", type=int, default=0, show_default=True)
+@click.option("--unknown", "unknown", default=None, metavar="auto|THRESHOLD", callback=unknown_option,
+              help="Also measure the unknown score: the data set's classes the bundle does not know are the unknowns "
+                   "(AUROC, FPR at 95% TPR, and at the threshold: known/unknown accepted, top-1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @device_option
 @threads_option
-def eval_cmd(bundle, dataset, split, data_seed, as_json, device):
+def eval_cmd(bundle, dataset, split, data_seed, unknown, as_json, device):
     """Top-1 accuracy of BUNDLE on a data set's classes that the bundle knows."""
     from edgecl_runtime import EdgeclRuntimeError
 
@@ -136,11 +171,15 @@ def eval_cmd(bundle, dataset, split, data_seed, as_json, device):
     try:
         result = {**bundle_accuracy(b, dataset, split, data_seed, progress=progress_bar(f"eval on {dataset}")),
                   "device": b.device}
+        if unknown is not None:
+            result["unknown"] = bundle_open_set(b, dataset, split, data_seed, unknown)
     except EdgeclRuntimeError as exc:
         fail(exc)
     if as_json:
         click.echo(json.dumps(result))
         return
+    if unknown is not None:
+        click.echo(describe_open_set(result["unknown"]))
     skipped = result["skipped_unknown"]
     click.echo(
         f"top-1 {100.0 * result['top1']:.2f}% on {result['images']} images of "
