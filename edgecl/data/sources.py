@@ -111,6 +111,7 @@ def _read_class(folder: Path, image_size: tuple[int, int], unread: list[str], re
         except EdgeclRuntimeError as exc:
             unread.append(f.name)
             reasons[f.name] = str(exc)
+    unread.sort()
     if not images:
         raise DataError(f"class folder {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
                         + (f"; not read: {', '.join(unread[:5])}" if unread else "")

@@ -101,6 +101,7 @@ def open_image(source: bytes | str | Path, where: str | None = None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
+            warnings.filterwarnings("ignore", "Corrupt EXIF", UserWarning)  # the image is read as stored
             return Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise LimitExceededError(f"{where}: image dimensions too large ({exc})") from None
@@ -123,7 +124,9 @@ def _oriented(im):
     from PIL import ImageOps
 
     try:
-        orientation = im.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Corrupt EXIF", UserWarning)  # read as stored, quietly
+            orientation = im.getexif().get(0x0112, 1)
     except (OSError, ValueError, SyntaxError, TypeError, struct.error):  # a broken EXIF block: as stored
         return im
     return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im

@@ -12,11 +12,22 @@ ort.env.wasm.wasmPaths = new URL("./vendor/onnxruntime-web/", import.meta.url).h
 ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation (SharedArrayBuffer); one is enough here
 const THUMB = 96;
 
-/** An uploaded or captured image as the RGBA pixels the runtime's preprocessing takes (no scaling). */
-async function pixels(blob) {
-  const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  const canvas = new OffscreenCanvas(bmp.width, bmp.height);
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+const BACKGROUND = "#ffffff";  // transparent pixels are composited on white, as edgecl_runtime.io reads files
+const DECODE = { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" };
+
+/** A canvas context of `w` x `h` filled with the background, to draw an image on. */
+function whiteCanvas(w, h, options = {}) {
+  const ctx = new OffscreenCanvas(w, h).getContext("2d", options);
+  ctx.fillStyle = BACKGROUND;
+  ctx.fillRect(0, 0, w, h);
+  return ctx;
+}
+
+/** An uploaded or captured image as the RGB(A) pixels the runtime's preprocessing takes (no scaling): turned as
+ * its EXIF orientation says and drawn on white, the pixels edgecl_runtime.io.decode_image gives in Python. */
+export async function pixels(blob) {
+  const bmp = await createImageBitmap(blob, DECODE);
+  const ctx = whiteCanvas(bmp.width, bmp.height, { willReadFrequently: true });
   ctx.drawImage(bmp, 0, 0);
   const { data, width, height } = ctx.getImageData(0, 0, bmp.width, bmp.height);
   bmp.close();
@@ -25,12 +36,12 @@ async function pixels(blob) {
 
 /** A small JPEG data: URL of the image for the class gallery (canvas scaling is fine for a thumbnail). */
 async function thumbnail(blob) {
-  const bmp = await createImageBitmap(blob);
+  const bmp = await createImageBitmap(blob, { imageOrientation: "from-image" });
   const s = Math.min(bmp.width, bmp.height);
-  const canvas = new OffscreenCanvas(THUMB, THUMB);
-  canvas.getContext("2d").drawImage(bmp, (bmp.width - s) / 2, (bmp.height - s) / 2, s, s, 0, 0, THUMB, THUMB);
+  const ctx = whiteCanvas(THUMB, THUMB);
+  ctx.drawImage(bmp, (bmp.width - s) / 2, (bmp.height - s) / 2, s, s, 0, 0, THUMB, THUMB);
   bmp.close();
-  const jpeg = await canvas.convertToBlob({ type: "image/jpeg", quality: 0.85 });
+  const jpeg = await ctx.canvas.convertToBlob({ type: "image/jpeg", quality: 0.85 });
   return new Promise((res) => {
     const r = new FileReader();
     r.onload = () => res(r.result);
