@@ -134,6 +134,18 @@ def test_add_remove_rollback_compact_rewrite_the_device_section(bundle):
     verified(bundle)
 
 
+def test_a_bundle_replaced_at_the_same_path_is_read_afresh(run_and_bundle, bundle):
+    """The writer's fold of the journal resumes only when the journal's last folded record is still there."""
+    store.add_examples(bundle, "first-life", rows(2, 60))
+    shutil.rmtree(bundle)
+    shutil.copytree(run_and_bundle[1], bundle)  # same bundle id and journal name, another journal
+    store.add_examples(bundle, "second-life", rows(2, 61))
+    store.add_examples(bundle, "third", rows(2, 62))
+    added = section(bundle, "Classes added on the device")
+    assert "first-life" not in added and "| second-life | 2 |" in added and "| third | 2 |" in added
+    verified(bundle)
+
+
 def test_removed_training_class_is_named(bundle):
     trained = json.loads((bundle / "manifest.json").read_text())["classes"][1]
     store.remove_class(bundle, trained)

@@ -47,6 +47,7 @@ LABELS = {"init_cls": "classes of the first task", "increment": "new classes per
 MAX_ROWS = 1000  # class tables list at most this many rows (the manifest lists them all)
 HEADER_PEEK = 1024  # bytes read after a journal record's prefix to find its header line
 RECORD_PREFIX = struct.Struct("<4sI32s")  # a journal record's magic, payload length, digest (edgecl_runtime.journal)
+RECORD_MAGIC = b"ECJ1"
 
 
 # ------------------------------------------------------------------ licence of the weights
@@ -90,47 +91,67 @@ class DeviceLog:
             self.created[name] = {"examples": k, "time": header.get("time", "?"), "merged": "merged_from" in header}
 
 
-def record_headers(path: Path, start: int, end: int) -> list[dict[str, Any]]:
-    """The JSON headers of the journal records in bytes ``[start, end)`` of ``path`` (embeddings are skipped).
+def record_headers(fd: int, start: int, end: int) -> tuple[list[dict[str, Any]], tuple[int, bytes] | None]:
+    """The JSON headers of the journal records in bytes ``[start, end)`` of the open journal ``fd`` (embeddings are
+    skipped), and the offset and digest of the last of them. ``end`` is a record boundary a verified read found
+    (the state's journal end), so nothing is checked here."""
+    out, pos, last = [], start, None
+    while pos < end:
+        _, n, digest = RECORD_PREFIX.unpack_from(os.pread(fd, RECORD_PREFIX.size, pos))
+        head = os.pread(fd, min(n, HEADER_PEEK), pos + RECORD_PREFIX.size)
+        if b"\n" not in head:
+            head = os.pread(fd, n, pos + RECORD_PREFIX.size)
+        out.append(json.loads(head.split(b"\n", 1)[0]))
+        last, pos = (pos, digest), pos + RECORD_PREFIX.size + n
+    return out, last
 
-    ``end`` is a record boundary a verified read found (the state's journal end), so no checks here."""
-    if end <= start:
-        return []
-    fd = storage.open_regular(path)
+
+@dataclass
+class _Fold:
+    """A journal folded up to byte ``end``, whose last record starts at ``last[0]`` with digest ``last[1]``."""
+
+    end: int
+    last: tuple[int, bytes] | None
+    log: DeviceLog
+
+
+# A writer's folded journal per bundle and journal file: the next refresh reads only the records after it.
+_FOLDS: dict[tuple, _Fold] = {}
+_FOLDS_SIZE = 8
+
+
+def _resumes(fd: int, fold: _Fold | None, end: int) -> bool:
+    """Whether ``fold`` is of this journal (its last record is still there, same digest: the hash chain vouches
+    for everything before it) and not past ``end``."""
+    if fold is None or fold.end > end or fold.last is None:
+        return False
+    prefix = os.pread(fd, RECORD_PREFIX.size, fold.last[0]).ljust(RECORD_PREFIX.size, b"\0")
+    magic, n, digest = RECORD_PREFIX.unpack_from(prefix)
+    return magic == RECORD_MAGIC and fold.last[0] + RECORD_PREFIX.size + n == fold.end and digest == fold.last[1]
+
+
+def device_log(bundle: Path, manifest: dict[str, Any], end: int, cached: bool = False) -> DeviceLog:
+    """The fold of every journal record up to byte ``end``; ``cached``: resume this process's last fold of the same
+    journal (a writer refreshing the card after each update reads only the new records)."""
+    j, trained = manifest["journal"], set(training_record(manifest).get("classes", {}))
+    if end <= 0:
+        return DeviceLog()
+    key = (bundle.resolve(), j["file"])
+    fd = storage.open_regular(bundle / j["file"])
     try:
-        out, pos = [], start
-        while pos < end:
-            _, n, _ = RECORD_PREFIX.unpack_from(os.pread(fd, RECORD_PREFIX.size, pos))
-            head = os.pread(fd, min(n, HEADER_PEEK), pos + RECORD_PREFIX.size)
-            if b"\n" not in head:
-                head = os.pread(fd, n, pos + RECORD_PREFIX.size)
-            out.append(json.loads(head.split(b"\n", 1)[0]))
-            pos += RECORD_PREFIX.size + n
-        return out
+        fold = _FOLDS.get(key) if cached else None
+        fold = fold if _resumes(fd, fold, end) else _Fold(0, None, DeviceLog())
+        headers, last = record_headers(fd, fold.end, end)
     finally:
         os.close(fd)
-
-
-# A writer's folded journal per bundle, journal file and base: the next refresh reads only the records after it.
-_LOGS: dict[tuple, tuple[int, DeviceLog]] = {}
-_LOGS_SIZE = 8
-
-
-def device_log(bundle: Path, manifest: dict[str, Any], end: int) -> DeviceLog:
-    """The fold of every journal record up to byte ``end`` (reading only those after the last fold of this file)."""
-    j, trained = manifest["journal"], set(training_record(manifest).get("classes", {}))
-    key = (bundle.resolve(), manifest.get("bundle_id"), manifest["base"]["id"], j["file"])
-    done, folded = _LOGS.get(key, (0, None))
-    if folded is None or done > end:
-        done, folded = 0, DeviceLog()
-    headers = record_headers(bundle / j["file"], done, end)
-    folded = DeviceLog({n: dict(d) for n, d in folded.created.items()}, list(folded.removed)) if headers else folded
+    folded = DeviceLog({n: dict(d) for n, d in fold.log.created.items()}, list(fold.log.removed))
     for h in headers:
         folded.fold(h, trained)
-    _LOGS.pop(key, None)
-    while len(_LOGS) >= _LOGS_SIZE:
-        _LOGS.pop(next(iter(_LOGS)))
-    _LOGS[key] = (end, folded)
+    if cached:
+        _FOLDS.pop(key, None)
+        while len(_FOLDS) >= _FOLDS_SIZE:
+            _FOLDS.pop(next(iter(_FOLDS)))
+        _FOLDS[key] = _Fold(end, last or fold.last, folded)
     return folded
 
 
@@ -432,8 +453,8 @@ def _limitations(c: CardInput) -> str:
 
 
 # ------------------------------------------------------------------ from a bundle state, to disk
-def card_input(st) -> CardInput:
-    """The ``CardInput`` of a store ``State`` (``edgecl_runtime.store.reads.State``)."""
+def card_input(st, cached: bool = False) -> CardInput:
+    """The ``CardInput`` of a store ``State`` (``edgecl_runtime.store.reads.State``); ``cached``: see ``device_log``."""
     m = st.manifest
     counts = getattr(st.head, "counts", None)
     if counts is None or len(counts) != len(st.classes):
@@ -441,12 +462,12 @@ def card_input(st) -> CardInput:
     counts = [None if k is None else int(k) for k in counts]
     state = {"bundle_id": m.get("bundle_id"), "base_id": m["base"]["id"], "seq": st.seq,
              "journal": m["journal"]["file"], "journal_bytes": st.scan.end, "journal_digest": st.scan.digest}
-    return CardInput(m, list(st.classes), counts, device_log(st.path, m, st.scan.end), state)
+    return CardInput(m, list(st.classes), counts, device_log(st.path, m, st.scan.end, cached), state)
 
 
-def card_text(st) -> str:
+def card_text(st, cached: bool = False) -> str:
     """The card a store ``State`` renders."""
-    return render(card_input(st))
+    return render(card_input(st, cached))
 
 
 def has_card(manifest: dict[str, Any]) -> bool:
@@ -461,7 +482,7 @@ def refresh(st) -> None:
     if not has_card(st.manifest):
         return
     try:
-        _replace(st.path / CARD_NAME, card_text(st).encode("utf-8"))
+        _replace(st.path / CARD_NAME, card_text(st, cached=True).encode("utf-8"))
     except Exception as exc:  # noqa: BLE001 - a card that cannot be written never fails a committed update
         log.warning("%s: the update is committed, but its model card %s was not rewritten: %s", st.path, CARD_NAME, exc)
 
