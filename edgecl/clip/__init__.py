@@ -3,7 +3,8 @@
 * ``edgecl.zoo.load_clip("edgecl-clip-tiny")``: the embedded tiny CLIP (its image tower is
   ``edgecl-vit-tiny``, its text tower is pre-trained by ``edgecl.pretrain.clip``; docs/clip.md).
 * :func:`load`: any open_clip config (``ViT-B-32``, ...) with every tensor from a local weights file.
-* :func:`from_config`: random weights (tests, development).
+* :func:`from_config`: random weights (tests, development); :func:`from_open_clip_config` from an
+  ``open_clip_config.json`` (a hub repo's: ``edgecl.zoo.hub``), with :func:`open_clip_tokenizer`.
 * :class:`ClipModel`: ``.visual``, ``encode_image``, ``encode_text``, ``tokenize``, ``text_features``,
   ``text_prototypes`` and ``backbone()`` (the image tower for the prototype learners).
 """
@@ -16,9 +17,11 @@ from .model import (
     ClipModel,
     check_keys,
     from_config,
+    from_open_clip_config,
     load,
     load_state,
     open_clip_config,
+    open_clip_tokenizer,
     zero_shot_scores,
 )
 
@@ -30,8 +33,10 @@ __all__ = [
     "ClipModel",
     "check_keys",
     "from_config",
+    "from_open_clip_config",
     "load",
     "load_state",
     "open_clip_config",
+    "open_clip_tokenizer",
     "zero_shot_scores",
 ]

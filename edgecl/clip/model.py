@@ -1,4 +1,4 @@
-"""open_clip CLIP models built from a config and loaded strictly from local files (nothing is downloaded).
+"""open_clip CLIP models built from a config and loaded strictly from local files (nothing is downloaded here).
 
 * :data:`TINY`: the embedded tiny CLIP ``edgecl-clip-tiny``: open_clip ``CLIP`` whose image tower is
   the timm trunk of ``edgecl-vit-tiny`` (``TimmModel``, no projection: 192-d pooled [CLS] features at
@@ -6,12 +6,15 @@
   (``edgecl_runtime.text``), projected to 192. Its weights: ``edgecl.zoo.clip``.
 * :func:`from_config`: any open_clip model config name (``open_clip.list_models()``, e.g. ``ViT-B-32``)
   built with random weights; :func:`load_state` fills a model strictly from a file.
+* :func:`from_open_clip_config`: the same from an ``open_clip_config.json`` (what a hub repo of open_clip holds;
+  its files are fetched by ``edgecl.zoo.hub``), with its tokenizer (:func:`open_clip_tokenizer`).
 * :class:`ClipModel`: the model with its tokenizer, preprocessing and an optional ``prototype_map``
   (text embedding -> class prototype in the image-feature space, fitted after pre-training).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,11 +144,12 @@ class ClipModel(nn.Module):
     ``text_prototypes`` (names -> prototypes in the image-feature space) and ``backbone()`` (the image
     tower as a frozen :class:`~edgecl.backbones.Backbone` for the prototype learners)."""
 
-    def __init__(self, model: nn.Module, cfg: ClipConfig, weights: dict[str, Any] | None = None):
+    def __init__(self, model: nn.Module, cfg: ClipConfig, weights: dict[str, Any] | None = None, tokenizer=None):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.weights = dict(weights or {})  # where the weights came from (names, sha256)
         self.prototype_map: nn.Linear | None = None
+        self.tokenizer = tokenizer  # a BPE tokenizer made with the model (a hub model's); else by config name
 
     @property
     def visual(self) -> nn.Module:
@@ -179,7 +183,7 @@ class ClipModel(nn.Module):
         names = [names] if isinstance(names, str) else list(names)
         spec = self.cfg.tokenizer
         if spec is None:
-            return _open_clip().get_tokenizer(self.cfg.open_clip)(names)
+            return (self.tokenizer or _open_clip().get_tokenizer(self.cfg.open_clip))(names)
         return torch.from_numpy(device_text.tokenize(names, spec))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -229,6 +233,18 @@ class ClipBackbone(Backbone):
         super().__init__(model, spec)
         self.__dict__["clip"] = clip
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The image embeddings; during an ONNX export without torch's fused attention kernel, which has no ONNX
+        operator (an open_clip ViT's ``nn.MultiheadAttention`` takes it in eval mode)."""
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        fused = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return super().forward(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fused)
+
 
 def from_config(cfg: ClipConfig | str, seed: int | None = 0) -> ClipModel:
     """A randomly initialised ``ClipModel`` of ``cfg`` (a ``ClipConfig`` or an open_clip config name)."""
@@ -247,6 +263,52 @@ def open_clip_config(name: str) -> ClipConfig:
         raise ClipError(f"unknown open_clip config {name!r}; known: {', '.join(oc.list_models()[:12])}, ...")
     size = int(conf["vision_cfg"].get("image_size", 224))
     return ClipConfig(name=name, embed_dim=int(conf["embed_dim"]), open_clip=name, input_size=(3, size, size))
+
+
+def from_open_clip_config(name: str, config: dict[str, Any], tokenizer=None, seed: int | None = 0) -> ClipModel:
+    """A randomly initialised ``ClipModel`` named ``name`` of an ``open_clip_config.json`` (``model_cfg``, and
+    ``preprocess_cfg`` with mean/std), built as ``open_clip.create_model`` builds it, without tower weights."""
+    model_cfg, pre = copy.deepcopy(config["model_cfg"]), config.get("preprocess_cfg", {})
+    size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    cfg = ClipConfig(name=name, embed_dim=int(model_cfg["embed_dim"]), open_clip=name,
+                     input_size=(3, int(height), int(width)), mean=tuple(pre.get("mean", OPENAI_MEAN)),
+                     std=tuple(pre.get("std", OPENAI_STD)))
+    if seed is not None:
+        torch.manual_seed(seed)
+    weights = {"image": f"random:{seed}", "text": f"random:{seed}"}
+    return ClipModel(_open_clip_module(name, model_cfg), cfg, weights, tokenizer).eval()
+
+
+def _open_clip_module(name: str, model_cfg: dict[str, Any]) -> nn.Module:
+    """open_clip's model class for ``model_cfg`` (``CLIP``, ``CustomTextCLIP`` or ``CoCa``, picked as
+    ``open_clip.create_model`` picks it) with random weights: no pre-trained timm or Hugging Face tower."""
+    oc = _open_clip()
+    vision, text = model_cfg.setdefault("vision_cfg", {}), model_cfg.setdefault("text_cfg", {})
+    if "timm_model_name" in vision:
+        vision["timm_model_pretrained"] = False
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False
+    custom = model_cfg.pop("custom_text", False) or "hf_model_name" in text
+    cls = (oc.CoCa if "multimodal_cfg" in model_cfg else oc.CustomTextCLIP) if custom else oc.CLIP
+    try:
+        return cls(**model_cfg)
+    except Exception as exc:  # open_clip's constructors raise many types for a bad config
+        raise ClipError(f"cannot build {name} from its open_clip config: {type(exc).__name__}: {exc}") from exc
+
+
+def open_clip_tokenizer(config: dict[str, Any], cache_dir: str | None = None):
+    """The tokenizer of an ``open_clip_config.json``, as ``open_clip.get_tokenizer`` picks it for a hub model: the
+    Hugging Face tokenizer its text config names, else open_clip's BPE ``SimpleTokenizer``."""
+    oc = _open_clip()
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
+
+    text = config.get("model_cfg", {}).get("text_cfg", {})
+    length, kwargs = text.get("context_length", DEFAULT_CONTEXT_LENGTH), dict(text.get("tokenizer_kwargs", {}))
+    if text.get("hf_tokenizer_name"):
+        return HFTokenizer(text["hf_tokenizer_name"], context_length=length, cache_dir=cache_dir,
+                           tokenizer_mode=text.get("tokenizer_mode"), **kwargs)
+    return oc.SimpleTokenizer(context_length=length, **kwargs)
 
 
 def load(cfg: ClipConfig | str, weights: str | Path | None = None) -> ClipModel:

@@ -1,4 +1,4 @@
-"""The model zoo: backbone names resolved to weights (nothing is downloaded).
+"""The model zoo: backbone names resolved to weights (downloaded only for Hugging Face hub names).
 
 ``create_backbone(name, weights=...)``:
 
@@ -8,6 +8,8 @@
   ``"efficientnet-lite0-imagenet"`` (``NAMED``, sha256-verified; ``edgecl.zoo.pretrained``);
 * any timm model name with ``weights=PATH`` to a timm checkpoint (``.pth``/``.bin``) or
   ``.safetensors`` file, loaded strictly (``edgecl.backbones.load_weights``);
+* a Hugging Face hub name as timm names it: ``hf-hub:ORG/REPO`` (a timm or open_clip repo) or timm's tagged
+  pretrained ``NAME.TAG`` without ``weights``, from the Hugging Face cache (downloaded when online; ``edgecl.zoo.hub``);
 * ``weights="random"``: seeded random initialisation (tests, smoke runs);
 * a named CLIP model (``CLIP_MODELS``, ``edgecl-clip-tiny``): its image tower (``edgecl.zoo.clip``).
 
@@ -27,7 +29,8 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone, BackboneError, BackboneSpec, build_timm, data_config, embedding_dim_of, load_weights
-from ..backbones import backbone_from_state, sha256_of
+from ..backbones import backbone_from_state, sha256_of, timm_models
+from . import hub
 from .clip import CLIP_MODELS, load_clip
 from .embedded import DEFAULT_BACKBONE, EMBEDDED, ensure_embedded_weights
 from .pretrained import NAMED
@@ -109,10 +112,11 @@ def _from_timm(name: str, weights: str | Path | None, img_size: int | None, seed
     """Model and spec fields of a timm model with a weights file (or a seeded random init)."""
     model_kwargs: dict[str, Any] = {} if img_size is None else {"img_size": int(img_size)}
     if weights is None:
+        tags = ", ".join(timm_models().list_pretrained(f"{name}.*")[:4])  # its hub weights, by timm's tagged names
         raise BackboneError(
-            f"no weights for timm model {name!r}: pass weights=PATH (a local timm checkpoint or "
-            f".safetensors file; nothing is downloaded), weights='random' for a random init, or use a "
-            f"named backbone ({', '.join(SOURCES)})"
+            f"no weights for timm model {name!r}: pass weights=PATH (a local timm checkpoint or .safetensors "
+            f"file), weights='random' for a random init, a Hugging Face hub name (hf-hub:ORG/REPO"
+            f"{'; tagged: ' + tags if tags else ''}), or a named backbone ({', '.join(SOURCES)})"
         )
     notes: dict[str, Any] = {}
     if str(weights) == "random":
@@ -149,9 +153,26 @@ def create_backbone(
         if weights is not None:
             raise BackboneError(f"{name} is a named backbone with its own weights; --weights is for timm models")
         model, fields_ = _from_source(SOURCES[name], img_size, progress)
+    elif hub.is_hub_name(name) or (weights is None and hub.is_tagged(name)):
+        if weights is not None:
+            raise BackboneError(f"{name} brings its weights from the hub; --weights FILE goes with a timm name")
+        return _from_hub(name, img_size)
     else:
         model, fields_ = _from_timm(name, weights, img_size, seed)
     return _backbone(name, model, fields_)
+
+
+def _from_hub(name: str, img_size: int | None, revision: str | None = None) -> Backbone:
+    """A hub model's backbone: a timm model, or an open_clip CLIP's image tower carrying the CLIP as ``.clip``."""
+    found = hub.resolve(name, revision)
+    if found.kind == "timm":
+        return _backbone(name, *hub.timm_model(found, img_size))
+    clip = hub.open_clip_model(found)
+    if img_size is not None and img_size != clip.cfg.input_size[1]:
+        raise BackboneError(f"{name} is a CLIP at {clip.cfg.input_size[1]} px; img_size cannot change")
+    backbone = clip.backbone()
+    backbone.spec.notes["hub"] = clip.weights["hub"]
+    return backbone
 
 
 def _backbone(name: str, model: nn.Module, f: dict[str, Any]) -> Backbone:
@@ -174,6 +195,8 @@ def weights_source(spec: BackboneSpec) -> dict[str, Any]:
         except PackageNotFoundError:
             pkg_version = None
         return {**record, "source": "package", "package": entry.package, "version": pkg_version, "file": entry.resource}
+    if "hub" in (spec.notes or {}):  # repo, revision (commit hash), file
+        return {**record, "source": "hf-hub", **spec.notes["hub"]}
     if spec.weights.startswith(("embedded:", "random:")):
         return {**record, "source": spec.weights}
     return {**record, "source": "file", "file": Path(spec.weights.removeprefix("file:")).name}
@@ -181,11 +204,15 @@ def weights_source(spec: BackboneSpec) -> dict[str, Any]:
 
 def backbone_from_run(spec: BackboneSpec, state_dict: dict) -> Backbone:
     """A run directory's backbone from its saved weights; a named CLIP model's image tower comes back as a
-    ``ClipBackbone`` (its text side from the zoo), so learners that need the whole CLIP load from a run too."""
+    ``ClipBackbone`` (its text side from the zoo, or from the hub cache at the recorded revision), so learners that
+    need the whole CLIP load from a run too."""
     name = (spec.notes or {}).get("clip")
-    if name not in CLIP_MODELS:
+    if name in CLIP_MODELS:
+        backbone = load_clip(name).backbone()
+    elif name is not None and hub.is_hub_name(name):  # an open_clip CLIP from the hub cache, at the run's revision
+        backbone = _from_hub(name, None, spec.notes["hub"]["revision"])
+    else:
         return backbone_from_state(spec, state_dict)
-    backbone = load_clip(name).backbone()
     try:
         backbone.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -1,4 +1,5 @@
-"""Named CLIP models: the embedded tiny CLIP and where its weights come from (nothing is downloaded).
+"""Named CLIP models: the embedded tiny CLIP and where its weights come from (nothing is downloaded; open_clip
+hub names ``hf-hub:ORG/REPO`` load from the Hugging Face cache through ``edgecl.zoo.hub``).
 
 ``edgecl-clip-tiny`` (``CLIP_MODELS``): open_clip ``CLIP`` = the locked image trunk of
 ``edgecl-vit-tiny`` (its committed, sha256-checked weights) + a byte-level text tower pre-trained by
@@ -21,6 +22,7 @@ from ..clip.model import TINY, ClipConfig, ClipModel, apply_prototype_map, from_
 from ..pretrain import Recipe, cache_path, save_checkpoint
 from ..pretrain.checkpoint import CACHE_THREADS, checkpoint_name
 from ..pretrain.clip import pretrain_clip
+from . import hub
 from .embedded import WEIGHTS_DIR, ensure_embedded_weights
 
 IMAGE_TOWER = "edgecl-vit-tiny"  # the embedded backbone whose trunk is the tiny CLIP's image tower
@@ -111,7 +113,12 @@ def ensure_text_weights(name: str) -> Path:
 
 def load_clip(name: str = TINY.name, text_weights: str | Path | None = None) -> ClipModel:
     """The named CLIP model: image trunk from ``edgecl-vit-tiny``'s weights, text side from its file (or from
-    ``text_weights``, e.g. a file ``edgecl pretrain`` wrote), both loaded strictly."""
+    ``text_weights``, e.g. a file ``edgecl pretrain`` wrote), both loaded strictly; a hub name ``hf-hub:ORG/REPO``
+    is an open_clip CLIP from the Hugging Face cache (``edgecl.zoo.hub``)."""
+    if hub.is_hub_name(name):
+        if text_weights is not None:
+            raise BackboneError(f"{name} brings both towers from the hub; text_weights is for {', '.join(CLIP_MODELS)}")
+        return hub.open_clip_model(hub.resolve(name))
     cfg, recipe = CLIP_MODELS.get(name, (None, _recipe(name)))
     clip = from_config(cfg, seed=0)
     image_path = ensure_embedded_weights(recipe.init["visual.trunk"])
