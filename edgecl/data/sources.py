@@ -88,12 +88,12 @@ def collect_unread():
         _collectors.reset(token)
 
 
-def report_unread(unread: dict[str, list[str]], reasons: dict[str, str] | None = None) -> None:
-    """A warning line per class folder with files not read (``reasons``: file name -> why it could not be
-    decoded), and the files added to the active ``collect_unread`` collectors."""
+def report_unread(unread: dict[str, list[str]], reasons: dict[str, dict[str, str]] | None = None) -> None:
+    """A warning line per class folder with files not read (``reasons``: class key -> file name -> why it could
+    not be decoded; the first one is told), and the files added to the active ``collect_unread`` collectors."""
     for key, files in unread.items():
         first = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-        why = next((f"; {n}: {reasons[n]}" for n in files if reasons and n in reasons), "")
+        why = next((f"; {n}: {r}" for n, r in (reasons or {}).get(key, {}).items()), "")
         logger.warning(f"{len(files)} file{'s' * (len(files) != 1)} not read in class {key} (first names {first}){why}")
     for found in _collectors.get():
         found.update({key: list(files) for key, files in unread.items()})
@@ -125,12 +125,12 @@ def _read_folder(root: Path, names: list[str], image_size: tuple[int, int], pref
 
     images, labels, unread, reasons = [], [], {}, {}
     for label, name in enumerate(names):
-        missed: list[str] = []
-        found = _read_class(root / name, image_size, missed, reasons)
+        missed, why = [], {}
+        found = _read_class(root / name, image_size, missed, why)
         images += found
         labels += [label] * len(found)
         if missed:
-            unread[prefix + name] = missed
+            unread[prefix + name], reasons[prefix + name] = missed, why
     report_unread(unread, reasons)
     return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), names), unread
 

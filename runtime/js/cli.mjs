@@ -6,24 +6,24 @@ import { delimiter } from "node:path";
 import { parseArgs } from "node:util";
 
 import { EdgeclError } from "./lib/errors.mjs";
-import { openBundle, readNpyFile, readPublicKeyFile } from "./lib/node.mjs";
+import { openBundle, readImageFiles, readPublicKeyFile } from "./lib/node.mjs";
 import { writeNpy } from "./lib/npy.mjs";
-import { batchImages } from "./lib/preprocess.mjs";
 
 const USAGE = `usage: node cli.mjs COMMAND ...
 
 Reads edgecl bundles (format 2 or 3, prototype_cosine head) with onnxruntime-node and prints JSON.
-Images are .npy arrays: uint8 (N, H, W, C) 0..255 or float32 0..1, C in 1, 3, 4 (RGB order).
+IMAGES are files: .npy arrays (uint8 (N, H, W, C) 0..255 or float32 0..1, C in 1, 3, 4, RGB order) or PNG and
+JPEG files, read as Python reads them (EXIF orientation applied, transparency composited on white).
 
 commands:
   info BUNDLE [--prototypes]       classes, counts, journal position, ONNX metadata (and raw prototypes)
-  predict BUNDLE IMAGES.npy [--top-k K]
+  predict BUNDLE IMAGES... [--top-k K]
                                    top-k classes of each image
-  add-class BUNDLE NAME IMAGES.npy --dry-run
+  add-class BUNDLE NAME IMAGES... --dry-run
                                    learn (or extend) class NAME from the images as the Python runtime
                                    would, and print the resulting prototype and count; --dry-run is
                                    required: this client does not write bundles
-  preprocess BUNDLE IMAGES.npy OUT.npy
+  preprocess BUNDLE IMAGES... OUT.npy
                                    write the normalised NCHW float32 model input (for checks)
 
 options: --no-verify (skip sha256 checks of the bundle files), --threads N (onnxruntime intra-op threads),
@@ -44,20 +44,21 @@ async function info(bundle, _args, opts) {
   return out;
 }
 
-async function predict(bundle, [file], opts) {
-  const images = batchImages(await readNpyFile(file));
+async function predict(bundle, files, opts) {
+  const images = await readImageFiles(files);
   const preds = await bundle.predict(images, { topK: Number(opts["top-k"] || 1) });
   return { classes: bundle.classes, predictions: preds };
 }
 
-async function addClass(bundle, [name, file], opts) {
+async function addClass(bundle, [name, ...files], opts) {
   if (!opts["dry-run"]) throw new EdgeclError("add-class needs --dry-run: this client computes the update but does not write bundles");
-  const r = await bundle.addClass(name, batchImages(await readNpyFile(file)));
+  const r = await bundle.addClass(name, await readImageFiles(files));
   return { ...r, dry_run: true, prototype: Array.from(bundle.head.prototype(r.index)), classes: bundle.classes, counts: bundle.head.counts };
 }
 
-async function preprocessCmd(bundle, [file, outFile]) {
-  const images = batchImages(await readNpyFile(file));
+async function preprocessCmd(bundle, args) {
+  const [files, outFile] = [args.slice(0, -1), args[args.length - 1]];
+  const images = await readImageFiles(files);
   const [c, h, w] = bundle.inputSize;
   await writeFile(outFile, writeNpy(bundle.preprocess(images), [images.length, c, h, w]));
   return { written: outFile, shape: [images.length, c, h, w] };

@@ -1,4 +1,4 @@
-// Node-only part: bundle files from disk, sha256 from node:crypto, onnxruntime-node, .npy files.
+// Node-only part: bundle files from disk, sha256 from node:crypto, onnxruntime-node, .npy and image files.
 
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -6,7 +6,9 @@ import { join } from "node:path";
 
 import { loadBundle } from "./bundle.mjs";
 import { InvalidInputError, MissingFileError } from "./errors.mjs";
+import { decodeImage } from "./images.mjs";
 import { parseNpy } from "./npy.mjs";
+import { batchImages } from "./preprocess.mjs";
 import { rawPublicKey } from "./signing.mjs";
 
 export const nodeSha256 = (bytes) => new Uint8Array(createHash("sha256").update(bytes).digest());
@@ -49,4 +51,21 @@ export async function readNpyFile(path) {
   const bytes = await readOptional(path);
   if (bytes === null) throw new MissingFileError(`no such file: ${path}`);
   return parseNpy(bytes, path);
+}
+
+/** Images from files, as preprocess() takes them: a .npy file gives its image(s), a PNG or JPEG file one image
+ * (decoded as Python reads it: EXIF orientation applied, transparency on white; lib/images.mjs). */
+export async function readImageFiles(paths) {
+  const out = [];
+  for (const path of paths) {
+    if (path.toLowerCase().endsWith(".npy")) {
+      out.push(...batchImages(await readNpyFile(path)));
+      continue;
+    }
+    const bytes = await readOptional(path);
+    if (bytes === null) throw new MissingFileError(`no such file: ${path}`);
+    out.push(await decodeImage(bytes, path));
+  }
+  if (!out.length) throw new InvalidInputError("no images given");
+  return out;
 }
