@@ -257,3 +257,15 @@ def test_hub_weights_render_with_their_record(run_and_bundle):
     meta = yaml.safe_load(text[4:].split("\n---\n", 1)[0])
     assert meta["license"] == "other" and meta["license_name"] == "unknown"
     assert "timm/resnet10t.c3_in1k" in text and "0123abc" in text and "licence was not recorded" in text
+
+
+def test_training_spec_of_local_data_names_no_path(tmp_path):
+    from edgecl_export.card import finite, task_sizes, training_spec
+
+    spec = training_spec({"dataset": str(tmp_path / "photos" / "flowers"), "init_cls": 0, "increment": 3}, 7)
+    assert spec["dataset"] == "local data: flowers" and "datasets" not in spec and str(tmp_path) not in str(spec)
+    assert spec["tasks"] == [3, 3, 1] == task_sizes(0, 3, 7)
+    assert training_spec({"dataset": f"wds:{tmp_path}/shards-{{0..3}}.tar"}, 4)["dataset"] == "local data: wds:shards-{0..3}.tar"
+    assert training_spec({"dataset": "emoji:100:cross-symbola"}, 100)["datasets"] == ["emoji"]
+    assert finite({"forgetting": float("nan"), "per_task_overall": [1.0, float("inf")]}) == {
+        "forgetting": None, "per_task_overall": [1.0, None]}
