@@ -68,21 +68,24 @@ class OpenSetProbe:
         ck, cu = unknown.candidates(head, fk, sk), unknown.candidates(head, fu, su)
         record = {"task": t, "known": len(seen), "unknown": len(later), "kind": head.kind,
                   "candidates": {n: measures(ck[n], cu[n]) for n in ck}}
-        record["default"] = self._calibrated(learner, head, t, ck, cu, sk, test.labels[seen])
+        record["default"] = self._calibrated(learner, head, t, (fk, sk), (fu, su), test.labels[seen])
         self.records.append(record)
 
-    def _calibrated(self, learner, head, t, ck, cu, sk, known_labels) -> dict[str, Any]:
+    def _calibrated(self, learner, head, t, known, unknown_, known_labels) -> dict[str, Any]:
         """The default score's threshold from training images, and what it does on the test images."""
+        (fk, sk), (fu, su) = known, unknown_
         rows = self.scenario.seen_indices(self.train, t)
         rows = subsample(self.train.labels, rows, CALIBRATION_PER_CLASS, self.seed + t)
         cal = unknown.calibrate(head, self._embed(learner, self.train, rows), self.train.labels[rows],
                                 target=self.target, seed=self.seed)
         name, thr = cal["score"], cal["threshold"]
-        accepted = ck[name] <= thr
+        ck, cu = (unknown.unknown_scores(head, name, f, s, cal.get("noise_ratio")) for f, s in ((fk, sk), (fu, su)))
+        accepted = ck <= thr
         correct = np.argmax(sk, axis=1) == known_labels
         return {
             "score": name, "threshold": thr,
-            "known_accepted": float(accepted.mean()), "unknown_accepted": float((cu[name] <= thr).mean()),
+            "known_accepted": float(accepted.mean()), "unknown_accepted": float((cu <= thr).mean()),
+            "auroc": unknown.auroc(ck, cu), "fpr95": unknown.fpr_at_tpr(ck, cu, 0.95), "noise_ratio": cal.get("noise_ratio"),
             "accuracy": float(correct.mean()), "accuracy_at_threshold": float((correct & accepted).mean()),
             "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else float("nan"),
             "pseudo_unknown_accepted": cal["calibration"]["pseudo_unknown_accepted"],

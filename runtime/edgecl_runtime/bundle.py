@@ -264,7 +264,8 @@ class Bundle:
         threshold = self.unknown_threshold(unknown)
         view = self._view  # scores and names from one state, whatever other threads do meanwhile
         feats, s = self._features_and_scores(images, view)
-        u = unknown_scores(view.head, self.unknown_score_name(view), feats, s)
+        u = unknown_scores(view.head, self.unknown_score_name(view), feats, s,
+                           (view.manifest.get("unknown") or {}).get("noise_ratio"))
         k = min(top_k, s.shape[1])
         if k == 1:  # argmax is O(C); a full sort is O(C log C) per image
             order = np.argmax(s, axis=1)[:, None]

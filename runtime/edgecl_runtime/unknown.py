@@ -14,7 +14,14 @@ Every candidate score is a reduction over the classes of one of them:
   nearest-prototype / KNN-style, Sun et al. 2022).
 
 Each head kind names its default (``Head.UNKNOWN_SCORE``), chosen by measurement
-(docs/unknown.md). ``calibrate`` sets a threshold from training embeddings: the
+(docs/unknown.md).
+
+A class mean of few examples is itself noisy, so an image's cosine to it is
+lower than to the mean of many: ``x = mu + e`` with ``E|e|^2 = s^2`` gives
+``cos(x, m_n) ~ cos(x, mu) / sqrt(1 + r / n)``, ``r = s^2 / |mu|^2``. With the
+data's ``r`` (``noise_ratio``, estimated at calibration and kept with the
+threshold) each cosine is scaled by ``sqrt(1 + r / n_c)``, so that a class added
+on the device from 5 images accepts its images at the rate the trained classes do. ``calibrate`` sets a threshold from training embeddings: the
 ``target`` quantile of the known images' scores, with class-wise folds of
 pseudo-unknowns (classes left out of the reduction) to report the threshold's
 rejection rate of classes the head does not know.
@@ -60,6 +67,39 @@ def reduce(name: str, scores: np.ndarray, cosines: np.ndarray | None) -> np.ndar
     raise InvalidInputError(f"unknown score {name!r}; choose one of {', '.join(CANDIDATES)}")
 
 
+def class_cosines(head, embeddings: np.ndarray, labels: np.ndarray | None = None,
+                  ratio: float | None = None) -> np.ndarray | None:
+    """``head.cosines`` (leave-one-out for ``labels``), each column scaled by ``sqrt(1 + ratio / n_c)`` (``n_c``: the
+    examples behind class ``c``'s mean, one fewer for an image's own class when it is left out)."""
+    cos = head.cosines(embeddings, labels)
+    if cos is None or not ratio:
+        return cos
+    n = np.broadcast_to(np.asarray(head.counts, np.float64), cos.shape).copy()
+    if labels is not None:
+        rows = np.nonzero((labels >= 0) & (head.counts[np.maximum(labels, 0)] > 1))[0]
+        n[rows, labels[rows]] -= 1
+    return cos * np.sqrt(1.0 + ratio / n)
+
+
+def noise_ratio(head, embeddings: np.ndarray, labels: np.ndarray) -> float | None:
+    """``r = s^2 / |mu|^2`` of the data in the head's mean space: the median over classes (with at least 3 images)
+    of the within-class spread over the squared norm of the mean (bias-corrected); ``None`` without class means."""
+    space = head.mean_space(embeddings)
+    if space is None:
+        return None
+    x, ratios = space[0], []
+    for c in np.unique(labels):
+        xc = x[labels == c]
+        if len(xc) < 3:
+            continue
+        mu = xc.mean(axis=0)
+        s2 = float(((xc - mu) ** 2).sum(axis=1).mean()) * len(xc) / (len(xc) - 1)
+        m2 = float(mu @ mu) - s2 / len(xc)
+        if m2 > 0:
+            ratios.append(s2 / m2)
+    return float(np.median(ratios)) if ratios else None
+
+
 def candidates(head, embeddings: np.ndarray, scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate score the head supports for ``(N, D)`` embeddings (its ``scores`` if already computed)."""
     s = np.asarray(head.scores(embeddings) if scores is None else scores, np.float64)
@@ -68,9 +108,10 @@ def candidates(head, embeddings: np.ndarray, scores: np.ndarray | None = None) -
     return {n: reduce(n, s, cos) for n in names}
 
 
-def unknown_scores(head, name: str, embeddings: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``(N,)`` float64 score ``name`` of a head's images (higher: more likely unknown)."""
-    cos = head.cosines(embeddings) if name == "nearest_cosine" else None
+def unknown_scores(head, name: str, embeddings: np.ndarray, scores: np.ndarray, ratio: float | None = None) -> np.ndarray:
+    """``(N,)`` float64 score ``name`` of a head's images (higher: more likely unknown); ``ratio``: the bundle's
+    ``noise_ratio`` (count-corrected cosines)."""
+    cos = class_cosines(head, embeddings, None, ratio) if name == "nearest_cosine" else None
     return reduce(name, np.asarray(scores, np.float64), cos)
 
 
@@ -133,7 +174,8 @@ def calibrate(head, embeddings: np.ndarray, labels: np.ndarray, name: str | None
     name = name or head.UNKNOWN_SCORE
     labels = np.asarray(labels, np.int64)
     scores = np.asarray(head.scores(embeddings), np.float64)
-    cos = head.cosines(embeddings, labels) if name == "nearest_cosine" else None  # leave-one-out
+    ratio = noise_ratio(head, embeddings, labels) if name == "nearest_cosine" else None
+    cos = class_cosines(head, embeddings, labels, ratio) if name == "nearest_cosine" else None  # leave-one-out
     known = reduce(name, scores, cos)
     threshold = threshold_for(known, target)
     accepted, aurocs = [], []
@@ -145,6 +187,7 @@ def calibrate(head, embeddings: np.ndarray, labels: np.ndarray, name: str | None
     return {
         "score": name,
         "threshold": threshold,
+        "noise_ratio": ratio,
         "target_acceptance": target,
         "method": "quantile of the training images' scores; class-wise folds of pseudo-unknowns for the estimates",
         "calibration": {
