@@ -9,20 +9,36 @@ Both are deterministic and take seconds, so pre-training recipes can be compared
 held-out benchmark classes (e.g. ``glyphs:200:cross``)::
 
     python -m edgecl.zoo.probe --dataset glyphs:200:cross edgecl-vit-tiny edgecl-resnet10t
+
+:func:`rank_backbones` ranks backbones on the user's own data (``edgecl backbones --probe DATA``):
+every available image backbone (:func:`probe_candidates`; the ImageNet CNNs at ``PROBE_SIZES``) on at
+most ``per_class`` images per class of each split, ranked by the mean of the NCM and ridge accuracy;
+the recommendation is the fastest row within ``TOLERANCE`` points of the best.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..backbones import Backbone, BackboneSpec
-from ..data import BatchLoader, load_dataset
+from ..data import ArrayDataset, BatchLoader, load_dataset
 from ..pretrain.trainer import build_model, deterministic
-from . import create_backbone
-from .embedded import EMBEDDED
+from . import SOURCES, create_backbone
+from .clip import CLIP_MODELS, weights_status as clip_status
+from .defaults import is_image_folder
+from .embedded import EMBEDDED, weights_status
+from .pretrained import NAMED
+
+PROBE_SIZES = (112, 224)  # input sizes tried for the ImageNet CNNs (their resolution is free)
+PROBE_PER_CLASS = 20  # images per class of each split, by default
+TOLERANCE = 1.0  # accuracy points: the recommendation is the fastest row this close to the best
+AVAILABLE = ("installed", "committed", "cached")  # weights status of a backbone that is ready to run
 
 
 @torch.no_grad()
@@ -72,6 +88,153 @@ def random_embedded(name: str, seed: int = 0):
                         input_size=recipe.input_size, mean=recipe.mean, std=recipe.std, embedding_dim=dim,
                         weights=f"random:{seed}")
     return Backbone(model, spec)
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One backbone at one input size on the probe's data: accuracies in %, time to embed both splits."""
+
+    backbone: str
+    img_size: int
+    fixed_size: bool  # embedded and CLIP backbones run at their own size only
+    embedding_dim: int
+    ncm: float
+    ridge: float
+    seconds: float
+    ms_per_image: float
+
+    @property
+    def score(self) -> float:
+        return (self.ncm + self.ridge) / 2
+
+    def flags(self) -> str:
+        """The ``edgecl train`` options that pick this row."""
+        return f"--backbone {self.backbone}" + ("" if self.fixed_size else f" --img-size {self.img_size}")
+
+
+@dataclass
+class Ranking:
+    """``rank_backbones``' answer: the rows best first, the backbones skipped and why, the recommendation."""
+
+    dataset: str
+    classes: int
+    train_images: int
+    test_images: int
+    per_class: int
+    rows: list[ProbeRow]
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def best(self) -> ProbeRow | None:
+        """The fastest row within ``TOLERANCE`` points of the best score."""
+        if not self.rows:
+            return None
+        top = max(r.score for r in self.rows)
+        return min((r for r in self.rows if r.score >= top - TOLERANCE), key=lambda r: r.seconds)
+
+    def to_dict(self) -> dict:
+        best = self.best
+        rows = [asdict(r) | {"score": r.score} for r in self.rows]
+        recommendation = None if best is None else {"backbone": best.backbone, "img_size": best.img_size,
+                                                    "flags": best.flags()}
+        return {"dataset": self.dataset, "classes": self.classes, "train_images": self.train_images,
+                "test_images": self.test_images, "per_class": self.per_class, "rows": rows,
+                "skipped": self.skipped, "recommendation": recommendation}
+
+
+def _status(name: str) -> str:
+    """Whether backbone ``name``'s weights are ready here (``AVAILABLE``) or what else."""
+    if name in NAMED:
+        return NAMED[name].status()
+    return clip_status(name) if name in CLIP_MODELS else weights_status(name)
+
+
+def _input_size(name: str, img_size: int | None) -> int:
+    """The side in px that ``name`` runs at: ``img_size``, else its own (a timm name without one: 224)."""
+    if img_size:
+        return img_size
+    if name in CLIP_MODELS:
+        return CLIP_MODELS[name][0].input_size[1]
+    return SOURCES[name].input_size[1] if name in SOURCES else 224
+
+
+def expand_candidates(names, sizes=PROBE_SIZES) -> list[tuple[str, int | None]]:
+    """``(name, img_size)`` pairs: ``NAME@SIZE`` at that size, a resizable named backbone at each of ``sizes``,
+    any other at its own size (``None``)."""
+    out = []
+    for item in names:
+        name, _, size = item.partition("@")
+        if size:
+            out.append((name, int(size)))
+        elif name in SOURCES and not SOURCES[name].fixed_size:
+            out += [(name, s) for s in sizes]
+        else:
+            out.append((name, None))
+    return out
+
+
+def probe_candidates(sizes=PROBE_SIZES, clip: bool = False) -> tuple[list[tuple[str, int | None]], list[dict]]:
+    """``(candidates, skipped)``: ``(name, img_size)`` of every image backbone whose weights are ready (the
+    resizable ones at each of ``sizes``; CLIP towers only with ``clip``), and ``{backbone, reason}`` of the rest."""
+    names = [*EMBEDDED, *NAMED, *(CLIP_MODELS if clip else ())]
+    ready = [name for name in names if _status(name) in AVAILABLE]
+    skipped = [{"backbone": name, "reason": f"weights {_status(name)}", "hint": _hint(name)}
+               for name in names if name not in ready]
+    return expand_candidates(ready, sizes), skipped
+
+
+def _hint(name: str) -> str:
+    """How to include backbone ``name`` whose weights are not ready."""
+    if name in NAMED:
+        return NAMED[name].install
+    return f"pre-trained on first use (a minute or more): give --backbone {name} to include it"
+
+
+def cap_per_class(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDataset:
+    """At most ``n`` images of each class of ``ds`` (a seeded draw), read into memory."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(ds.labels == c))[:n] for c in range(ds.num_classes)]
+    idx = np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
+    return ArrayDataset(np.asarray(ds.images[idx]), ds.labels[idx], ds.class_names)
+
+
+def load_probe_data(dataset: str, per_class: int, image_size: int, seed: int = 0):
+    """``(train, test)`` of ``dataset`` capped at ``per_class`` images per class; an image folder is read lazily
+    (``stream:``) so that only the images kept are decoded."""
+    source = f"stream:{dataset}" if is_image_folder(dataset) else dataset
+    train, test = load_dataset(source, image_size=(image_size, image_size), seed=seed)
+    return cap_per_class(train, per_class, seed), cap_per_class(test, per_class, seed + 1)
+
+
+def probe_row(name: str, img_size: int | None, train, test) -> ProbeRow:
+    """``name`` at ``img_size`` probed on ``train``/``test``; the time is that of embedding both splits."""
+    backbone = create_backbone(name, img_size=img_size)
+    embed(backbone, ArrayDataset(train.images[:8], train.labels[:8], train.class_names))  # warm-up, not timed
+    start = time.perf_counter()
+    f_train, f_test = embed(backbone, train), embed(backbone, test)
+    seconds = time.perf_counter() - start
+    ncm = ncm_accuracy(f_train, train.labels, f_test, test.labels)
+    ridge = ridge_accuracy(f_train, train.labels, f_test, test.labels)
+    return ProbeRow(name, backbone.spec.input_size[1], img_size is None, backbone.embedding_dim, 100 * ncm,
+                    100 * ridge, seconds, 1000 * seconds / max(1, len(train) + len(test)))
+
+
+def rank_backbones(dataset: str, candidates=None, per_class: int = PROBE_PER_CLASS, seed: int = 0,
+                   log: Callable[[str], None] = print) -> Ranking:
+    """Probe ``candidates`` (``(name, img_size)``; default ``probe_candidates()``) on ``dataset``, best first."""
+    skipped = []
+    if candidates is None:
+        candidates, skipped = probe_candidates()
+    largest = max((_input_size(name, size) for name, size in candidates), default=PROBE_SIZES[-1])
+    train, test = load_probe_data(dataset, per_class, largest, seed)  # each backbone resizes to its own size
+    log(f"{dataset}: {len(train)} train / {len(test)} test images, {train.num_classes} classes "
+        f"(at most {per_class} per class)")
+    rows = []
+    for name, size in candidates:
+        log(f"probing {name}" + (f" at {size} px" if size else ""))
+        rows.append(probe_row(name, size, train, test))
+    rows.sort(key=lambda r: (-r.score, r.seconds))
+    return Ranking(dataset, train.num_classes, len(train), len(test), per_class, rows, skipped)
 
 
 def main(argv=None) -> None:
