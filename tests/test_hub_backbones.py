@@ -194,7 +194,7 @@ def test_open_clip_hub_name(hub_cache, models, tmp_path):
     assert text.shape == (2, 32) and np.allclose(text.norm(dim=-1).numpy(), 1, atol=1e-5)
     rebuilt = backbone_from_run(BackboneSpec.from_dict(bb.spec.to_dict()), bb.model.state_dict())
     assert torch.equal(rebuilt.clip.text_features(["red circle"]), text[:1])
-    manifest = cli_pipeline(tmp_path, hub_cache, name)
+    manifest = cli_pipeline(tmp_path, hub_cache, name, "--learner", "proof")  # a CLIP learner: it needs .clip
     assert manifest["backbone"]["weights"] == {"sha256": sha256(models[CLIP_REPO]["open_clip_model.safetensors"]),
                                                "source": "hf-hub", "repo": CLIP_REPO, "revision": COMMIT,
                                                "file": "open_clip_model.safetensors"}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -187,10 +188,12 @@ class ClipModel(nn.Module):
         return torch.from_numpy(device_text.tokenize(names, spec))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_image(images, normalize=normalize)
+        with onnx_attention():
+            return self.model.encode_image(images, normalize=normalize)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_text(tokens, normalize=normalize)
+        with onnx_attention():
+            return self.model.encode_text(tokens, normalize=normalize)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_image(images)
@@ -234,16 +237,23 @@ class ClipBackbone(Backbone):
         self.__dict__["clip"] = clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The image embeddings; during an ONNX export without torch's fused attention kernel, which has no ONNX
-        operator (an open_clip ViT's ``nn.MultiheadAttention`` takes it in eval mode)."""
-        if not torch.onnx.is_in_onnx_export():
+        with onnx_attention():
             return super().forward(x)
-        fused = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            return super().forward(x)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fused)
+
+
+@contextmanager
+def onnx_attention():
+    """During an ONNX export, turns off torch's fused attention kernel, which has no ONNX operator (an open_clip
+    ViT's ``nn.MultiheadAttention`` takes it in eval mode); does nothing otherwise."""
+    if not torch.onnx.is_in_onnx_export():
+        yield
+        return
+    fused = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
 
 
 def from_config(cfg: ClipConfig | str, seed: int | None = 0) -> ClipModel:
