@@ -36,8 +36,10 @@ def _parse_learner_args(ctx, param, values) -> dict:
                    "'wds:DIR|PATTERN' (WebDataset tar shards) or 'stream:DIR' (docs/streaming.md).")
 @click.option("--backbone", default=None, help="Backbone: an embedded or named one (see `edgecl backbones`: edgecl-resnet10t, "
                    "edgecl-resnet10t-glyphs, edgecl-vit-tiny, mobilenetv2-imagenet, ...) or any timm model name "
-                   "with --weights; default: for an image folder the best installed ImageNet backbone "
-                   "(mobilenetv2-imagenet at 112 px, said in the output), else the embedded edgecl-resnet10t.")
+                   "with --weights, or a Hugging Face hub name: hf-hub:ORG/REPO (a timm or open_clip repo) or "
+                   "timm's tagged NAME.TAG (docs/backbones.md); default: for an image folder the best installed "
+                   "ImageNet backbone (mobilenetv2-imagenet at 112 px, said in the output), else the embedded "
+                   "edgecl-resnet10t.")
 @click.option("--weights", default=None, help="Local timm checkpoint / .safetensors for --backbone, or 'random'.")
 @click.option("--img-size", type=int, default=None, help="Input resolution override for timm backbones.")
 @click.option("--learner", default="simplecil", show_default=True, help="Continual learner (see `edgecl learners`).")
