@@ -29,7 +29,9 @@ def backbones(ctx, data, per_class, names, sizes, clip, as_json):
     Embedded backbones are pre-trained offline by edgecl on first use (cached);
     named ones come from pip packages (the source column says which). Any other
     timm model works too with `edgecl train --backbone NAME --weights FILE`
-    (loaded strictly). --json prints {"backbones": [{"name", "kind", "timm_name",
+    (loaded strictly), and Hugging Face hub names (hf-hub:ORG/REPO, timm's
+    tagged NAME.TAG) from the Hugging Face cache, downloaded when online
+    (docs/backbones.md). --json prints {"backbones": [{"name", "kind", "timm_name",
     "input_size", "weights", "source", "install"}]}.
 
     With --probe DATA, rank the installed backbones on DATA instead (seconds to a
@@ -64,6 +66,8 @@ def _list(as_json: bool) -> None:
     for r in table:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
     click.echo("\nAny timm model: --backbone NAME --weights FILE (.pth/.bin/.safetensors; refused unless it fills the model).")
+    click.echo("Hugging Face hub: --backbone hf-hub:ORG/REPO (timm or open_clip) or timm's NAME.TAG, from the HF cache "
+               "(HF_HUB_OFFLINE=1: cache only).")
 
 
 def _probe(data: str, per_class: int, names, sizes, clip: bool, as_json: bool) -> None:
