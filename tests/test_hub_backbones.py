@@ -148,6 +148,10 @@ def test_misfit_and_corrupt_hub_files_are_refused(hub_cache, models):
     blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")  # same size and name, other content
     with pytest.raises(BackboneError, match="in the Hugging Face cache is corrupt"):
         create_backbone("hf-hub:timm/corrupt")
+    snapshot = write_repo(hub_cache, "timm/truncated", {"config.json": models[VIT_REPO]["config.json"]})
+    (snapshot / "model.safetensors").write_bytes(models[VIT_REPO]["model.safetensors"][:1000])  # no link (Windows)
+    with pytest.raises(BackboneError, match="cannot read weights file"):
+        create_backbone("hf-hub:timm/truncated")
     with pytest.raises(BackboneError, match="brings its weights from the hub"):
         create_backbone(f"hf-hub:{VIT_REPO}", weights=str(blob))
 
@@ -184,6 +188,8 @@ def test_train_export_predict_offline_from_the_hub_cache(hub_cache, models, tmp_
 
 
 def test_open_clip_hub_name(hub_cache, models, tmp_path):
+    from edgecl.clip.model import _open_clip_module
+
     name = f"hf-hub:{CLIP_REPO}"
     bb = create_backbone(name)
     clip = bb.clip
@@ -192,9 +198,16 @@ def test_open_clip_hub_name(hub_cache, models, tmp_path):
     assert bb.spec.input_size == (3, 32, 32) and bb.spec.std == (0.25, 0.25, 0.25) and bb.embedding_dim == 32
     text = clip.text_features(["red circle", "blue square"])
     assert text.shape == (2, 32) and np.allclose(text.norm(dim=-1).numpy(), 1, atol=1e-5)
+    new = json.loads(json.dumps(CLIP_CONFIG["model_cfg"]))
+    torch.manual_seed(1)  # main moves on to other weights: a run is rebuilt from the commit it recorded
+    write_repo(hub_cache, CLIP_REPO, {"open_clip_config.json": json.dumps(CLIP_CONFIG).encode(),
+                                      "open_clip_model.safetensors": safetensors_bytes(
+                                          _open_clip_module("tiny", new).state_dict(), tmp_path)}, commit="f" * 40)
+    assert create_backbone(name).spec.notes["hub"]["revision"] == "f" * 40
     rebuilt = backbone_from_run(BackboneSpec.from_dict(bb.spec.to_dict()), bb.model.state_dict())
     assert torch.equal(rebuilt.clip.text_features(["red circle"]), text[:1])
-    manifest = cli_pipeline(tmp_path, hub_cache, name, "--learner", "proof")  # a CLIP learner: it needs .clip
+    assert create_backbone(f"{name}@{COMMIT}").spec.weights == f"{name}@{COMMIT}"
+    manifest = cli_pipeline(tmp_path, hub_cache, f"{name}@{COMMIT}", "--learner", "proof")  # PROOF needs .clip
     assert manifest["backbone"]["weights"] == {"sha256": sha256(models[CLIP_REPO]["open_clip_model.safetensors"]),
                                                "source": "hf-hub", "repo": CLIP_REPO, "revision": COMMIT,
                                                "file": "open_clip_model.safetensors"}

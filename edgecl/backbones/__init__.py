@@ -8,7 +8,7 @@
 * :func:`timm_models`: ``timm`` with edgecl's own architectures registered (``vit_hybrid``).
 * :func:`backbone_from_state`: a saved backbone rebuilt from its spec and state dict.
 
-Backbones by name (embedded, named pre-trained, timm name + file) are made by ``edgecl.zoo``.
+Backbones by name (embedded, named pre-trained, timm name + file, Hugging Face hub names) are made by ``edgecl.zoo``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     embedding_dim: int
-    weights: str  # file path, "embedded:<name>" or "random:<seed>"
+    weights: str  # "file:<name>", "embedded:<name>", "package:...", "random:<seed>" or "hf-hub:<repo>@<commit>"
     weights_sha256: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
