@@ -8,7 +8,7 @@ from edgecl.workflows import export_run
 from edgecl_runtime import Bundle
 
 cfg = RunConfig(dataset="my_images", learner="ranpac", init_cls=10, increment=5)
-result = run_experiment(cfg, out_dir="runs/mine-py")        # trains task by task, logs top-1 after each
+result = run_experiment(cfg, out_dir="runs/mine-py")        # logs its backbone choice and top-1 after each task
 print(result.metrics.last, result.metrics.forgetting)        # last accuracy and forgetting, %
 export_run("runs/mine-py", "bundles/mine-py")               # checks ONNX against torch
 
