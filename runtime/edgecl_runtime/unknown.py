@@ -133,10 +133,11 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 
 
 def threshold_for(known: np.ndarray, target: float) -> float:
-    """The score at or below which a fraction ``target`` of ``known`` lies (its ``target`` quantile)."""
+    """The smallest of ``known`` at or below which a fraction ``target`` of them lies."""
     if not 0 < target < 1:
         raise InvalidInputError(f"target acceptance must be in (0, 1), got {target}")
-    return float(np.quantile(np.asarray(known, np.float64), target, method="higher"))
+    known = np.sort(np.asarray(known, np.float64))
+    return float(known[max(int(np.ceil(target * len(known) - 1e-9)) - 1, 0)])  # the smallest that accepts target
 
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = DEFAULT_TARGET) -> float:
