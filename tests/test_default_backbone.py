@@ -108,7 +108,7 @@ def test_probe_ranks_backbones_on_an_image_folder(folder):
     assert [r["score"] for r in out["rows"]] == sorted((r["score"] for r in out["rows"]), reverse=True)
     assert {(r["backbone"], r["img_size"]) for r in out["rows"]} == {(MBV2, 64), ("edgecl-vit-tiny", 32)}
     best = out["recommendation"]
-    assert best["flags"] == f"--backbone {best['backbone']}" + (f" --img-size 64" if best["backbone"] == MBV2 else "")
+    assert best["flags"] == f"--backbone {best['backbone']}" + (" --img-size 64" if best["backbone"] == MBV2 else "")
 
 
 def test_probe_candidates_are_the_ready_backbones(not_installed):

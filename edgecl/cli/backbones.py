@@ -94,12 +94,14 @@ def _print_ranking(ranking) -> None:
     table = [(r.backbone, f"{r.img_size}px", f"{r.ncm:.1f}", f"{r.ridge:.1f}",
               f"{r.seconds:.1f} s ({r.ms_per_image:.1f} ms/image)") for r in ranking.rows]
     header = ("backbone", "input", "NCM %", "ridge %", "time")
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in table)]) for i, h in enumerate(header)]
     for row in (header, *table):
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     for s in ranking.skipped:
         click.echo(f"skipped {s['backbone']}: {s['reason']} ({s['hint']})")
     best = ranking.best
-    if best is not None:
+    if best is None:
+        click.echo("no backbone to probe: install one (see `edgecl backbones`) or name one with --backbone")
+    else:
         click.echo(f"use {best.flags()}  (the fastest within {TOLERANCE:g} point of the best mean of NCM and ridge, "
                    f"on {ranking.test_images} test images of {ranking.classes} classes)")
