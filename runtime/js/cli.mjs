@@ -17,8 +17,12 @@ JPEG files, read as Python reads them (EXIF orientation applied, transparency co
 
 commands:
   info BUNDLE [--prototypes]       classes, counts, journal position, ONNX metadata (and raw prototypes)
-  predict BUNDLE IMAGES... [--top-k K]
-                                   top-k classes of each image
+  predict BUNDLE IMAGES... [--top-k K] [--unknown auto|THRESHOLD] [--json]
+                                   top-k classes of each image and its unknown score (higher: less like
+                                   any class the bundle knows); --unknown rejects images scoring above the
+                                   bundle's calibrated threshold (auto) or THRESHOLD: their label is null;
+                                   --json prints JSON lines as Python's \`edgecl predict --json\`:
+                                   {image, label, unknown_score, top_k: [{class, score}]}
   add-class BUNDLE NAME IMAGES... --dry-run
                                    learn (or extend) class NAME from the images as the Python runtime
                                    would, and print the resulting prototype and count; --dry-run is
@@ -44,10 +48,38 @@ async function info(bundle, _args, opts) {
   return out;
 }
 
+/** --unknown: "auto", a number, or absent (null: no rejection). */
+function unknownOption(value) {
+  if (value === undefined || value === "auto") return value ?? null;
+  if (!/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(value)) throw new EdgeclError(`--unknown: expected 'auto' or a number, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+/** One name per image: the file, or FILE[i] for each image of a .npy file of several (as the Python CLI). */
+async function imageNames(files) {
+  const names = [];
+  for (const f of files) {
+    const n = f.toLowerCase().endsWith(".npy") ? (await readImageFiles([f])).length : 1;
+    names.push(...(n === 1 ? [f] : Array.from({ length: n }, (_, i) => `${f}[${i}]`)));
+  }
+  return names;
+}
+
+/** Python's `edgecl predict --json` lines: {image, label, unknown_score, top_k: [{class, score}]}. */
+async function jsonLines(preds, files) {
+  const names = await imageNames(files);
+  return preds.map((p, i) => JSON.stringify({
+    image: names[i], label: p.label, unknown_score: p.unknown_score,
+    top_k: p.top_k.map(([c, s]) => ({ class: c, score: s })),
+  })).join("\n");
+}
+
 async function predict(bundle, files, opts) {
   const images = await readImageFiles(files);
-  const preds = await bundle.predict(images, { topK: Number(opts["top-k"] || 1) });
-  return { classes: bundle.classes, predictions: preds };
+  const unknown = unknownOption(opts.unknown);
+  const preds = await bundle.predict(images, { topK: Number(opts["top-k"] || 1), unknown });
+  if (opts.json) return { lines: await jsonLines(preds, files) };
+  return { classes: bundle.classes, threshold: bundle.unknownThreshold(unknown), predictions: preds };
 }
 
 async function addClass(bundle, [name, ...files], opts) {
@@ -78,7 +110,7 @@ async function main(argv) {
     options: {
       help: { type: "boolean", short: "h" }, "dry-run": { type: "boolean" }, prototypes: { type: "boolean" },
       "top-k": { type: "string" }, "no-verify": { type: "boolean" }, threads: { type: "string" },
-      "public-key": { type: "string", multiple: true },
+      "public-key": { type: "string", multiple: true }, unknown: { type: "string" }, json: { type: "boolean" },
     },
   });
   const [cmd, dir, ...rest] = positionals;
@@ -89,7 +121,7 @@ async function main(argv) {
   const keys = await publicKeys(values["public-key"]);
   const bundle = await openBundle(dir, { verify: !values["no-verify"], threads: Number(values.threads || 0), publicKeys: keys });
   const out = await COMMANDS[cmd][0](bundle, rest, values);
-  process.stdout.write(JSON.stringify(out) + "\n");
+  process.stdout.write((out.lines ?? JSON.stringify(out)) + "\n");
   return 0;
 }
 

@@ -10,3 +10,4 @@ export { readMetadataProps } from "./lib/onnxmeta.mjs";
 export { preprocess, batchImages, resizeWeights } from "./lib/preprocess.mjs";
 export { parseSafetensors } from "./lib/safetensors.mjs";
 export { importPublicKeys, keyId, rawPublicKey, verifyEntry, verifyManifest, verifyRecords } from "./lib/signing.mjs";
+export { classCosines, scoreName, unknownScores, unknownThreshold } from "./lib/unknown.mjs";

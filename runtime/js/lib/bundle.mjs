@@ -14,6 +14,7 @@ import { readMetadataProps } from "./onnxmeta.mjs";
 import { preprocess } from "./preprocess.mjs";
 import { parseSafetensors } from "./safetensors.mjs";
 import { importPublicKeys, verifyManifest, verifyRecords } from "./signing.mjs";
+import { scoreName, unknownScores, unknownThreshold } from "./unknown.mjs";
 
 export const FORMAT_VERSIONS = [2, 3];
 const DTYPE_NAMES = { float32: "F32", float64: "F64", int64: "I64", uint64: "U64", F32: "F32", F64: "F64", I64: "I64", U64: "U64" };
@@ -206,15 +207,29 @@ export class Bundle {
     return { features, scores, n };
   }
 
-  /** Top-k classes per image: [{index, label, score, top_k: [[label, score], ...]}]. */
-  async predict(images, { topK: k = 1 } = {}) {
+  /** Top-k classes per image: [{index, label, score, top_k: [[label, score], ...], unknown_score, unknown}].
+   * Every image gets an unknown score (higher: less like any class the bundle knows; lib/unknown.mjs);
+   * `unknown`: "auto" (the bundle's calibrated threshold), a number, or null (no rejection): an image scoring
+   * above the threshold is rejected, its `label` null (`index` and `top_k` still name the nearest classes). */
+  async predict(images, { topK: k = 1, unknown = null } = {}) {
     if (!(Number.isInteger(k) && k >= 1)) throw new InvalidInputError(`top_k must be >= 1, got ${k}`);
-    const { scores, n } = await this.run(images);
-    return topK(scores, n, this.classes.length, k).map((row) => ({
-      index: row[0][0], label: this.classes[row[0][0]], score: row[0][1],
-      top_k: row.map(([c, s]) => [this.classes[c], s]),
-    }));
+    const threshold = unknownThreshold(this.manifest, unknown);
+    const { features, scores, n } = await this.run(images);
+    const u = unknownScores(this.manifest, this.head, features, scores, n);
+    return topK(scores, n, this.classes.length, k).map((row, i) => {
+      const rejected = threshold !== null && u[i] > threshold;
+      return {
+        index: row[0][0], label: rejected ? null : this.classes[row[0][0]], score: row[0][1],
+        top_k: row.map(([c, s]) => [this.classes[c], s]), unknown_score: u[i], unknown: rejected,
+      };
+    });
   }
+
+  /** The unknown score this bundle reports (manifest.unknown.score, else nearest_cosine). */
+  get unknownScoreName() { return scoreName(this.manifest); }
+
+  /** The unknown threshold predict(..., {unknown}) applies ("auto": the calibrated one, or IncompatibleBundleError). */
+  unknownThreshold(unknown) { return unknownThreshold(this.manifest, unknown); }
 
   /** Add k feature rows (Float32Array k*F) to class `name` in memory (new class, or extend); as store.add_examples. */
   addFeatures(name, rows, k) {

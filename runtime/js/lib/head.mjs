@@ -6,7 +6,7 @@
 // Heads are immutable: every update returns a new head.
 
 import { InvalidInputError, CorruptBundleError } from "./errors.mjs";
-import { l2NormalizeRows } from "./numeric.mjs";
+import { l2NormalizeRows, l2NormalizeRows64 } from "./numeric.mjs";
 
 export class PrototypeHead {
   /** prototypes: Float32Array (C*dim) raw means; counts: array of C positive integers. */
@@ -15,6 +15,7 @@ export class PrototypeHead {
     this.counts = counts;
     this.dim = dim;
     this._normed = null;
+    this._normed64 = null;
   }
 
   static kind = "prototype_cosine";
@@ -42,6 +43,12 @@ export class PrototypeHead {
   normalized() {
     if (!this._normed) this._normed = l2NormalizeRows(this.prototypes, this.numClasses, this.dim);
     return this._normed;
+  }
+
+  /** (C*dim) float64 L2-normalised prototypes: the class means the unknown score compares with (cached). */
+  normalized64() {
+    if (!this._normed64) this._normed64 = l2NormalizeRows64(this.prototypes, this.numClasses, this.dim);
+    return this._normed64;
   }
 
   /** (n x C) cosine scores of raw features (Float32Array n*dim), for bundles whose model has no scoring. */

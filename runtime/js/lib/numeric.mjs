@@ -37,3 +37,15 @@ export function l2NormalizeRows(x, rows, dim, eps = 1e-12) {
   }
   return out;
 }
+
+/** Rows of a (rows x dim) matrix as float64, divided by max(L2 norm, eps) (heads/base.py l2_normalize on float64). */
+export function l2NormalizeRows64(x, rows, dim, eps = 1e-12) {
+  const out = new Float64Array(rows * dim);
+  for (let r = 0; r < rows; r++) {
+    let sq = 0;
+    for (let j = 0; j < dim; j++) sq += x[r * dim + j] * x[r * dim + j];
+    const norm = Math.max(Math.sqrt(sq), eps);
+    for (let j = 0; j < dim; j++) out[r * dim + j] = x[r * dim + j] / norm;
+  }
+  return out;
+}
