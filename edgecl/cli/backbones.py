@@ -14,7 +14,7 @@ PROBE_ONLY = ("per_class", "names", "sizes", "clip")  # options that mean someth
 @click.option("--probe", "data", metavar="DATA", default=None,
               help="Rank the installed backbones on DATA (an image folder or any `edgecl train --dataset` spec) "
                    "with a quick nearest-class-mean and ridge probe, and recommend one.")
-@click.option("--per-class", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--per-class", type=click.IntRange(min=1), default=10, show_default=True,
               help="--probe: at most this many images per class of each split (for speed).")
 @click.option("--backbone", "names", multiple=True, metavar="NAME[@SIZE]",
               help="--probe: probe these backbones (repeatable; default: every installed image backbone).")

@@ -36,7 +36,7 @@ from .embedded import EMBEDDED, weights_status
 from .pretrained import NAMED
 
 PROBE_SIZES = (112, 224)  # input sizes tried for the ImageNet CNNs (their resolution is free)
-PROBE_PER_CLASS = 20  # images per class of each split, by default
+PROBE_PER_CLASS = 10  # images per class of each split, by default (a 20-class folder: ~1 min on 2 cores)
 TOLERANCE = 1.0  # accuracy points: the recommendation is the fastest row this close to the best
 AVAILABLE = ("installed", "committed", "cached")  # weights status of a backbone that is ready to run
 
@@ -187,7 +187,7 @@ def _hint(name: str) -> str:
     """How to include backbone ``name`` whose weights are not ready."""
     if name in NAMED:
         return NAMED[name].install
-    return f"pre-trained on first use (a minute or more): give --backbone {name} to include it"
+    return f"give --backbone {name} to include it; it is pre-trained first, a minute or more"
 
 
 def cap_per_class(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDataset:
