@@ -1,9 +1,11 @@
 // The page of `edgecl serve`: predict from the camera or files, teach classes, remove, roll back, download.
 // Two engines run the model: "server" (the JSON API, docs/serve-api.md) and "browser" (onnxruntime-web, browser.js).
+// Each engine's predict gives {top_k: [{class, score}], unknown, unknown_score, threshold}: an image scoring above the
+// bundle's calibrated unknown threshold is "unknown", and the page offers to teach it.
 import { api, withToken } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, classes: [], history: null, pending: [], engine: null, stream: null, busy: false };
+const state = { info: null, classes: [], history: null, pending: [], engine: null, stream: null, busy: false, shown: null };
 
 function show(msg, kind = "error") {
   const el = $("message");
@@ -24,7 +26,8 @@ const serverEngine = {
     const form = new FormData();
     form.append("image", item.blob, item.filename || "image.png");
     const r = await api(`/api/predict?top_k=${state.info.default_top_k}`, { method: "POST", body: form });
-    return r.predictions[0].top_k;
+    const p = r.predictions[0];
+    return { top_k: p.top_k, unknown: p.unknown, unknown_score: p.unknown_score, threshold: r.unknown_threshold };
   },
   async teach(name, create, items) {
     const form = new FormData();
@@ -60,14 +63,9 @@ async function fromCamera() {
 }
 
 // ------------------------------------------------------------------ predictions
-function renderPrediction(topk) {
+function renderBars(topk) {
   const ol = $("prediction");
   ol.replaceChildren();
-  if (!topk.length) {
-    ol.innerHTML = '<li class="muted">The bundle has no classes: teach one.</li>';
-    $("top1").textContent = "";
-    return;
-  }
   for (const { class: name, score } of topk) {
     const li = document.createElement("li");
     li.className = "pred-row";
@@ -81,18 +79,45 @@ function renderPrediction(topk) {
     li.querySelector(".value").textContent = score.toFixed(2);
     ol.append(li);
   }
-  $("top1").textContent = `→ ${topk[0].class}`;
-  $("top1").dataset.class = topk[0].class;
 }
 
-/** The engine's top-k for an image, timed: the page shows how long a prediction took, and where it ran. */
+/** The unknown score under the bars, and for a rejected image the "Unknown — teach it?" box with the nearest class.
+ * #top1 keeps the nearest class in data-class and says data-unknown="true" when the image was rejected. */
+function renderUnknown(result) {
+  const top1 = $("top1");
+  top1.textContent = result.unknown ? "→ unknown" : `→ ${result.top_k[0].class}`;
+  top1.dataset.class = result.top_k[0].class;
+  top1.dataset.unknown = String(Boolean(result.unknown));
+  top1.classList.toggle("unknown", Boolean(result.unknown));
+  $("unknown").hidden = !result.unknown;
+  $("unknown-nearest").textContent = result.top_k[0].class;
+  const u = result.unknown_score, t = result.threshold;
+  $("unknown-score").dataset.score = u == null ? "" : u.toFixed(6);
+  $("unknown-score").textContent = u == null ? "" : `unknown score ${u.toFixed(3)}` +
+    (t == null ? " (this bundle has no calibrated threshold: nothing is rejected)" : ` (unknown above ${t.toFixed(3)})`);
+}
+
+function renderPrediction(result) {
+  renderBars(result.top_k);
+  if (!result.top_k.length) {
+    $("prediction").innerHTML = '<li class="muted">The bundle has no classes: teach one.</li>';
+    $("top1").textContent = "";
+    $("unknown").hidden = true;
+    $("unknown-score").textContent = "";
+    return;
+  }
+  renderUnknown(result);
+}
+
+/** The engine's prediction of an image, timed: the page shows how long a prediction took, and where it ran. */
 async function timedPredict(item) {
   const t0 = performance.now();
-  const topk = await state.engine.predict(item);
+  const result = await state.engine.predict(item);
   const ms = performance.now() - t0;
   $("latency").textContent = `${ms.toFixed(0)} ms ${state.engine.name === "browser" ? "in this browser" : "on the server"}`;
   $("latency").dataset.ms = ms.toFixed(2);
-  return topk;
+  state.shown = item;  // the image the prediction is of: "Teach it" takes it
+  return result;
 }
 
 async function predictItem(item) {
@@ -105,6 +130,15 @@ async function predictItem(item) {
   } catch (e) {
     show(`Prediction failed: ${e.message}`);
   }
+}
+
+/** "Teach it": the shown image joins the pending examples of the Teach panel, whose name field gets the focus. */
+function teachShown() {
+  if (!state.shown) return;
+  if (!state.pending.includes(state.shown)) addPending([state.shown]);
+  $("teach-card").scrollIntoView({ behavior: "smooth", block: "nearest" });
+  $("class-name").focus();
+  show("The image is in the Teach panel: type its class name and press Teach.", "info");
 }
 
 async function liveLoop() {
@@ -364,6 +398,7 @@ async function main() {
     }
   };
   $("clear-pending").onclick = () => { state.pending = []; renderPending(); };
+  $("teach-unknown").onclick = teachShown;
   $("class-name").oninput = updateTeachForm;
   $("teach-btn").onclick = () => {
     const name = $("class-name").value.trim();

@@ -1,6 +1,7 @@
 // The in-browser engine: the bundle's model runs in onnxruntime-web (WebAssembly), preprocessing and the
 // prototype head run in JavaScript (runtime/js, vendored by runtime/web/vendor.mjs), so a prediction needs no
-// server round trip. The head state is read from the bundle's own files (manifest, head file, journal replay);
+// server round trip, nor does its unknown score (lib/unknown.mjs: the same score and rejection as the server's).
+// The head state is read from the bundle's own files (manifest, head file, journal replay);
 // teaching computes feature rows here and journals them through the API (POST ... {"features": rows}).
 // When the server trusts Ed25519 public keys (/api/info "public_keys"), so does the page: a bundle or update that
 // none of them signed fails to load here too (SignatureError), checked with the browser's WebCrypto.
@@ -89,9 +90,13 @@ export class BrowserEngine {
     }
   }
 
+  /** Top-k and unknown score of an image, rejected above the bundle's calibrated threshold when it has one (as the
+   * server's default ?unknown=auto): {top_k: [{class, score}], unknown, unknown_score, threshold}. */
   async predict(item) {
-    const [p] = await this.bundle.predict([await pixels(item.blob)], { topK: this.info.default_top_k });
-    return p.top_k.map(([name, score]) => ({ class: name, score }));
+    const unknown = this.bundle.manifest.unknown?.threshold == null ? null : "auto";
+    const [p] = await this.bundle.predict([await pixels(item.blob)], { topK: this.info.default_top_k, unknown });
+    return { top_k: p.top_k.map(([name, score]) => ({ class: name, score })), unknown: p.unknown,
+      unknown_score: p.unknown_score, threshold: this.bundle.unknownThreshold(unknown) };
   }
 
   /** Feature rows computed here, journaled by the server with store.add_examples. */
