@@ -37,7 +37,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, **kwargs) -> ExportRepo
     check = kwargs.pop("check_inputs", None)
     if check is None and str(run["config"].get("dataset", "")).startswith("shapes"):
         check = [_shapes_check_batch(run, learner)]
-    source = {"run_dir": str(Path(run_dir).resolve()), "metrics": run.get("metrics", {})}
+    # the run's directory name, never its path (a bundle travels to devices); the config is for the model card
+    source = {"run": Path(run_dir).resolve().name, "metrics": run.get("metrics", {}), "config": run["config"]}
     target = kwargs.pop("unknown_target", 0.95)
     if "unknown" not in kwargs:
         kwargs["unknown"] = run_unknown_calibration(run, learner, target)

@@ -89,8 +89,8 @@ def export_learner(
     with staged_directory(out_dir) as tmp:
         sections = _write_bundle(tmp, learner, list(class_names), opset, exporter, check_inputs, tolerance,
                                  precision or PrecisionSpec(), unknown)
-        if extra:
-            sections["source"] = extra
+        if extra:  # the run's configuration feeds the model card only (it may name local paths)
+            sections["source"] = {k: v for k, v in extra.items() if k != "config"}
         sections["card"] = card_section(tmp, sections, extra)  # what the model card needs from the export
         manifest = new_manifest(sections)
         (tmp / MANIFEST_NAME).write_bytes(json_bytes(manifest))
@@ -151,9 +151,12 @@ def _feature_graph(tmp: Path, learner, transform, opset: int, exporter: str, che
 
 
 def preprocess_record(spec) -> dict:
-    """The manifest's ``preprocess`` section for a backbone spec."""
+    """The manifest's ``preprocess`` section for a backbone spec (``background``: what transparent pixels of image
+    files are composited on, in training and on the device; ``edgecl_runtime.io``)."""
+    from edgecl_runtime.io import BACKGROUND
+
     return {"input_size": list(spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
-            "resize": "bilinear-antialias",
+            "resize": "bilinear-antialias", "background": list(BACKGROUND),
             "layout": "NHWC uint8 0..255 or float 0..1 in; NCHW float32 normalised to the backbone"}
 
 

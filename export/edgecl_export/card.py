@@ -45,9 +45,12 @@ def card_section(bundle: Path, sections: dict[str, Any], extra: dict | None) -> 
 
 
 def _run_config(extra: dict | None) -> dict[str, Any] | None:
-    """The training configuration of the run ``extra`` names (``run_dir``), ``None`` without one."""
+    """The training configuration of the run: ``extra["config"]``, else read from ``extra["run_dir"]``; ``None``
+    without either."""
     from edgecl.rundir import RunDirError, read_config
 
+    if (extra or {}).get("config") is not None:
+        return extra["config"]
     run_dir = (extra or {}).get("run_dir")
     if not run_dir:
         return None

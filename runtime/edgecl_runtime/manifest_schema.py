@@ -133,6 +133,8 @@ FIELDS: tuple[Field, ...] = (
     Field("precision", is_dict, _OBJ, since=3, read=False),
     Field("precision.backbone", lambda v: v in ("fp32", "fp16", "int8"), "must be fp32, fp16 or int8", since=3, read=False),
     Field("precision.head", lambda v: v in ("fp32", "fp16"), "must be fp32 or fp16", since=3, read=False),
+    Field("preprocess.background", list_of(lambda v: is_int(v) and 0 <= v <= 255, 3),
+          "must be 3 integers 0..255 (the RGB transparent pixels are composited on)", since=3, read=False),
     Field("unknown", is_dict, _OBJ, since=3, read=False),
     Field("unknown.score", is_str, "must name an unknown score (edgecl_runtime.unknown)", since=3, read=False),
     Field("unknown.threshold", lambda v: v is None or is_num(v), "must be a number or null", since=3, read=False),
