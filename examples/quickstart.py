@@ -13,6 +13,6 @@ print(result.metrics.last, result.metrics.forgetting)        # last accuracy and
 export_run("runs/mine-py", "bundles/mine-py")               # checks ONNX against torch
 
 b = Bundle.load("bundles/mine-py")                          # the device side: numpy + onnxruntime, no torch
-print(b.predict("my_images/red-star/000.png", top_k=3).top_k)
+print(b.predict("my_images/red-star/000.png", top_k=3, unknown="auto").top_k)  # label None if unlike every class
 b.add_class("yellow-circle", [f"new_images/yellow-circle/{i:03d}.png" for i in range(10)])
 print(b.predict("new_images/yellow-circle/039.png").labels)  # ['yellow-circle']
