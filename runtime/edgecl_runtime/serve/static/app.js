@@ -88,7 +88,7 @@ function renderUnknown(result) {
   top1.textContent = result.unknown ? "→ unknown" : `→ ${result.top_k[0].class}`;
   top1.dataset.class = result.top_k[0].class;
   top1.dataset.unknown = String(Boolean(result.unknown));
-  top1.classList.toggle("unknown", Boolean(result.unknown));
+  top1.classList.toggle("rejected", Boolean(result.unknown));
   $("unknown").hidden = !result.unknown;
   $("unknown-nearest").textContent = result.top_k[0].class;
   const u = result.unknown_score, t = result.threshold;
