@@ -160,3 +160,18 @@ def test_a_linear_head_reports_its_max_logit():
     assert head.UNKNOWN_SCORE == "max_score" and head.cosines(x) is None
     assert set(unknown.candidates(head, x)) == {"max_score", "msp", "energy", "margin"}
     np.testing.assert_allclose(unknown.unknown_scores(head, "max_score", x, head.scores(x)), [-5, -0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["prototype_cosine", "gaussian"])
+def test_held_out_scores_equal_the_head_without_the_image(kind, tmp_path):
+    """Calibrating a score-based unknown score (a Gaussian head's Mahalanobis distance) scores each training image
+    by its class re-fitted without it: as the head after ``without_examples`` scores it."""
+    head = store.read_state(with_head_kind(copy_fixture(tmp_path / "b"), kind)).head
+    x = embeddings(11, 6, head.dim)
+    head = head.with_examples(2, x)
+    held = head.held_out_scores(x, np.full(6, 2))
+    for i in range(6):
+        own = head.without_examples(2, x[i : i + 1]).scores(x[i : i + 1])[0, 2]
+        # float32 statistics and scores on both sides: agreement to float32 rounding, relative to the distance
+        assert held[i, 2] == pytest.approx(own, rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(np.delete(held[i], 2), np.delete(head.scores(x[i : i + 1])[0], 2), rtol=1e-6)

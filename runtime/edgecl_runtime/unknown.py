@@ -174,7 +174,8 @@ def calibrate(head, embeddings: np.ndarray, labels: np.ndarray, name: str | None
     class-wise folds of pseudo-unknowns, the fraction of never-taught classes' images the threshold accepts."""
     name = name or head.UNKNOWN_SCORE
     labels = np.asarray(labels, np.int64)
-    scores = np.asarray(head.scores(embeddings), np.float64)
+    held = head.held_out_scores(embeddings, labels)  # leave-one-out where the head can, else in-sample
+    scores = np.asarray(head.scores(embeddings) if held is None else held, np.float64)
     ratio = noise_ratio(head, embeddings, labels) if name == "nearest_cosine" else None
     cos = class_cosines(head, embeddings, labels, ratio) if name == "nearest_cosine" else None  # leave-one-out
     known = reduce(name, scores, cos)

@@ -156,6 +156,11 @@ class Head(abc.ABC):
         cos[rows, labels[rows]] = np.sum(l2_normalize(x[rows]) * l2_normalize(without), axis=1)
         return cos
 
+    def held_out_scores(self, embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """``scores`` of images the head learnt (class ``labels[i]``), each scored by its class *without* it
+        (leave-one-out), as a new image would be; ``None`` for a kind that cannot (``edgecl_runtime.unknown``)."""
+        return None
+
     def class_statistics(self, index: int) -> dict[str, np.ndarray]:
         """The statistics the head keeps of class ``index`` alone (what ``store.diff`` compares; besides
         ``counts``); empty for a kind whose classes share all of theirs."""

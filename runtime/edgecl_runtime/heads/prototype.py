@@ -90,6 +90,9 @@ class PrototypeCosineHead(RunningMeanHead):
     def mean_space(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return embeddings.astype(np.float64), self.prototypes.astype(np.float64)
 
+    def held_out_scores(self, embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.cosines(embeddings, labels)  # the scores are the cosines to the prototypes
+
     def graph_inputs(self) -> dict[str, np.ndarray]:
         return {"prototypes": read_only(self._buffer[3][: self._n])}  # (C, D) unit rows
 
