@@ -65,15 +65,23 @@ def print_report(r: dict, echo=click.echo) -> None:
         acc = r["accuracy"]
         echo(f"  top-1 on {acc['dataset']} {acc['split']}  {100 * acc['top1']:.2f}% ({acc['images']} images, {acc['classes']} classes)")
     if "torch" in r:
-        t = r["torch"]
-        echo(f"  vs torch {t['torch']} (threads {t['torch_threads']}), same preprocessed images; top-1 agreement "
-             f"{100 * t['agreement']:.1f}%; torch.compile: {t['torch_compile']['status']}")
-        for n, row in t["batch_sizes"].items():
-            line = f"    batch {n:>3}: onnx {row['onnx']['p50_ms']:.2f} ms, torch eager {row['torch_eager']['p50_ms']:.2f} ms " \
-                   f"(x{row['speedup_vs_eager']:.2f} p50, x{row['speedup_vs_eager_min']:.2f} fastest calls)"
-            if "torch_compile" in row:
-                line += f", torch.compile {row['torch_compile']['p50_ms']:.2f} ms (x{row['speedup_vs_compile']:.2f})"
-            echo(line)
+        print_torch_table(r["torch"], echo)
+
+
+def print_torch_table(t: dict, echo=click.echo) -> None:
+    """p50 of torch eager, torch.compile and onnxruntime per batch size, and the bundle's speed-up over each."""
+    onnx = f"onnxruntime {t.get('onnx_precision', 'fp32')}"
+    c = t["torch_compile"]
+    status = (f"inductor, compiled in {c['compile_s']:.1f} s, max |compiled - eager| {c['max_abs_diff_vs_eager']:.1g}"
+              if c["status"] == "ok" else c["status"] + (f" ({c['error']})" if "error" in c else ""))
+    echo(f"  vs torch {t['torch']} (threads {t['torch_threads']}), same preprocessed images; top-1 agreement "
+         f"{100 * t['agreement']:.1f}%; torch.compile: {status}")
+    echo(f"    {'p50 ms':<10}{'torch eager':>13}{'torch.compile':>15}{onnx:>20}   {onnx} speed-up vs eager / compile")
+    for n, row in t["batch_sizes"].items():
+        comp = f"{row['torch_compile']['p50_ms']:15.2f}" if "torch_compile" in row else f"{'-':>15}"
+        vs_comp = f"x{row['speedup_vs_compile']:.2f}" if "speedup_vs_compile" in row else "-"
+        echo(f"    {'batch ' + n:<10}{row['torch_eager']['p50_ms']:13.2f}{comp}{row['onnx']['p50_ms']:20.2f}   "
+             f"x{row['speedup_vs_eager']:.2f} / {vs_comp}")
 
 
 @main.command()
@@ -85,7 +93,8 @@ def print_report(r: dict, echo=click.echo) -> None:
 @click.option("--dataset", default=None, help="Data source (as for `train`) whose test split gives the accuracy.")
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--compare-torch", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Run directory of this bundle: time its torch learner (eager, torch.compile) on the same images.")
+              help="Run directory of this bundle: time its torch learner (eager, torch.compile inductor) and the "
+                   "bundle on the same images (p50, batch 1 and --batch-size).")
 @click.option("--no-compile", is_flag=True, help="With --compare-torch: skip torch.compile.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="JSON file to write (default: bench-<bundle name>.json in the current directory; "
