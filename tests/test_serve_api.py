@@ -234,6 +234,7 @@ def test_download_zip_is_a_loadable_bundle(client, tmp_path):
         z.extractall(tmp_path / "out")
     (bundle,) = (tmp_path / "out").iterdir()
     assert Bundle.load(bundle).classes[-1] == "noise"
+    assert "| noise |" in (bundle / "README.md").read_text()  # the model card, with the class taught here
 
 
 def test_unicode_class_names_round_trip_through_urls(client):

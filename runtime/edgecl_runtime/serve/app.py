@@ -128,7 +128,8 @@ def _reads(app: Flask, served: ServedBundle) -> None:
 
     @app.post("/api/predict")
     def predict():
-        return jsonify(_predict(served, decode_files(request.files.getlist("image")), _top_k()))
+        images = decode_files(request.files.getlist("image"))
+        return jsonify(served.predict(images, _top_k(), _unknown_threshold(served.bundle.manifest)))
 
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a decimal number, ASCII only
@@ -148,20 +149,6 @@ def _unknown_threshold(manifest: dict) -> float | None:
     if not NUMBER.fullmatch(raw) or not math.isfinite(float(raw)):
         raise bad_request(f"unknown must be 'auto', 'off' or a finite number, got {raw!r}")
     return float(raw)
-
-
-def _predict(served: ServedBundle, images: list, top_k: int) -> dict:
-    """Top-k and unknown score of each image under the bundle's current state; a rejected image's label is null."""
-    classes, _, seq = served.current()
-    threshold = _unknown_threshold(served.bundle.manifest)
-    if not classes:
-        return {"seq": seq, "unknown_threshold": threshold, "predictions": [
-            {"label": None, "unknown": False, "unknown_score": None, "top_k": []} for _ in images]}
-    pred = served.bundle.predict(images, top_k=top_k, unknown=threshold)
-    return {"seq": pred.seq, "unknown_threshold": threshold, "predictions": [
-        {"label": label, "unknown": label is None, "unknown_score": float(u),
-         "top_k": [{"class": c, "score": float(s)} for c, s in top]}
-        for label, u, top in zip(pred.labels, pred.unknown_scores, pred.top_k)]}
 
 
 def _teach(served: ServedBundle, name, create: bool):

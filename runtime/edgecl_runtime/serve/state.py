@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import inputs, signing, storage, store
 from ..bundle import Bundle
+from ..card import CARD_NAME
 from ..manifest import MANIFEST_NAME
 from .errors import bad_request, conflict, not_found, too_large
 from .thumbs import Thumbs
@@ -57,14 +58,18 @@ class ServedBundle:
             self.bundle.refresh()
             return self.bundle.classes, self.bundle.head, self.bundle.seq
 
-    def predict(self, images: list[np.ndarray], top_k: int) -> dict:
-        """Top-k of each image under the bundle's current state (scores and names from one state)."""
+    def predict(self, images: list[np.ndarray], top_k: int, threshold: float | None) -> dict:
+        """Top-k and unknown score of each image under the bundle's current state (scores and names from one
+        state); with a ``threshold`` a rejected image's label is null."""
         classes, _, seq = self.current()
         if not classes:
-            return {"seq": seq, "predictions": [{"label": None, "top_k": []} for _ in images]}
-        pred = self.bundle.predict(images, top_k=top_k)
-        return {"seq": seq, "predictions": [
-            {"label": p[0][0], "top_k": [{"class": c, "score": float(s)} for c, s in p]} for p in pred.top_k]}
+            return {"seq": seq, "unknown_threshold": threshold, "predictions": [
+                {"label": None, "unknown": False, "unknown_score": None, "top_k": []} for _ in images]}
+        pred = self.bundle.predict(images, top_k=top_k, unknown=threshold)
+        return {"seq": pred.seq, "unknown_threshold": threshold, "predictions": [
+            {"label": label, "unknown": label is None, "unknown_score": float(u),
+             "top_k": [{"class": c, "score": float(s)} for c, s in top]}
+            for label, u, top in zip(pred.labels, pred.unknown_scores, pred.top_k)]}
 
     def classes(self) -> list[dict]:
         """Each class: name, example count, thumbnails, and whether it was taught on the device."""
@@ -134,9 +139,9 @@ class ServedBundle:
         return [base64.b64encode(signing.raw_public(k)).decode("ascii") for k in self.policy.trusted]
 
     def bundle_files(self) -> list[str]:
-        """The files that make up the bundle now: the manifest, the files it checksums, the journal."""
+        """The files that make up the bundle now: the manifest, the files it checksums, the journal, the model card."""
         m = json.loads((self.path / MANIFEST_NAME).read_bytes())
-        return [MANIFEST_NAME, *m.get("files", {}), m.get("journal", {}).get("file")]
+        return [MANIFEST_NAME, *m.get("files", {}), m.get("journal", {}).get("file"), CARD_NAME]
 
     def zip_bytes(self) -> bytes:
         """The bundle as a zip, read under the bundle's update lock (a consistent copy)."""
