@@ -64,7 +64,7 @@ def _backbone(name: str):
         from clip_helpers import tiny_clip
 
         return tiny_clip()
-    return small_vit(depth=2)
+    return small_vit(depth=5 if name in ("coda_prompt", "dualprompt") else 2)  # their prompts go into blocks 2-4
 
 
 HPARAMS = {  # small and quick; learners without a training loop take none
