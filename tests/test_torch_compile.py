@@ -115,7 +115,8 @@ def test_bench_prints_eager_compile_and_onnx_in_one_table():
     lines = []
     print_torch_table(t, lines.append)
     assert "torch eager" in lines[1] and "torch.compile" in lines[1] and "onnxruntime int8" in lines[1]
-    assert lines[2].split()[:5] == ["batch", "1", "4.00", "3.00", "1.00"] and lines[3].split()[-3:] == ["x4.00", "/", "x3.00"]
+    assert lines[2].split()[:5] == ["batch", "1", "4.00", "3.00", "1.00"]
+    assert lines[3].split()[-3:] == ["x4.00", "/", "x3.00"]
     t["torch_compile"], t["batch_sizes"] = {"status": "disabled"}, {"1": _row(4.0, None, 1.0)}
     lines.clear()
     print_torch_table(t, lines.append)
