@@ -18,7 +18,9 @@ from torch import nn
 
 from edgecl_runtime.heads import HEADS
 
-__all__ = ["ScoringModule", "scoring_module"]
+from ..onnx_graph import ExportError
+
+__all__ = ["HeadScores", "ScoringModule", "fixed_transform", "scorer", "scoring_module"]
 
 
 def _l2n(x: torch.Tensor) -> torch.Tensor:
@@ -51,36 +53,64 @@ class Tukey(nn.Module):
         return torch.sign(e) * torch.abs(e).pow(self.beta)
 
 
+# Each head kind's scoring of features ``f`` (N, F) from its ``graph_inputs()`` in order: the bundle's scoring graph
+# (``edgecl_export.model_graph`` exports these with the head state as graph inputs) and ``HeadScores`` (as buffers).
+class PrototypeScorer(nn.Module):
+    def forward(self, f, prototypes):  # prototypes: (C, F), unit rows
+        return _l2n(f) @ prototypes.t()
+
+
+class SubspaceScorer(nn.Module):
+    def __init__(self, blocks: int):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, f, weighted_prototypes):  # (C, F): unit blocks times the class's block weights
+        n, d = f.shape[0], f.shape[1]
+        return _l2n(f.reshape(n, self.blocks, d // self.blocks)).reshape(n, d) @ weighted_prototypes.t()
+
+
+class RidgeScorer(nn.Module):
+    def forward(self, f, weights):  # (F, C)
+        return f @ weights
+
+
+class LinearScorer(nn.Module):
+    def forward(self, f, weight, bias):  # (C, F), (C,)
+        return f @ weight.t() + bias
+
+
+class GaussianScorer(nn.Module):
+    def forward(self, f, means, precisions):  # (C, F) unit rows, (C, F, F)
+        diff = _l2n(f).unsqueeze(0) - means.unsqueeze(1)  # (C, N, F)
+        return -(torch.matmul(diff, precisions) * diff).sum(-1).t()
+
+
+def scorer(kind: str, head) -> nn.Module:
+    """The scoring module of head kind ``kind`` (``forward(f, *head.graph_inputs().values())``)."""
+    if kind == "subspace_cosine":
+        return SubspaceScorer(head.blocks)
+    if kind == "proof_fusion":  # PROOF's projections and fusion module, fixed weights from the head
+        from .proof import ProofFusion
+
+        return ProofFusion.from_arrays(head.arrays())
+    table = {"prototype_cosine": PrototypeScorer, "ridge": RidgeScorer, "linear": LinearScorer, "gaussian": GaussianScorer}
+    if kind not in table:
+        raise ExportError(f"no single-file scoring for head kind {kind!r}")
+    return table[kind]()
+
+
 class HeadScores(nn.Module):
-    """One head kind's scores of features ``(N, F)``, from the head's ``graph_inputs()`` held as buffers."""
+    """One head kind's scores of features ``(N, F)``: its ``scorer`` with the head's ``graph_inputs()`` as buffers."""
 
     def __init__(self, kind: str, head):
         super().__init__()
-        self.kind, self.names = kind, list(head.graph_inputs())
+        self.scorer, self.names = scorer(kind, head), list(head.graph_inputs())
         for name, value in head.graph_inputs().items():
             self.register_buffer(name, _buffer(value))
-        self.blocks = int(getattr(head, "blocks", 1))
-        self.fusion = None
-        if kind == "proof_fusion":  # PROOF's projections and fusion module, fixed weights from the head
-            from .proof import ProofFusion
-
-            self.fusion = ProofFusion.from_arrays(head.arrays())
 
     def forward(self, f):
-        args = [getattr(self, name) for name in self.names]
-        if self.fusion is not None:
-            return self.fusion(f, *args)  # prototypes, texts
-        if self.kind == "prototype_cosine":
-            return _l2n(f) @ args[0].t()  # (C, F) unit rows
-        if self.kind == "subspace_cosine":  # unit blocks times each class's block weights
-            n, d = f.shape
-            return _l2n(f.reshape(n, self.blocks, d // self.blocks)).reshape(n, d) @ args[0].t()
-        if self.kind == "ridge":
-            return f @ args[0]  # (F, C)
-        if self.kind == "linear":
-            return f @ args[0].t() + args[1]
-        diff = _l2n(f).unsqueeze(0) - args[0].unsqueeze(1)  # gaussian: (C, N, F)
-        return -(torch.matmul(diff, args[1]) * diff).sum(-1).t()
+        return self.scorer(f, *(getattr(self, name) for name in self.names))
 
 
 class ScoringModule(nn.Module):

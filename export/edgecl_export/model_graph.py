@@ -18,90 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecl.learners.scoring import fixed_transform, scorer
 from edgecl.onnx_graph import INPUT_NAME, ExportError
+
+__all__ = ["FEATURES", "SCORES", "FeatureModule", "combine", "export_scorer", "fixed_transform", "metadata", "scorer"]
 
 FEATURES = "features"
 SCORES = "scores"
-
-
-def _l2n(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-class PrototypeScorer(nn.Module):
-    def forward(self, f, prototypes):  # prototypes: (C, F), unit rows
-        return _l2n(f) @ prototypes.t()
-
-
-class SubspaceScorer(nn.Module):
-    def __init__(self, blocks: int):
-        super().__init__()
-        self.blocks = blocks
-
-    def forward(self, f, weighted_prototypes):  # (C, F): unit blocks times the class's block weights
-        n, d = f.shape[0], f.shape[1]
-        return _l2n(f.reshape(n, self.blocks, d // self.blocks)).reshape(n, d) @ weighted_prototypes.t()
-
-
-class RidgeScorer(nn.Module):
-    def forward(self, f, weights):  # (F, C)
-        return f @ weights
-
-
-class LinearScorer(nn.Module):
-    def forward(self, f, weight, bias):  # (C, F), (C,)
-        return f @ weight.t() + bias
-
-
-class GaussianScorer(nn.Module):
-    def forward(self, f, means, precisions):  # (C, F) unit rows, (C, F, F)
-        diff = _l2n(f).unsqueeze(0) - means.unsqueeze(1)  # (C, N, F)
-        return -(torch.matmul(diff, precisions) * diff).sum(-1).t()
-
-
-class RandomReLU(nn.Module):
-    """RanPAC's fixed random projection ``relu(e W_rand)``."""
-
-    def __init__(self, w_rand: np.ndarray):
-        super().__init__()
-        self.register_buffer("w", torch.from_numpy(np.asarray(w_rand, np.float32).copy()))
-
-    def forward(self, e):
-        return torch.relu(e @ self.w)
-
-
-class Tukey(nn.Module):
-    """FeCAM's signed power transform ``sign(e) |e|^beta``."""
-
-    def __init__(self, beta: float):
-        super().__init__()
-        self.beta = float(beta)
-
-    def forward(self, e):
-        return torch.sign(e) * torch.abs(e).pow(self.beta)
-
-
-def scorer(kind: str, head) -> nn.Module:
-    if kind == "subspace_cosine":
-        return SubspaceScorer(head.blocks)
-    if kind == "proof_fusion":  # PROOF's projections and fusion module, fixed weights from the head
-        from edgecl.learners.proof import ProofFusion
-
-        return ProofFusion.from_arrays(head.arrays())
-    table = {"prototype_cosine": PrototypeScorer, "ridge": RidgeScorer, "linear": LinearScorer, "gaussian": GaussianScorer}
-    if kind not in table:
-        raise ExportError(f"no single-file scoring for head kind {kind!r}")
-    return table[kind]()
-
-
-def fixed_transform(kind: str, arrays: dict[str, np.ndarray]) -> tuple[nn.Module | None, dict[str, np.ndarray]]:
-    """The head's fixed feature transform as a torch module, and the head arrays without it."""
-    if kind == "ridge" and "W_rand" in arrays:
-        rest = {k: v for k, v in arrays.items() if k != "W_rand"}
-        return RandomReLU(arrays["W_rand"]), rest
-    if kind == "gaussian" and float(arrays["tukey_beta"]) != 1.0:
-        return Tukey(float(arrays["tukey_beta"])), {**arrays, "tukey_beta": np.asarray(1.0, arrays["tukey_beta"].dtype)}
-    return None, arrays
 
 
 class FeatureModule(nn.Module):
