@@ -22,7 +22,7 @@ from ..clip.model import TINY, ClipConfig, ClipModel, apply_prototype_map, from_
 from ..pretrain import Recipe, cache_path, save_checkpoint
 from ..pretrain.checkpoint import CACHE_THREADS, checkpoint_name
 from ..pretrain.clip import pretrain_clip
-from . import hub
+from .hub import is_hub_name, open_clip_model, resolve
 from .embedded import WEIGHTS_DIR, ensure_embedded_weights
 
 IMAGE_TOWER = "edgecl-vit-tiny"  # the embedded backbone whose trunk is the tiny CLIP's image tower
@@ -115,10 +115,10 @@ def load_clip(name: str = TINY.name, text_weights: str | Path | None = None) -> 
     """The named CLIP model: image trunk from ``edgecl-vit-tiny``'s weights, text side from its file (or from
     ``text_weights``, e.g. a file ``edgecl pretrain`` wrote), both loaded strictly; a hub name ``hf-hub:ORG/REPO``
     is an open_clip CLIP from the Hugging Face cache (``edgecl.zoo.hub``)."""
-    if hub.is_hub_name(name):
+    if is_hub_name(name):
         if text_weights is not None:
             raise BackboneError(f"{name} brings both towers from the hub; text_weights is for {', '.join(CLIP_MODELS)}")
-        return hub.open_clip_model(hub.resolve(name))
+        return open_clip_model(resolve(name))
     cfg, recipe = CLIP_MODELS.get(name, (None, _recipe(name)))
     clip = from_config(cfg, seed=0)
     image_path = ensure_embedded_weights(recipe.init["visual.trunk"])
