@@ -17,8 +17,8 @@ Image = pytest.importorskip("PIL.Image")
 APP = Path(__file__).resolve().parents[1] / "examples" / "folder_watch.py"
 
 
-def run_app(bundle_dir, incoming) -> str:
-    r = subprocess.run([sys.executable, str(APP), str(bundle_dir), str(incoming), "--once"],
+def run_app(bundle_dir, incoming, *args) -> str:
+    r = subprocess.run([sys.executable, str(APP), str(bundle_dir), str(incoming), "--once", *args],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout

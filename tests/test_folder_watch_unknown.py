@@ -5,31 +5,12 @@ is recognised."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from edgecl_runtime import Bundle
 from tests.conftest import class_images
+from tests.test_example_app import run_app, save
 
-Image = pytest.importorskip("PIL.Image")
-APP = Path(__file__).resolve().parents[1] / "examples" / "folder_watch.py"
 NEW = "lime-circle"  # never taught to the exported bundle; one example is enough to learn it
-
-
-def run_app(bundle_dir, incoming, *args) -> str:
-    r = subprocess.run([sys.executable, str(APP), str(bundle_dir), str(incoming), "--once", *args],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def save(arr, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def log(incoming) -> dict:
