@@ -147,7 +147,10 @@ class Head(abc.ABC):
         if space is None:
             return None
         x, means = space
-        cos = l2_normalize(x) @ l2_normalize(means).T
+        unit = self.__dict__.get("_unit_means")  # a head never changes: its unit means are computed once
+        if unit is None:
+            unit = self._unit_means = l2_normalize(means).T
+        cos = l2_normalize(x) @ unit
         if labels is None:
             return cos
         rows = np.nonzero((labels >= 0) & (self.counts[np.maximum(labels, 0)] > 1))[0]
