@@ -187,20 +187,25 @@ class Bundle:
         with blas.limit(self.blas_threads):
             return self._batched(self.preprocess(images), batch_size, self._view, "features")
 
-    def _batched(self, x: np.ndarray, batch_size: int, view: View, output: str) -> np.ndarray:
+    def _batched(self, x: np.ndarray, batch_size: int, view: View, output: str | tuple[str, ...]):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         run = lambda xb: self._forward(xb, view, output)  # noqa: E731
         if x.shape[0] <= batch_size:
             return run(x)
-        return np.concatenate([run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        parts = [run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return np.concatenate(parts) if isinstance(output, str) else tuple(map(np.concatenate, zip(*parts)))
 
-    def _forward(self, x: np.ndarray, view: View, output: str) -> np.ndarray:
-        """``features`` or ``scores`` of a preprocessed batch under ``view``'s head."""
+    def _forward(self, x: np.ndarray, view: View, output: str | tuple[str, ...]):
+        """``features`` or ``scores`` of a preprocessed batch under ``view``'s head (a tuple of names: a tuple of
+        arrays, from one model run)."""
+        names = (output,) if isinstance(output, str) else tuple(output)
         if single_file(view.manifest):  # the graph scores: the head's state enters as inputs
-            return self._run(x, view.head.graph_inputs(), output)
-        feats = self._run(x)
-        return feats if output == "features" else view.head.scores(feats)
+            outs = self._run.run_outputs(x, view.head.graph_inputs(), names)
+        else:
+            feats = self._run(x)
+            outs = [feats if name == "features" else view.head.scores(feats) for name in names]
+        return outs[0] if isinstance(output, str) else tuple(outs)
 
     def scores(self, images, batch_size: int = 64) -> np.ndarray:
         """``(N, C)`` class scores (higher is better) in the order of ``classes``."""
@@ -218,16 +223,7 @@ class Bundle:
     def _features_and_scores(self, images, view: View, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """``(features, scores)`` of ``images`` under ``view``'s head, from one model run per batch."""
         with blas.limit(self.blas_threads):
-            x = self.preprocess(images)
-            parts = [self._both(x[i : i + batch_size], view) for i in range(0, max(len(x), 1), batch_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def _both(self, x: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray]:
-        if single_file(view.manifest):
-            feats, s = self._run.run_outputs(x, view.head.graph_inputs(), ("features", "scores"))
-            return feats, s
-        feats = self._run(x)
-        return feats, view.head.scores(feats)
+            return self._batched(self.preprocess(images), batch_size, view, ("features", "scores"))
 
     def unknown_threshold(self, unknown: str | float | None) -> float | None:
         """The threshold ``predict(unknown=...)`` applies: ``"auto"`` the bundle's calibrated one (set at export,
